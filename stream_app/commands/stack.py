@@ -1,0 +1,68 @@
+"""`linewatch stack up|down|status`: the local Kafka + Redis stack (see deploy/localstack.py)."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis without Docker.", no_args_is_help=True)
+
+
+def _stack(ctx: typer.Context):
+    from deploy.localstack import LocalStack
+
+    return LocalStack.from_settings(ctx.obj)
+
+
+def _print_status(statuses) -> bool:
+    table = Table(title="linewatch stack")
+    for col in ("server", "address", "pid", "running", "healthy", "detail"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s.name, s.address, str(s.pid or "-"), _mark(s.running), _mark(s.healthy), s.detail)
+    console.print(table)
+    return all(s.healthy for s in statuses)
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+@stack_app.command()
+def up(ctx: typer.Context) -> None:
+    """Start Kafka and Redis (idempotent); fetch Kafka's jars with Maven on first use."""
+    from deploy.localstack import StackError
+
+    stack = _stack(ctx)
+    started = time.monotonic()
+    try:
+        if not stack.jars_present():
+            console.print(f"fetching Kafka {stack.kafka_version} jars with Maven into {stack.libs_dir} ...")
+        statuses = stack.up()
+    except StackError as exc:
+        console.print(f"[red]stack up failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _print_status(statuses)
+    console.print(f"ready in {time.monotonic() - started:.1f} s; state in {stack.state_dir}")
+
+
+@stack_app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop Kafka and Redis started by `stack up`."""
+    _stack(ctx).down()
+    console.print("stack stopped")
+
+
+@stack_app.command()
+def status(ctx: typer.Context) -> None:
+    """Show each server's process and health; exit 1 unless both are healthy."""
+    if not _print_status(_stack(ctx).status()):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(stack_app, name="stack")

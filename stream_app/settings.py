@@ -1,0 +1,149 @@
+"""One typed settings object: defaults, then a TOML file, then environment variables.
+
+Created once (`load_settings`) and passed down; no other module reads the environment.
+Nested fields use `LINEWATCH_<SECTION>__<FIELD>`, e.g. `LINEWATCH_BATCHING__MAX_BATCH=512`.
+`KAFKA_BOOTSTRAP` and `REDIS_URL` are honoured as the common short forms.
+Kafka SASL/TLS and Redis AUTH/TLS are settings here, never code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    max_message_bytes: int = 8 * 1024 * 1024
+
+
+class RedisSettings(BaseModel):
+    """`url` carries AUTH and TLS: redis://user:pass@host:port/db or rediss:// for TLS."""
+
+    url: str = "redis://127.0.0.1:16379/0"
+    ssl_ca_certs: str | None = None
+    key_prefix: str = "lw"
+
+
+class TopicSettings(BaseModel):
+    vectors: str = "sensor.vectors"
+    frames: str = "camera.frames"
+    alerts: str = "inspection.alerts"
+    scores: str = "inspection.scores"
+    deadletter: str = "inspection.deadletter"
+    model_updates: str = "inspection.model-updates"
+    control: str = "inspection.control"
+    partitions: int = 4
+
+
+class BatchSettings(BaseModel):
+    max_batch: int = Field(256, ge=1)
+    max_wait_ms: float = Field(50.0, gt=0)
+
+
+class ThresholdSettings(BaseModel):
+    mode: Literal["spot", "quantile", "ewma"] = "spot"
+    risk: float = Field(1e-3, gt=0, lt=0.5, description="target false-alarm probability per event")
+    init_quantile: float = Field(0.98, gt=0.5, lt=1.0, description="SPOT initial threshold quantile")
+    window: int = Field(2000, ge=50, description="scores (quantile) or peaks (SPOT) kept per source")
+    ewma_alpha: float = Field(0.01, gt=0, le=1)
+    ewma_k: float = Field(4.0, gt=0)
+
+
+class IncidentSettings(BaseModel):
+    open_k: int = Field(3, ge=1, description="open an incident when k of the last n events are anomalous")
+    open_n: int = Field(5, ge=1)
+    close_m: int = Field(20, ge=1, description="close after m consecutive normal events")
+
+
+class StackSettings(BaseModel):
+    """The local no-Docker stack (`linewatch stack up`): ports on 127.0.0.1 and where jars are cached."""
+
+    kafka_port: int = 19092
+    controller_port: int = 19093
+    redis_port: int = 16379
+    kafka_version: str = "3.9.1"
+    cache_dir: Path = Path.home() / ".cache" / "linewatch"
+    kafka_heap_mb: int = 512
+    ready_timeout_s: float = 90.0
+
+
+class Route(BaseModel):
+    """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""
+
+    pattern: str
+    model: str
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINEWATCH_", env_nested_delimiter="__", extra="ignore", toml_file=None
+    )
+
+    app_id: str = "linewatch"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    batching: BatchSettings = BatchSettings()
+    thresholds: ThresholdSettings = ThresholdSettings()
+    incidents: IncidentSettings = IncidentSettings()
+    stack: StackSettings = StackSettings()
+    routes: list[Route] = [Route(pattern="*", model="sensors")]
+    image_routes: list[Route] = [Route(pattern="*", model="camera")]
+    registry_dir: Path = Path("registry")
+    state_dir: Path = Path(".state")
+    device: str | None = None
+    web_port: int = 6066
+    metrics_port: int = 9108
+    max_image_bytes: int = 8 * 1024 * 1024
+    claim_check_dirs: list[Path] = Field(default_factory=list, description="file:// URIs must lie under one")
+
+    kafka_bootstrap: str | None = Field(None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP"), exclude=True)
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"), exclude=True)
+
+    def model_post_init(self, __context: object) -> None:
+        if self.kafka_bootstrap:
+            self.kafka.bootstrap = self.kafka_bootstrap
+        if self.redis_url:
+            self.redis.url = self.redis_url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+    """Settings from defaults < TOML file (`config_file` or $LINEWATCH_CONFIG) < environment < overrides."""
+    path = config_file or os.environ.get("LINEWATCH_CONFIG")
+    if not path:
+        return Settings(**overrides)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return FileSettings(**overrides)

@@ -109,9 +109,7 @@ class LocalStack:
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.cache_dir)
         if proc.returncode != 0 or not self.jars_present():
-            raise StackError(
-                f"mvn could not fetch Kafka {self.kafka_version}:\n{_tail(proc.stdout + proc.stderr)}"
-            )
+            raise StackError(f"mvn could not fetch Kafka {self.kafka_version}:\n{_tail(proc.stdout + proc.stderr)}")
         return True
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -299,9 +297,7 @@ def _kafka_healthy(bootstrap: str) -> tuple[bool, str]:
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    logging.getLogger("aiokafka").setLevel(
-        logging.CRITICAL
-    )  # refused connections are expected while starting
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connections are expected while starting
 
     async def probe() -> str:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)

@@ -85,9 +85,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is not a scorer directory: no {MANIFEST}")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path}: unsupported format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
-        )
+        raise ValueError(f"{manifest_path}: unsupported format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
     return manifest
 
 
@@ -100,9 +98,7 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
             raise ModelIntegrityError(f"{path}: missing file {name} listed in the manifest")
         actual = sha256_file(file)
         if actual != expected:
-            raise ModelIntegrityError(
-                f"{file}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…"
-            )
+            raise ModelIntegrityError(f"{file}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
 
 
 def load_scorer_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -10,9 +10,7 @@ def as_vectors(X: object, n_features: int) -> np.ndarray:
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
-        raise ValueError(
-            f"expected a float array of shape [N, {n_features}], got {type(X).__name__}: {exc}"
-        ) from exc
+        raise ValueError(f"expected a float array of shape [N, {n_features}], got {type(X).__name__}: {exc}") from exc
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"expected a numeric array of shape [N, {n_features}], got dtype {arr.dtype}")
     if arr.ndim != 2:

@@ -1,0 +1,76 @@
+"""Kafka and Redis clients built from settings, so SASL/TLS and AUTH/TLS are configuration only."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream_app.settings import KafkaSettings, RedisSettings, Settings
+
+
+def kafka_ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    if kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile)
+    if kafka.ssl_certfile:
+        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+    return context
+
+
+def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments shared by every aiokafka producer, consumer and admin client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "security_protocol": kafka.security_protocol,
+    }
+    if context := kafka_ssl_context(kafka):
+        kwargs["ssl_context"] = context
+    if kafka.sasl_mechanism:
+        kwargs.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password,
+        )
+    return kwargs
+
+
+def redis_client(cfg: RedisSettings) -> aioredis.Redis:
+    """An asyncio Redis client; `rediss://` URLs get TLS, credentials ride in the URL."""
+    kwargs: dict[str, Any] = {}
+    if cfg.ssl_ca_certs and cfg.url.startswith("rediss://"):
+        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    return aioredis.Redis.from_url(cfg.url, **kwargs)
+
+
+async def ensure_topics(settings: Settings, names: list[str] | None = None, partitions: int | None = None) -> None:
+    """Create the pipeline's topics (or `names`) if missing, all with the same partition count."""
+    topics = settings.topics
+    names = names or [
+        topics.vectors, topics.frames, topics.alerts, topics.scores,
+        topics.deadletter, topics.model_updates, topics.control,
+    ]  # fmt: skip
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings.kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if not missing:
+            return
+        new = [
+            NewTopic(
+                name,
+                num_partitions=partitions or topics.partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(settings.kafka.max_message_bytes)},
+            )
+            for name in missing
+        ]
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created them first
+            await admin.create_topics(new)
+    finally:
+        await admin.close()

@@ -1,0 +1,65 @@
+"""Which scorer version serves each model name, and swapping it without stopping the worker.
+
+The worker asks `current(name)` once per micro-batch, so a swap takes effect between batches:
+no event is scored by half a model, none twice. New versions load in a background thread with
+their hashes verified; a bad version is refused and the current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from stream_app.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    scorer: Any  # models.Scorer
+
+
+class ModelManager:
+    def __init__(self, registry: Registry, device: str | None = None, executor: Executor | None = None):
+        self.registry = registry
+        self.device = device
+        self.executor = executor  # load off the event loop, ideally on the thread that owns the device
+        self._serving: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()
+
+    def current(self, name: str) -> LoadedModel | None:
+        return self._serving.get(name)
+
+    async def get(self, name: str) -> LoadedModel:
+        """The serving version of `name`, loading production on first use."""
+        if (loaded := self._serving.get(name)) is not None:
+            return loaded
+        async with self._lock:
+            if name not in self._serving:
+                self._serving[name] = await self._load(name, None)
+            return self._serving[name]
+
+    async def swap(self, name: str, version: str) -> LoadedModel | None:
+        """Load `version` in the background and serve it from the next batch; None if refused."""
+        current = self._serving.get(name)
+        if current is not None and current.version == version:
+            return current
+        try:
+            loaded = await self._load(name, version)
+        except Exception as exc:  # hash mismatch, unreadable file, unknown kind...
+            log.error("refusing %s version %s, keeping %s: %s", name, version, current and current.version, exc)
+            return None
+        self._serving[name] = loaded
+        log.info("now serving %s version %s (was %s)", name, version, current and current.version)
+        return loaded
+
+    async def _load(self, name: str, version: str | None) -> LoadedModel:
+        loop = asyncio.get_running_loop()
+        mv, scorer = await loop.run_in_executor(self.executor, self.registry.load, name, version, self.device)
+        return LoadedModel(name, mv.version, scorer)

@@ -122,6 +122,8 @@ class LocalStack:
             self.fetch_jars()
             self._start_kafka()
         self._wait_ready(services)
+        if "kafka" in services:
+            _warm_group_coordinator(self.bootstrap, self.ready_timeout_s)
         return self.status()
 
     def down(self, timeout_s: float = 30.0, services: tuple[str, ...] = SERVICES) -> None:
@@ -312,6 +314,36 @@ def _kafka_healthy(bootstrap: str) -> tuple[bool, str]:
         return True, asyncio.run(asyncio.wait_for(probe(), timeout=5))
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
+
+
+def _warm_group_coordinator(bootstrap: str, timeout_s: float) -> None:
+    """Join a consumer group once so __consumer_offsets exists before the first real group needs it.
+
+    On a fresh broker the first group join waits for that topic's creation, which stalls faust's
+    first rebalance; doing it here makes "ready" mean consumer groups work.
+    """
+    import logging
+
+    from aiokafka import AIOKafkaConsumer
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def join() -> None:
+        consumer = AIOKafkaConsumer(
+            "__linewatch_warmup", bootstrap_servers=bootstrap, group_id="linewatch-warmup", request_timeout_ms=5000
+        )
+        await consumer.start()
+        try:
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=200)
+            await consumer.commit()
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(join(), timeout=timeout_s))
+    except Exception as exc:
+        raise StackError(f"Kafka answers metadata but consumer groups do not work yet: {exc!r}") from exc
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -51,6 +51,20 @@ def up(ctx: typer.Context) -> None:
 
 
 @stack_app.command()
+def fetch(ctx: typer.Context) -> None:
+    """Fetch Kafka's broker jars with Maven into the cache (no-op when cached)."""
+    from deploy.localstack import StackError
+
+    stack = _stack(ctx)
+    try:
+        downloaded = stack.fetch_jars()
+    except StackError as exc:
+        console.print(f"[red]fetch failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{'fetched' if downloaded else 'cached'}: {stack.libs_dir}")
+
+
+@stack_app.command()
 def down(ctx: typer.Context) -> None:
     """Stop Kafka and Redis started by `stack up`."""
     _stack(ctx).down()

@@ -1,0 +1,58 @@
+"""The settings object: defaults, TOML file, environment overrides, short-form URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_app.settings import load_settings
+
+
+def test_defaults_match_the_topic_contract():
+    s = load_settings()
+    assert (s.topics.vectors, s.topics.frames, s.topics.alerts) == (
+        "sensor.vectors",
+        "camera.frames",
+        "inspection.alerts",
+    )
+    assert (s.topics.scores, s.topics.deadletter, s.topics.model_updates) == (
+        "inspection.scores",
+        "inspection.deadletter",
+        "inspection.model-updates",
+    )
+
+
+def test_environment_overrides_nested_fields_and_short_forms(monkeypatch):
+    monkeypatch.setenv("LINEWATCH_BATCHING__MAX_BATCH", "512")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("REDIS_URL", "rediss://:secret@cache:6380/1")
+    monkeypatch.setenv("LINEWATCH_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    s = load_settings()
+    assert s.batching.max_batch == 512
+    assert s.kafka.bootstrap == "broker:9092"
+    assert s.redis.url == "rediss://:secret@cache:6380/1"
+    assert s.kafka.security_protocol == "SASL_SSL"
+
+
+def test_toml_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch):
+    config = tmp_path / "linewatch.toml"
+    config.write_text(
+        '[batching]\nmax_batch = 64\nmax_wait_ms = 20\n\n[[routes]]\npattern = "line-1/*"\nmodel = "press"\n'
+    )
+    monkeypatch.setenv("LINEWATCH_BATCHING__MAX_WAIT_MS", "5")
+    s = load_settings(config)
+    assert s.batching.max_batch == 64
+    assert s.batching.max_wait_ms == 5
+    assert [(r.pattern, r.model) for r in s.routes] == [("line-1/*", "press")]
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_invalid_values_are_rejected(monkeypatch):
+    monkeypatch.setenv("LINEWATCH_THRESHOLDS__RISK", "2")
+    with pytest.raises(ValueError, match="risk"):
+        load_settings()

@@ -1,0 +1,402 @@
+"""Residual variational autoencoder (RVAE) anomaly scorer for sensor vectors.
+
+Read top to bottom: config -> residual unit -> network -> scorer (fit, score, explain, save, load).
+
+The network is a fully connected encoder and decoder, each a stack of `n_layers` pre-activation
+identity residual units (He et al. 2016, "Identity mappings in deep residual networks"):
+
+    x_{l+1} = x_l + F(x_l),   F = BN -> act -> Linear -> BN -> act -> Linear
+
+with linear projections where the width changes (input -> hidden -> latent and back). One switch,
+`kind`, reruns the original study's comparison on the same units:
+
+    kind    units                 latent
+    ae      plain, F(x) only      deterministic (mu)
+    vae     plain                 Gaussian, loss = MSE + beta * KL
+    rae     residual              deterministic
+    rvae    residual              Gaussian
+
+The anomaly score is the reconstruction error of the *latent mean* path (no sampling), so a score is
+deterministic: the mean over features of the squared error in normalized units; `explain` returns the
+per-feature terms, whose row mean is the score.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.device import autocast, batches, pick_device
+from models.factory import register_loader
+from models.normalization import METHODS, Normalization, Standardize
+from models.persistence import load_scorer_dir, save_scorer_dir
+from models.validation import as_vectors
+
+KINDS = ("ae", "vae", "rae", "rvae")
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+@dataclass
+class RVAEConfig:
+    n_features: int
+    kind: str = "rvae"
+    n_layers: int = 2  # residual units in the encoder, and again in the decoder
+    hidden: int = 64
+    latent: int = 8
+    beta: float = 1.0  # weight of KL(q(z|x) || N(0, I)); ignored by ae/rae
+    clip_grad_norm: float | None = 5.0  # None disables clipping (the norm is still logged)
+    activation: str = "relu"
+    normalization: str = "robust"  # "robust" (median/IQR) or "standard" (mean/std)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"expected kind in {KINDS}, got {self.kind!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"expected activation in {tuple(_ACTIVATIONS)}, got {self.activation!r}")
+        if self.normalization not in METHODS:
+            raise ValueError(f"expected normalization in {METHODS}, got {self.normalization!r}")
+        for name in ("n_features", "hidden", "latent"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.n_layers < 0:
+            raise ValueError(f"expected n_layers >= 0, got {self.n_layers}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"expected clip_grad_norm > 0 or None, got {self.clip_grad_norm}")
+
+    @property
+    def residual(self) -> bool:
+        return self.kind in ("rae", "rvae")
+
+    @property
+    def variational(self) -> bool:
+        return self.kind in ("vae", "rvae")
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class Unit(nn.Module):
+    """One pre-activation unit; `residual=False` drops the identity skip (the plain baseline)."""
+
+    def __init__(self, width: int, activation: str, residual: bool) -> None:
+        super().__init__()
+        act = _ACTIVATIONS[activation]
+        self.f = nn.Sequential(
+            nn.BatchNorm1d(width), act(), nn.Linear(width, width), nn.BatchNorm1d(width), act(), nn.Linear(width, width)
+        )
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x) if self.residual else self.f(x)
+
+
+class Tower(nn.Module):
+    """Linear projection in, `n_layers` units, final BN -> act (as in pre-activation ResNets), projection out."""
+
+    def __init__(self, d_in: int, d_out: int, cfg: RVAEConfig) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(d_in, cfg.hidden)
+        self.units = nn.Sequential(*(Unit(cfg.hidden, cfg.activation, cfg.residual) for _ in range(cfg.n_layers)))
+        self.post = nn.Sequential(nn.BatchNorm1d(cfg.hidden), _ACTIVATIONS[cfg.activation]())
+        self.proj_out = nn.Linear(cfg.hidden, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.post(self.units(self.proj_in(x))))
+
+
+class RVAE(nn.Module):
+    """Normalized x -> (mu, log sigma^2) -> reconstruction of normalized x."""
+
+    def __init__(self, cfg: RVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # The encoder emits mu and log sigma^2 side by side; deterministic kinds only mu.
+        self.encoder = Tower(cfg.n_features, cfg.latent * (2 if cfg.variational else 1), cfg)
+        self.decoder = Tower(cfg.latent, cfg.n_features, cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.encoder(x)
+        if not self.cfg.variational:
+            return h, None
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)  # keeps exp() finite under fp16/bf16 and huge learning rates
+
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Reconstruction from mu + sigma * noise (training) or from mu alone (noise=None: scoring)."""
+        mu, logvar = self.encode(x)
+        z = mu if noise is None or logvar is None else mu + torch.exp(0.5 * logvar) * noise
+        return self.decoder(z), mu, logvar
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) per row, summed over latent dimensions."""
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------- scorer
+
+
+class RVAEScorer:
+    """Autoencoder anomaly scorer for sensor vectors (raw units in, float32 scores out).
+
+    loss = MSE (mean over features, normalized units) + beta * KL / n_features, so beta is relative
+    to a per-feature error and the numbers are comparable across sensor counts. Training holds out
+    `val_fraction` of the rows for early stopping; their scores become `calibration_scores`, from
+    which the streaming worker initialises its alert threshold.
+
+    >>> X = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")
+    >>> s = RVAEScorer(n_features=4, n_layers=1, hidden=16, latent=2, device="cpu")
+    >>> history = s.fit(X, epochs=2, batch_size=64)
+    >>> s.score(X[:3]).shape, s.score(X[:3]).dtype
+    ((3,), dtype('float32'))
+    >>> bool(np.allclose(s.explain(X[:3]).mean(axis=1), s.score(X[:3])))
+    True
+    """
+
+    data_kind = "vectors"
+
+    def __init__(
+        self,
+        n_features: int,
+        kind: str = "rvae",
+        n_layers: int = 2,
+        hidden: int = 64,
+        latent: int = 8,
+        beta: float = 1.0,
+        clip_grad_norm: float | None = 5.0,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        feature_names: list[str] | None = None,
+        activation: str = "relu",
+        normalization: str = "robust",
+        score_batch_size: int = 8192,
+    ) -> None:
+        self.config = RVAEConfig(
+            int(n_features), kind, int(n_layers), int(hidden), int(latent), float(beta),
+            None if clip_grad_norm is None else float(clip_grad_norm), activation, normalization, int(seed),
+        )  # fmt: skip
+        self.n_features = self.config.n_features
+        self.kind = kind
+        self.feature_names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(n_features)]
+        if len(self.feature_names) != self.n_features:
+            raise ValueError(f"expected {self.n_features} feature names, got {len(self.feature_names)}")
+        self.device = pick_device(device)
+        self.score_batch_size = int(score_batch_size)
+        self.normalization: Normalization | None = None
+        self.calibration_scores: np.ndarray | None = None
+        self.history: dict[str, Any] = {}
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+            torch.manual_seed(self.config.seed)
+            self.standardize = Standardize(self.n_features)
+            self.net = RVAE(self.config)
+        self.standardize.to(self.device).eval()
+        self.net.to(self.device).eval()
+
+    # --------------------------------------------------------------------- training
+
+    def _loss(self, x: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, reconstruction MSE) averaged over the batch; x is already normalized."""
+        with autocast(self.device):
+            recon, mu, logvar = self.net(x, noise)
+        mse = (recon.float() - x).square().mean()
+        if logvar is None:
+            return mse, mse
+        kl = kl_to_standard_normal(mu.float(), logvar.float()).mean()
+        return mse + self.config.beta * kl / self.n_features, mse
+
+    def fit(
+        self,
+        X: np.ndarray,
+        epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        val_fraction: float = 0.1,
+        patience: int | None = 10,
+        weight_decay: float = 0.0,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Fit normalization and network on normal data; return the history.
+
+        The last `val_fraction` of a seeded shuffle is held out: early stopping (stop after `patience`
+        epochs without a better validation loss, then restore the best weights; None trains all
+        epochs) and calibration scores. History: per-epoch `train_loss`, `train_mse`, `val_loss`; per-step
+        `grad_norm` (before clipping); `clipped_fraction`, `skipped_steps` (non-finite gradients),
+        `best_epoch`, `epochs_run`.
+        """
+        X = as_vectors(X, self.n_features)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"expected 0 <= val_fraction < 1, got {val_fraction}")
+        rng = np.random.default_rng(self.config.seed)
+        order = rng.permutation(len(X))
+        n_val = math.ceil(len(X) * val_fraction) if val_fraction > 0 else 0
+        train_idx, val_idx = order[: len(X) - n_val], order[len(X) - n_val :]
+        if len(train_idx) < 2:
+            raise ValueError(
+                f"expected at least 2 training rows after holding out {n_val} for validation, got {len(X)}"
+            )
+
+        self.normalization = Normalization.fit(X[train_idx], self.config.normalization)
+        self.standardize.set_(self.normalization)
+        # The training set is small next to device memory: normalize it once, keep it on the device.
+        with torch.no_grad():
+            Z = self.standardize(torch.from_numpy(X).to(self.device))
+        Z_train, Z_val = Z[torch.from_numpy(train_idx).to(self.device)], Z[torch.from_numpy(val_idx).to(self.device)]
+
+        gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=weight_decay)
+        fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm is not None else math.inf
+        hist: dict[str, Any] = {"train_loss": [], "train_mse": [], "val_loss": [], "grad_norm": []}
+        best, best_state, best_epoch, stale = math.inf, None, -1, 0
+        n_skipped = 0
+
+        epoch_iter = range(epochs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            epoch_iter = tqdm(epoch_iter, desc=f"fit {self.kind}", unit="epoch")
+        for epoch in epoch_iter:
+            self.net.train()
+            perm = torch.from_numpy(rng.permutation(len(Z_train))).to(self.device)
+            if len(perm) % batch_size == 1:
+                perm = perm[:-1]  # BatchNorm cannot train on a batch of one row
+            losses, mses, norms = [], [], []
+            for sl in batches(len(perm), batch_size):
+                x = Z_train[perm[sl]]
+                noise = None
+                if self.config.variational:
+                    noise = torch.randn((len(x), self.config.latent), generator=gen, device=self.device)
+                loss, mse = self._loss(x, noise)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+                if torch.isfinite(norm):  # (one host sync per step; negligible next to these small steps)
+                    scaler.step(opt)
+                else:  # a non-finite gradient would poison the weights: skip the step, count it
+                    n_skipped += 1
+                scaler.update()
+                losses.append(loss.detach())
+                mses.append(mse.detach())
+                norms.append(norm.detach())
+            # One device sync per epoch rather than per step.
+            hist["train_loss"].append(float(torch.stack(losses).mean()))
+            hist["train_mse"].append(float(torch.stack(mses).mean()))
+            hist["grad_norm"].extend(torch.stack(norms).float().cpu().tolist())
+
+            if len(Z_val):
+                self.net.eval()
+                with torch.inference_mode():
+                    val = float(self._loss(Z_val, None)[0])
+                hist["val_loss"].append(val)
+                if val < best:
+                    best, best_epoch, stale = val, epoch, 0
+                    best_state = copy.deepcopy(self.net.state_dict())
+                else:
+                    stale += 1
+            if progress:
+                epoch_iter.set_postfix(
+                    loss=f"{hist['train_loss'][-1]:.4f}", val=f"{hist['val_loss'][-1]:.4f}" if len(Z_val) else "-"
+                )
+            if patience is not None and len(Z_val) and stale >= patience:
+                break
+
+        if best_state is not None and patience is not None:
+            self.net.load_state_dict(best_state)
+        self.net.eval()
+        grad = np.asarray(hist["grad_norm"], np.float64)
+        hist["clip_grad_norm"] = self.config.clip_grad_norm
+        hist["clipped_fraction"] = float((grad > max_norm).mean()) if grad.size else 0.0
+        hist["skipped_steps"] = n_skipped
+        hist["best_epoch"] = best_epoch
+        hist["epochs_run"] = len(hist["train_loss"])
+        # Calibration: held-out normal rows scored by the final model (training rows if nothing was held out,
+        # which biases the threshold low).
+        self.calibration_scores = self.score(X[val_idx] if n_val else X[train_idx])
+        self.history = hist
+        return hist
+
+    # --------------------------------------------------------------------- scoring
+
+    def _check_fitted(self) -> None:
+        if self.normalization is None:
+            raise RuntimeError("RVAEScorer is not fitted: call fit(X) or load a saved scorer first")
+
+    @torch.inference_mode()
+    def _errors(self, X: np.ndarray, reduce: bool) -> np.ndarray:
+        """Squared reconstruction error in normalized units, batched: [N] (feature mean) or [N, F]."""
+        self._check_fitted()
+        X = np.ascontiguousarray(as_vectors(X, self.n_features))
+        out = np.empty((len(X),) if reduce else X.shape, np.float32)
+        for sl in batches(len(X), self.score_batch_size):
+            z = self.standardize(torch.from_numpy(X[sl]).to(self.device, non_blocking=True))
+            with autocast(self.device):
+                recon = self.net(z)[0]
+            err = (recon.float() - z).square_()
+            out[sl] = (err.mean(dim=1) if reduce else err).cpu().numpy()
+        return out
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """float32 [N]: mean squared reconstruction error per feature (latent mean path); higher = more anomalous."""
+        return self._errors(X, reduce=True)
+
+    def explain(self, X: np.ndarray) -> np.ndarray:
+        """float32 [N, F]: per-feature squared error in normalized units; `explain(X).mean(1) == score(X)`."""
+        return self._errors(X, reduce=False)
+
+    def top_features(self, x: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+        """The k features that contribute most to one row's score, for an alert's explanation."""
+        contrib = self.explain(np.asarray(x).reshape(1, -1))[0]
+        return [(self.feature_names[i], float(contrib[i])) for i in np.argsort(-contrib)[:k]]
+
+    # --------------------------------------------------------------------- persistence
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Directory with weights.safetensors (network + normalization buffers) and manifest.json."""
+        self._check_fitted()
+        config = {
+            **asdict(self.config),
+            "feature_names": self.feature_names,
+            "normalization_stats": self.normalization.to_dict(),
+            "score": "mean over features of squared error, latent mean path, normalized units",
+        }
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors |= {f"norm.{k}": v for k, v in self.standardize.state_dict().items()}
+        return save_scorer_dir(
+            path,
+            kind=self.kind,
+            config=config,
+            tensors=tensors,
+            calibration_scores=self.calibration_scores,
+            extra=extra,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> RVAEScorer:
+        """Inverse of save: hashes verified before anything is read (ModelIntegrityError otherwise)."""
+        manifest, tensors = load_scorer_dir(path)
+        cfg = dict(manifest["config"])
+        feature_names = cfg.pop("feature_names")
+        stats = cfg.pop("normalization_stats")
+        cfg.pop("score", None)
+        scorer = cls(**cfg, device=device, feature_names=feature_names)
+        scorer.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        scorer.standardize.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("norm.")})
+        scorer.normalization = Normalization.from_dict(stats)
+        if manifest.get("calibration_scores") is not None:
+            scorer.calibration_scores = np.asarray(manifest["calibration_scores"], np.float32)
+        return scorer
+
+
+register_loader(*KINDS)(RVAEScorer.load)

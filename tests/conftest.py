@@ -17,6 +17,9 @@ import pytest
 
 from stream_app.settings import Settings, TopicSettings
 
+# Apps run as worker subprocesses by the tests; importing them needs their environment.
+collect_ignore = ["apps"]
+
 
 @dataclass(frozen=True)
 class StackUrls:

@@ -84,6 +84,35 @@ class StackSettings(BaseModel):
     ready_timeout_s: float = 90.0
 
 
+class RetrainSchedule(BaseModel):
+    """When the retraining agent refits `model`: a cron expression (croniter) or a fixed interval."""
+
+    model: str
+    cron: str | None = None
+    interval_s: float | None = Field(None, gt=0)
+
+
+class RetrainSettings(BaseModel):
+    """The retraining agent (`linewatch retrain`): data window, poisoning guard, fit and validation rules."""
+
+    schedules: list[RetrainSchedule] = Field(default_factory=list)
+    window_s: float | None = Field(3600.0, gt=0, description="recent window by record time; None: count only")
+    window_events: int | None = Field(None, ge=1, description="or the newest N events of the input topic")
+    max_samples: int = Field(20_000, ge=10, description="cap on training+holdout rows (evenly spaced)")
+    min_samples: int = Field(200, ge=10, description="fewer clean events than this: skip the cycle")
+    guard: bool = Field(True, description="poisoning guard; off only for experiments")
+    guard_margin_events: int = Field(50, ge=0, description="drop this many events of a source around an anomaly")
+    guard_margin_s: float = Field(60.0, ge=0, description="and events this close in time to one")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="newest clean events kept for validation")
+    epochs: int = Field(60, ge=1)
+    max_false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="candidate on held-back normal data")
+    detection_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop in incident detection rate")
+    min_incident_events: int = Field(5, ge=0, description="fewer incident events: the detection check is skipped")
+    auto_promote: bool = True
+    keep_rejected: bool = Field(True, description="store rejected candidates in the registry for audit")
+    control_max_age_s: float = Field(300.0, gt=0, description="ignore control messages older than this at start")
+
+
 class Route(BaseModel):
     """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""
 
@@ -104,6 +133,7 @@ class Settings(BaseSettings):
     thresholds: ThresholdSettings = ThresholdSettings()
     incidents: IncidentSettings = IncidentSettings()
     stack: StackSettings = StackSettings()
+    retrain: RetrainSettings = RetrainSettings()
     routes: list[Route] = [Route(pattern="*", model="sensors")]
     image_routes: list[Route] = [Route(pattern="*", model="camera")]
     registry_dir: Path = Path("registry")

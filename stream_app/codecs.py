@@ -1,0 +1,214 @@
+"""Bytes on the wire <-> arrays the scorers take, and the dead-letter reason when that fails.
+
+Every decode error is a `BadEvent` carrying a short machine-readable `reason` (the dead-letter header and
+the metrics label) and a message that says what was expected and what arrived. Encoders live here too so
+the simulator, the camera feeder and the tests write exactly what the worker reads.
+
+>>> ev = decode_vector(encode_vector("line-1/press-1", [1.0, 2.5], ts=10.0, seq=3))
+>>> ev.source, ev.ts, ev.values.tolist(), ev.seq
+('line-1/press-1', 10.0, [1.0, 2.5], 3)
+>>> decode_vector(b'{"source": "a", "values": [1, NaN]}')  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+stream_app.codecs.BadEvent: malformed_json: not valid JSON (...)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import orjson
+
+REASONS = (
+    "malformed_json",
+    "bad_schema",
+    "wrong_width",
+    "non_finite",
+    "undecodable_image",
+    "oversized_image",
+    "claim_check_unreadable",
+    "unknown_source",
+)
+
+
+class BadEvent(ValueError):
+    """An input record that cannot be scored; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VectorEvent:
+    source: str
+    ts: float
+    values: np.ndarray  # float32 [F]
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class FrameEvent:
+    source: str
+    ts: float
+    image: np.ndarray  # uint8 [H, W] or [H, W, 3]
+
+
+def parse_ts(ts: float | int | str | None, default: float | None = None) -> float:
+    """Epoch seconds from epoch seconds (number or numeric string) or ISO-8601; `default` (now) when absent.
+
+    >>> parse_ts("1970-01-01T00:01:00Z"), parse_ts(5), parse_ts("7.5")
+    (60.0, 5.0, 7.5)
+    """
+    if ts is None or ts == "":
+        return time.time() if default is None else default
+    if isinstance(ts, bool):
+        raise BadEvent("bad_schema", f"ts must be epoch seconds or ISO-8601, got {ts!r}")
+    if isinstance(ts, int | float):
+        value = float(ts)
+    else:
+        try:
+            value = float(ts)
+        except ValueError:
+            try:
+                value = datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise BadEvent("bad_schema", f"ts must be epoch seconds or ISO-8601, got {ts!r}") from None
+    if not math.isfinite(value):
+        raise BadEvent("bad_schema", f"ts must be finite, got {ts!r}")
+    return value
+
+
+# ------------------------------------------------------------------ vectors
+
+
+def encode_vector(source: str, values: Iterable[float], ts: float | None = None, seq: int | None = None) -> bytes:
+    body: dict[str, object] = {"source": source, "ts": time.time() if ts is None else ts, "values": list(values)}
+    if seq is not None:
+        body["seq"] = seq
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_vector(value: bytes | None) -> VectorEvent:
+    """JSON `{"source", "ts"?, "values", "seq"?}` -> VectorEvent; width is checked later against the model."""
+    if not value:
+        raise BadEvent("malformed_json", "empty message value, expected a JSON object")
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent("malformed_json", f"not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadEvent("bad_schema", f"expected a JSON object, got {type(body).__name__}")
+    source, values = body.get("source"), body.get("values")
+    if not isinstance(source, str) or not source:
+        raise BadEvent("bad_schema", "expected a non-empty string field 'source'")
+    if not isinstance(values, list) or not values:
+        raise BadEvent("bad_schema", f"expected 'values' to be a non-empty list of numbers, got {values!r}"[:200])
+    try:
+        with np.errstate(over="ignore"):
+            arr = np.asarray(values, dtype=np.float64).astype(np.float32)
+    except (TypeError, ValueError):
+        raise BadEvent("bad_schema", "expected 'values' to hold numbers only") from None
+    if arr.ndim != 1 or any(isinstance(v, bool) for v in values):
+        raise BadEvent("bad_schema", "expected 'values' to be a flat list of numbers")
+    if not np.isfinite(arr).all():
+        raise BadEvent("non_finite", f"values hold NaN or inf at positions {np.nonzero(~np.isfinite(arr))[0][:5]}")
+    seq = body.get("seq")
+    return VectorEvent(source, parse_ts(body.get("ts")), arr, seq if isinstance(seq, int) else None)
+
+
+# ------------------------------------------------------------------ frames
+
+
+def headers_dict(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[str, bytes]:
+    """Kafka headers (a list of (key, bytes) pairs, or a mapping) as a dict; the last value of a key wins."""
+    if not headers:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {str(k): (v if isinstance(v, bytes) else (b"" if v is None else str(v).encode())) for k, v in items}
+
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format={"jpg": "JPEG"}.get(fmt.lower(), fmt.upper()))
+    return buf.getvalue()
+
+
+def frame_headers(
+    source: str,
+    ts: float | None = None,
+    content_type: str = "image/png",
+    uri: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> list[tuple[str, bytes]]:
+    headers = [("source", source.encode()), ("ts", repr(time.time() if ts is None else ts).encode())]
+    headers.append(("content-type", content_type.encode()))
+    if uri:
+        headers.append(("uri", uri.encode()))
+    headers.extend((k, str(v).encode()) for k, v in (extra or {}).items())
+    return headers
+
+
+def _read_claim_check(uri: str, max_bytes: int, allowed_dirs: Sequence[Path]) -> bytes:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise BadEvent("claim_check_unreadable", f"only file:// claim-check URIs are supported, got {uri!r}")
+    path = Path(unquote(parsed.path)).resolve()
+    if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
+        raise BadEvent("claim_check_unreadable", f"{path} is outside the configured claim_check_dirs")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise BadEvent("oversized_image", f"claim-checked image is {size} bytes, the limit is {max_bytes}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
+
+
+def decode_frame(
+    value: bytes | None,
+    headers: Mapping[str, bytes],
+    max_bytes: int,
+    claim_check_dirs: Sequence[Path] = (),
+    default_source: str | None = None,
+) -> FrameEvent:
+    """Encoded image bytes (or a claim-check `uri` header) -> FrameEvent with a uint8 [H, W] or [H, W, 3] image."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = headers.get("source", b"").decode(errors="replace") or default_source
+    if not source:
+        raise BadEvent("bad_schema", "frame without a 'source' header or message key")
+    ts_raw = headers.get("ts")
+    ts = parse_ts(ts_raw.decode(errors="replace") if ts_raw else None)
+    if uri := headers.get("uri", b"").decode(errors="replace"):
+        data = _read_claim_check(uri, max_bytes, claim_check_dirs)
+    else:
+        data = value or b""
+    if not data:
+        raise BadEvent("undecodable_image", "empty frame: expected JPEG/PNG bytes or a claim-check 'uri' header")
+    if len(data) > max_bytes:
+        raise BadEvent("oversized_image", f"image is {len(data)} bytes, the limit is {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > 64 * 1024 * 1024:  # decompression bomb guard
+                raise BadEvent("oversized_image", f"image is {img.width}x{img.height} pixels")
+            img = img.convert("L") if img.mode in ("L", "I", "I;16", "1", "P", "LA") else img.convert("RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        if isinstance(exc, BadEvent):
+            raise
+        raise BadEvent("undecodable_image", f"cannot decode image bytes: {exc}") from None
+    if min(arr.shape[:2]) < 8:
+        raise BadEvent("undecodable_image", f"image is {arr.shape[1]}x{arr.shape[0]}, expected at least 8x8")
+    return FrameEvent(source, ts, arr)

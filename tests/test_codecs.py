@@ -1,0 +1,80 @@
+"""Codecs: what the worker accepts, and the dead-letter reason for what it does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_app.codecs import (
+    BadEvent,
+    decode_frame,
+    decode_vector,
+    encode_image,
+    encode_vector,
+    frame_headers,
+    headers_dict,
+)
+
+
+def reason_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(BadEvent) as info:
+        fn(*args, **kwargs)
+    return info.value.reason
+
+
+def test_vector_round_trip_keeps_source_ts_values_and_seq():
+    ev = decode_vector(encode_vector("l1/m1", np.array([1.5, -2.0], np.float32), ts=12.5, seq=7))
+    assert (ev.source, ev.ts, ev.seq) == ("l1/m1", 12.5, 7)
+    assert ev.values.dtype == np.float32 and ev.values.tolist() == [1.5, -2.0]
+
+
+def test_iso_timestamps_are_accepted():
+    ev = decode_vector(b'{"source": "a", "ts": "2026-01-01T00:00:00+00:00", "values": [1]}')
+    assert ev.ts == 1767225600.0
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "malformed_json"),
+        (b"{not json", "malformed_json"),
+        (b"[1, 2]", "bad_schema"),
+        (b'{"values": [1.0]}', "bad_schema"),
+        (b'{"source": "a", "values": []}', "bad_schema"),
+        (b'{"source": "a", "values": ["x"]}', "bad_schema"),
+        (b'{"source": "a", "values": [[1], [2]]}', "bad_schema"),
+        (b'{"source": "a", "values": [1e39]}', "non_finite"),
+        (b'{"source": "a", "ts": "yesterday", "values": [1]}', "bad_schema"),
+    ],
+)
+def test_bad_vectors_name_their_reason(payload, reason):
+    assert reason_of(decode_vector, payload) == reason
+
+
+def test_frame_round_trip_gray_and_rgb():
+    rng = np.random.default_rng(0)
+    for image in (rng.integers(0, 255, (32, 40), np.uint8), rng.integers(0, 255, (16, 16, 3), np.uint8)):
+        hdrs = headers_dict(frame_headers("cam-1", ts=3.0, extra={"truth": "normal"}))
+        ev = decode_frame(encode_image(image), hdrs, max_bytes=1 << 20)
+        assert ev.source == "cam-1" and ev.ts == 3.0 and hdrs["truth"] == b"normal"
+        np.testing.assert_array_equal(ev.image, image)
+
+
+def test_bad_frames_name_their_reason(tmp_path):
+    hdrs = headers_dict(frame_headers("cam-1"))
+    png = encode_image(np.zeros((32, 32), np.uint8))
+    assert reason_of(decode_frame, b"not an image", hdrs, 1 << 20) == "undecodable_image"
+    assert reason_of(decode_frame, b"", hdrs, 1 << 20) == "undecodable_image"
+    assert reason_of(decode_frame, png, hdrs, 10) == "oversized_image"
+    assert reason_of(decode_frame, png, {}, 1 << 20) == "bad_schema"
+    outside = headers_dict(frame_headers("cam-1", uri=f"file://{tmp_path}/x.png"))
+    assert reason_of(decode_frame, None, outside, 1 << 20, claim_check_dirs=[]) == "claim_check_unreadable"
+
+
+def test_claim_check_frames_are_read_from_allowed_dirs(tmp_path):
+    image = np.full((24, 24), 7, np.uint8)
+    (tmp_path / "big.png").write_bytes(encode_image(image))
+    hdrs = headers_dict(frame_headers("cam-2", uri=f"file://{tmp_path}/big.png"))
+    np.testing.assert_array_equal(decode_frame(None, hdrs, 1 << 20, claim_check_dirs=[tmp_path]).image, image)
+    missing = headers_dict(frame_headers("cam-2", uri=f"file://{tmp_path}/gone.png"))
+    assert reason_of(decode_frame, None, missing, 1 << 20, claim_check_dirs=[tmp_path]) == "claim_check_unreadable"

@@ -36,6 +36,8 @@ REASONS = (
     "oversized_image",
     "claim_check_unreadable",
     "unknown_source",
+    "model_unavailable",  # routed model has no loadable production version (worker side)
+    "rejected_by_model",  # the scorer's own input check refused the batch (worker side)
 )
 
 

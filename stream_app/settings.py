@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
+    JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -162,18 +163,25 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            JsonConfigSettingsSource(settings_cls),
+        )
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
-    """Settings from defaults < TOML file (`config_file` or $LINEWATCH_CONFIG) < environment < overrides."""
+    """Settings from defaults < TOML or JSON file (`config_file` or $LINEWATCH_CONFIG) < environment < overrides."""
     path = config_file or os.environ.get("LINEWATCH_CONFIG")
     if not path:
         return Settings(**overrides)
     if not Path(path).is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
 
+    source = "json_file" if str(path).endswith(".json") else "toml_file"
+
     class FileSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+        model_config = SettingsConfigDict(**{**Settings.model_config, source: path})
 
     return FileSettings(**overrides)

@@ -1,0 +1,66 @@
+"""Starting linewatch services as child processes with a given Settings object (demo and tests).
+
+The settings travel as a JSON config file, so a child sees exactly the parent's configuration,
+including values that came from code rather than the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from stream_app.settings import Settings
+
+
+def write_config(settings: Settings, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"settings-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}))
+    return path
+
+
+def spawn(settings: Settings, *command: str, log_file: Path | None = None) -> subprocess.Popen:
+    """`python -m stream_app -c <settings.json> <command...>` in its own process group."""
+    state = Path(settings.state_dir)
+    config = write_config(settings, state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_")}
+    env.pop("KAFKA_BOOTSTRAP", None)
+    env.pop("REDIS_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    out = open(log_file or state / f"{command[0]}-{uuid.uuid4().hex[:6]}.log", "ab")  # noqa: SIM115 (child owns it)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_app", "-c", str(config), *command],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGTERM the process group, then SIGKILL after `timeout_s`; returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running(settings: Settings, *command: str, log_file: Path | None = None) -> Iterator[subprocess.Popen]:
+    proc = spawn(settings, *command, log_file=log_file)
+    try:
+        yield proc
+    finally:
+        stop(proc)

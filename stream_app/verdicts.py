@@ -1,0 +1,135 @@
+"""The records a worker writes: verdicts, alerts and dead letters (pure builders, no I/O).
+
+Field names follow the contracts in DESIGN.md. Alert ids hash the origin topic/partition/offset, so a
+redelivered event (at-least-once) yields the same id and subscribers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record, independent of the client that consumed it (faust or aiokafka)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes] = field(default_factory=dict)
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+def alert_id(topic: str, partition: int, offset: int) -> str:
+    """Deterministic id of the alert an input record can raise.
+
+    >>> alert_id("sensor.vectors", 0, 42) == alert_id("sensor.vectors", 0, 42) != alert_id("sensor.vectors", 1, 42)
+    True
+    """
+    return hashlib.sha1(f"{topic}/{partition}/{offset}".encode()).hexdigest()[:20]
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _passthrough(headers: Mapping[str, bytes]) -> Headers:
+    """Input headers travel with verdicts and alerts (ground truth, trace ids); the claim-check uri does not."""
+    return [(k, v) for k, v in headers.items() if k not in ("uri", "content-type")]
+
+
+def verdict_output(
+    topic: str, rec: Record, source: str, ts: float, score: float, threshold: float, anomalous: bool,
+    model: str, version: str, incident_id: str | None,
+) -> Output:  # fmt: skip
+    body = {
+        "source": source, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset, "ts": ts,
+        "score": score, "threshold": threshold, "anomalous": anomalous, "model": model, "version": version,
+        "incident_id": incident_id,
+    }  # fmt: skip
+    return Output(topic, source.encode(), _json(body), _passthrough(rec.headers))
+
+
+def alert_output(
+    topic: str, rec: Record, *, source: str, kind: str, ts: float, score: float, threshold: float, severity: float,
+    model: str, version: str, incident_id: str | None, incident_event: str | None, explanation: dict[str, Any],
+) -> Output:  # fmt: skip
+    body = {
+        "alert_id": alert_id(rec.topic, rec.partition, rec.offset),
+        "incident_id": incident_id,
+        "incident_event": incident_event,
+        "source": source,
+        "kind": kind,
+        "ts": ts,
+        "detected_at": time.time(),
+        "score": score,
+        "threshold": threshold,
+        "severity": severity,
+        "model": model,
+        "version": version,
+        "explanation": explanation,
+        "origin": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+    }
+    return Output(topic, source.encode(), _json(body), _passthrough(rec.headers))
+
+
+def deadletter_output(topic: str, rec: Record, reason: str, message: str) -> Output:
+    """The original bytes and headers, plus why and where they came from."""
+    headers = list(rec.headers.items()) + [
+        ("reason", reason.encode()),
+        ("error", message[:500].encode(errors="replace")),
+        ("origin-topic", rec.topic.encode()),
+        ("origin-partition", str(rec.partition).encode()),
+        ("origin-offset", str(rec.offset).encode()),
+    ]
+    return Output(topic, rec.key, rec.value or b"", headers)
+
+
+def top_features(contributions: np.ndarray, values: np.ndarray, names: Sequence[str], k: int = 3) -> dict[str, Any]:
+    """Explanation of a vector alert: the k features with the largest share of the score.
+
+    >>> top_features(np.array([0.1, 2.0, 0.5]), np.array([1.0, 9.0, 3.0]), ["a", "b", "c"], k=2)["top_features"][0]
+    {'feature': 'b', 'contribution': 2.0, 'value': 9.0}
+    """
+    order = np.argsort(-contributions)[:k]
+    return {
+        "top_features": [
+            {"feature": names[i], "contribution": round(float(contributions[i]), 4), "value": float(values[i])}
+            for i in order
+        ]
+    }
+
+
+def coarse_grid(heatmap: np.ndarray, cells: int = 8) -> dict[str, Any]:
+    """Explanation of an image alert: the patch heatmap averaged down to at most cells x cells, plus its peak.
+
+    >>> g = coarse_grid(np.arange(16, dtype=np.float32).reshape(4, 4), cells=2)
+    >>> g["heatmap"], g["peak"]
+    ([[2.5, 4.5], [10.5, 12.5]], {'row': 1, 'col': 1})
+    """
+    h, w = heatmap.shape
+    gh, gw = min(cells, h), min(cells, w)
+    rows = np.array_split(np.arange(h), gh)
+    cols = np.array_split(np.arange(w), gw)
+    grid = np.array([[float(heatmap[np.ix_(r, c)].mean()) for c in cols] for r in rows])
+    peak = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return {"heatmap": np.round(grid, 4).tolist(), "peak": {"row": int(peak[0]), "col": int(peak[1])}}

@@ -1,0 +1,212 @@
+"""The inspection worker: a faust-streaming app whose agents micro-batch input topics into the pipeline.
+
+- One agent per input topic takes `take_events(max_batch, within=max_wait)` batches; faust acks the batch's
+  offsets only when the agent loop resumes, i.e. after `InspectionPipeline.handle` has every output
+  acknowledged by the broker (at-least-once; alert ids are deterministic so redeliveries de-duplicate).
+- Model announcements (`inspection.model-updates`) must reach *every* worker, so they are read by a plain
+  aiokafka consumer without a group, from the end of the topic; each one triggers a background load and a
+  swap between batches. A worker always starts on the registry's production versions.
+- Outputs go through one aiokafka producer (acks=all) owned by the app; inference runs on one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream_app.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
+from stream_app.executor import InferenceExecutor
+from stream_app.metrics import WorkerMetrics, serve_http
+from stream_app.model_manager import ModelManager
+from stream_app.model_updates import parse_update
+from stream_app.pipeline import InspectionPipeline
+from stream_app.registry import Registry
+from stream_app.settings import KafkaSettings, Settings
+from stream_app.threshold_store import ThresholdStore
+from stream_app.verdicts import Record
+
+log = logging.getLogger(__name__)
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """SASL/TLS from settings in faust's terms (None for PLAINTEXT)."""
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=kafka_ssl_context(kafka),
+        )
+    if context := kafka_ssl_context(kafka):
+        return faust.SSLCredentials(context)
+    return None
+
+
+def to_record(event: Any) -> Record:
+    msg = event.message
+    headers = {k: (v or b"") for k, v in (msg.headers or [])}
+    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers, msg.timestamp)
+
+
+class Worker:
+    """Owns the worker's resources (producer, Redis, executor, models, HTTP) and builds the faust app."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = WorkerMetrics()
+        self.executor = InferenceExecutor()
+        self.registry = Registry(settings.registry_dir)
+        self.models = ModelManager(self.registry, device=settings.device, executor=self.executor.pool)
+        self.redis = redis_client(settings.redis)
+        self.store = ThresholdStore(self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
+        self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
+        self.producer: AIOKafkaProducer | None = None
+        self.http_port: int | None = None
+        self.batches = 0
+        self.ready = asyncio.Event()
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{s.kafka.bootstrap}",
+            broker_credentials=faust_credentials(s.kafka),
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=s.topics.partitions,
+            broker_commit_interval=0.5,
+            consumer_max_fetch_size=s.kafka.max_message_bytes,
+            producer_max_request_size=s.kafka.max_message_bytes,
+            consumer_auto_offset_reset="earliest",
+        )
+        vectors = app.topic(s.topics.vectors, key_serializer="raw", value_serializer="raw")
+        frames = app.topic(s.topics.frames, key_serializer="raw", value_serializer="raw")
+        within = s.batching.max_wait_ms / 1000.0
+
+        async def run_batches(kind: str, stream: Any) -> None:
+            await self.ready.wait()
+            async for events in stream.take_events(s.batching.max_batch, within=within):
+                records = [to_record(e) for e in events]
+                try:
+                    report = await self.pipeline.handle(kind, records, self.producer)
+                except Exception:
+                    # Outputs were not all acknowledged: stop rather than ack offsets of unsent verdicts;
+                    # the group rebalances and the batch is redelivered (at-least-once).
+                    log.exception("batch of %d %s failed; stopping so it is redelivered", len(records), kind)
+                    raise
+                self.batches += 1
+                self._observe_lag(app, records)
+                log.debug("batch kind=%s events=%d scored=%d alerts=%d", kind, report.events, report.scored,
+                          report.alerts)  # fmt: skip
+
+        @app.agent(vectors, name=f"{s.app_id}.vectors")
+        async def score_vectors(stream: Any) -> None:
+            await run_batches("vectors", stream)
+
+        @app.agent(frames, name=f"{s.app_id}.frames")
+        async def score_frames(stream: Any) -> None:
+            await run_batches("images", stream)
+
+        @app.task
+        async def follow_model_updates() -> None:
+            await self._follow_model_updates()
+
+        worker = self
+
+        @app.service
+        class Resources(faust.Service):  # type: ignore[misc]
+            """Starts with the app, before agents get events; closes the producer, Redis and executor."""
+
+            async def on_start(self) -> None:
+                await worker._start()
+
+            async def on_stop(self) -> None:
+                await worker.close()
+
+        return app
+
+    def _observe_lag(self, app: faust.App, records: list[Record]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = r.offset
+        for (topic, partition), offset in last.items():
+            with contextlib.suppress(Exception):
+                tp = next(t for t in app.consumer.assignment() if t.topic == topic and t.partition == partition)
+                self.metrics.lag.labels(topic, str(partition)).set(max(0, app.consumer.highwater(tp) - offset - 1))
+
+    async def _start(self) -> None:
+        """Create topics, start the producer, load production models, serve /metrics and /health."""
+        s = self.settings
+        await ensure_topics(s)
+        self.producer = AIOKafkaProducer(
+            acks="all", linger_ms=5, max_request_size=s.kafka.max_message_bytes, **aiokafka_kwargs(s.kafka)
+        )
+        await self.producer.start()
+        for name in {r.model for r in s.routes} | {r.model for r in s.image_routes}:
+            try:
+                loaded = await self.models.get(name)
+                self.metrics.model_version.labels(name).set(int(loaded.version))
+                log.info("serving %s version %s", name, loaded.version)
+            except Exception as exc:
+                log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
+        if s.metrics_port >= 0:
+            self._http, self.http_port = await serve_http(self.metrics, "0.0.0.0", s.metrics_port, self.health)
+            log.info("metrics and health on port %d", self.http_port)
+            if s.state_dir:  # tests and tools find a port-0 server here
+                s.state_dir.mkdir(parents=True, exist_ok=True)
+                (s.state_dir / f"worker-{socket.gethostname()}-{id(self)}.port").write_text(str(self.http_port))
+        self.ready.set()
+
+    async def _follow_model_updates(self) -> None:
+        s = self.settings
+        await self.ready.wait()
+        consumer = AIOKafkaConsumer(s.topics.model_updates, auto_offset_reset="latest", **aiokafka_kwargs(s.kafka))
+        await consumer.start()
+        try:
+            async for msg in consumer:
+                try:
+                    update = parse_update(msg.value)
+                except ValueError as exc:
+                    log.error("ignoring model update at offset %d: %s", msg.offset, exc)
+                    continue
+                loaded = await self.models.swap(update["model"], update["version"], update.get("sha256"))
+                if loaded is None:
+                    self.metrics.refused.labels(update["model"]).inc()
+                else:
+                    self.metrics.swaps.labels(loaded.name).inc()
+                    self.metrics.model_version.labels(loaded.name).set(int(loaded.version))
+        finally:
+            await consumer.stop()
+
+    def health(self) -> dict[str, Any]:
+        serving = {name: lm.version for name in self.models._serving if (lm := self.models.current(name))}
+        return {
+            "ok": self.producer is not None,
+            "app_id": self.settings.app_id,
+            "models": serving,
+            "batches": self.batches,
+            "last_batch_age_s": None
+            if self.metrics.last_batch_at is None
+            else time.time() - self.metrics.last_batch_at,
+            "uptime_s": time.time() - self.metrics.started_at,
+        }
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+        await self.redis.aclose()
+        self.executor.close()
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run a worker in this process until SIGINT/SIGTERM (faust's worker owns the event loop)."""
+    worker = Worker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

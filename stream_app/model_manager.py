@@ -2,15 +2,17 @@
 
 The worker asks `current(name)` once per micro-batch, so a swap takes effect between batches:
 no event is scored by half a model, none twice. New versions load in a background thread with
-their hashes verified; a bad version is refused and the current one keeps serving.
+their hashes verified (and the announced manifest digest, when given); a bad version is refused
+and the current one keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stream_app.registry import Registry
@@ -23,6 +25,7 @@ class LoadedModel:
     name: str
     version: str
     scorer: Any  # models.Scorer
+    loaded_at: float = field(default_factory=time.time)
 
 
 class ModelManager:
@@ -32,6 +35,8 @@ class ModelManager:
         self.executor = executor  # load off the event loop, ideally on the thread that owns the device
         self._serving: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()
+        self._swap_locks: dict[str, asyncio.Lock] = {}
+        self.refused: list[tuple[str, str, str]] = []  # (name, version, reason), for metrics and tests
 
     def current(self, name: str) -> LoadedModel | None:
         return self._serving.get(name)
@@ -45,21 +50,28 @@ class ModelManager:
                 self._serving[name] = await self._load(name, None)
             return self._serving[name]
 
-    async def swap(self, name: str, version: str) -> LoadedModel | None:
-        """Load `version` in the background and serve it from the next batch; None if refused."""
-        current = self._serving.get(name)
-        if current is not None and current.version == version:
-            return current
-        try:
-            loaded = await self._load(name, version)
-        except Exception as exc:  # hash mismatch, unreadable file, unknown kind...
-            log.error("refusing %s version %s, keeping %s: %s", name, version, current and current.version, exc)
-            return None
-        self._serving[name] = loaded
-        log.info("now serving %s version %s (was %s)", name, version, current and current.version)
-        return loaded
+    async def swap(self, name: str, version: str, sha256: str | None = None) -> LoadedModel | None:
+        """Load `version` in the background and serve it from the next batch; None if refused.
 
-    async def _load(self, name: str, version: str | None) -> LoadedModel:
+        `sha256` is the announced manifest digest (model-updates message); a mismatch is refused.
+        Swaps of one model are serialised, so announcements apply in the order they arrive.
+        """
+        lock = self._swap_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            current = self._serving.get(name)
+            if current is not None and current.version == version:
+                return current
+            try:
+                loaded = await self._load(name, version, sha256)
+            except Exception as exc:  # hash mismatch, unreadable file, unknown kind...
+                log.error("refusing %s version %s, keeping %s: %s", name, version, current and current.version, exc)
+                self.refused.append((name, version, str(exc)))
+                return None
+            self._serving[name] = loaded
+            log.info("now serving %s version %s (was %s)", name, version, current and current.version)
+            return loaded
+
+    async def _load(self, name: str, version: str | None, sha256: str | None = None) -> LoadedModel:
         loop = asyncio.get_running_loop()
-        mv, scorer = await loop.run_in_executor(self.executor, self.registry.load, name, version, self.device)
+        mv, scorer = await loop.run_in_executor(self.executor, self.registry.load, name, version, self.device, sha256)
         return LoadedModel(name, mv.version, scorer)

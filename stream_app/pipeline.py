@@ -181,7 +181,7 @@ class InspectionPipeline:
                     loaded.name,
                     loaded.version,
                     j.incident_id,
-                )  # fmt: skip
+                )
             )
             self.metrics.latency.labels(kind).observe(max(0.0, now - ev.ts))
             if j.incident_event:
@@ -202,7 +202,7 @@ class InspectionPipeline:
                         incident_id=j.incident_id,
                         incident_event=j.incident_event,
                         explanation=explanations.get(i, {}),
-                    )  # fmt: skip
+                    )
                 )
                 self.metrics.alerts.labels(loaded.name).inc()
         for source in set(sources):

@@ -1,23 +1,41 @@
-"""Model registry: versioned scorer directories and a production pointer per model name.
+"""Model registry: versioned scorer directories, a production pointer and a promotion log per model name.
 
-Layout: `<root>/<model>/<version>/` (safetensors + manifest.json, nothing executable) and
-`<root>/<model>/PRODUCTION` naming the promoted version. The interface is narrow (list, read,
-publish, promote, load) so an object store could back it later.
+Layout (a filesystem path by default):
+
+    <root>/<model>/<version>/      weights.safetensors + manifest.json, nothing executable
+    <root>/<model>/PRODUCTION      the promoted version
+    <root>/<model>/PROMOTIONS      JSON lines: every promote/rollback, newest last
+
+The interface is narrow (`ModelStore`: list, read, publish, promote, rollback, load) so an object
+store could back it later: versions are immutable once published, and the pointer and log are the
+only mutable objects.
+
+`sha256` of a version means the sha256 of its `manifest.json`. The manifest lists the sha256 of
+every other file and also holds what the weights alone do not (config, normalization, calibration
+scores, from which workers derive thresholds), so one digest pins the whole version.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from models.persistence import MANIFEST, read_manifest, verify_files
+from models.persistence import MANIFEST, ModelIntegrityError, read_manifest, sha256_file, verify_files
 
 PRODUCTION = "PRODUCTION"
 HISTORY = "PROMOTIONS"
+# What a version directory may hold: tensors and JSON. Anything else (a pickle, a script) is refused.
+ALLOWED_SUFFIXES = (".safetensors", ".json")
 
 
 @dataclass(frozen=True)
@@ -27,9 +45,35 @@ class ModelVersion:
     path: Path
 
 
+class ModelStore(Protocol):
+    """What the CLI, the retraining agent and the workers need from a registry."""
+
+    def models(self) -> list[str]: ...
+    def versions(self, model: str) -> list[str]: ...
+    def manifest(self, model: str, version: str) -> dict[str, Any]: ...
+    def digest(self, model: str, version: str) -> str: ...
+    def production(self, model: str) -> ModelVersion: ...
+    def promotions(self, model: str) -> list[dict[str, Any]]: ...
+    def publish(self, model: str, scorer: Any, extra: dict[str, Any] | None = None) -> ModelVersion: ...
+    def promote(self, model: str, version: str, force: bool = False) -> ModelVersion: ...
+    def rollback(self, model: str) -> ModelVersion: ...
+    def load(
+        self, model: str, version: str | None = None, device: str | None = None, expected_sha256: str | None = None
+    ) -> tuple[ModelVersion, Any]: ...
+
+
 class Registry:
+    """Filesystem `ModelStore`.
+
+    >>> import tempfile
+    >>> Registry(tempfile.mkdtemp()).models()
+    []
+    """
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    # ------------------------------------------------------------------ reading
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
@@ -41,13 +85,19 @@ class Registry:
         base = self.root / model
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+        return sorted(
+            p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
 
     def path(self, model: str, version: str) -> Path:
         return self.root / model / version
 
     def manifest(self, model: str, version: str) -> dict[str, Any]:
         return read_manifest(self.path(model, version))
+
+    def digest(self, model: str, version: str) -> str:
+        """sha256 of the version's manifest (which itself lists the sha256 of every file)."""
+        return sha256_file(self.path(model, version) / MANIFEST)
 
     def production(self, model: str) -> ModelVersion:
         pointer = self.root / model / PRODUCTION
@@ -56,36 +106,148 @@ class Registry:
         version = pointer.read_text().strip()
         return ModelVersion(model, version, self.path(model, version))
 
-    def publish(self, model: str, scorer, extra: dict[str, Any] | None = None) -> ModelVersion:
-        """Save `scorer` as the next version. Written to a temp dir and renamed, so a crash leaves nothing half-made."""
-        base = self.root / model
-        base.mkdir(parents=True, exist_ok=True)
-        existing = self.versions(model)
-        version = f"{(int(existing[-1]) + 1) if existing else 1:04d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
-        try:
-            scorer.save(tmp, extra=extra)
-            os.replace(tmp, base / version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return ModelVersion(model, version, base / version)
+    def promotions(self, model: str) -> list[dict[str, Any]]:
+        """The promotion log, oldest first: `{version, action, promoted_at, previous}` per entry."""
+        log = self.root / model / HISTORY
+        if not log.is_file():
+            return []
+        entries = []
+        for line in log.read_text().splitlines():
+            if line.strip():
+                entries.append(json.loads(line) if line.lstrip().startswith("{") else {"version": line.strip()})
+        return entries
 
-    def promote(self, model: str, version: str) -> ModelVersion:
-        """Point PRODUCTION at `version` (hashes verified first); atomic rename of the pointer file."""
+    def serving_stack(self, model: str) -> list[str]:
+        """Promoted versions still reachable by rollback, oldest first (a promote pushes, a rollback pops)."""
+        stack: list[str] = []
+        for entry in self.promotions(model):
+            if entry.get("action") == "rollback":
+                if stack:
+                    stack.pop()
+                if not stack or stack[-1] != entry["version"]:
+                    stack.append(entry["version"])
+            elif not stack or stack[-1] != entry["version"]:
+                stack.append(entry["version"])
+        return stack
+
+    def check_contents(self, model: str, version: str) -> dict[str, Any]:
+        """The manifest, after checking the directory holds only listed tensor/JSON files with matching hashes."""
         path = self.path(model, version)
-        verify_files(path, read_manifest(path))
-        pointer = self.root / model / PRODUCTION
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(version + "\n")
-        os.replace(tmp, pointer)
-        with open(self.root / model / HISTORY, "a") as fh:
-            fh.write(version + "\n")
-        return ModelVersion(model, version, path)
+        manifest = read_manifest(path)
+        listed = set(manifest.get("files", {}))
+        for file in path.iterdir():
+            if file.name != MANIFEST and file.name not in listed:
+                raise ModelIntegrityError(f"{path}: unexpected file {file.name} not listed in the manifest")
+        for name in listed:
+            if not name.endswith(ALLOWED_SUFFIXES) or "/" in name or name.startswith("."):
+                raise ModelIntegrityError(f"{path}: refusing file {name}: only {ALLOWED_SUFFIXES} files are loaded")
+        verify_files(path, manifest)
+        return manifest
 
-    def load(self, model: str, version: str | None = None, device: str | None = None):
-        """Load a version (default: production) with hashes verified; raises on mismatch."""
+    def load(
+        self, model: str, version: str | None = None, device: str | None = None, expected_sha256: str | None = None
+    ):
+        """Load a version (default: production) with every hash verified; raises ModelIntegrityError on mismatch.
+
+        `expected_sha256` (from a model-updates message) must match the manifest's digest.
+        """
         from models import load_scorer
 
         mv = self.production(model) if version is None else ModelVersion(model, version, self.path(model, version))
+        if expected_sha256 is not None and (actual := self.digest(model, mv.version)) != expected_sha256:
+            raise ModelIntegrityError(
+                f"{mv.path}: manifest sha256 {actual[:12]}… does not match the announced {expected_sha256[:12]}…"
+            )
+        self.check_contents(model, mv.version)
         return mv, load_scorer(mv.path, device=device)
+
+    # ------------------------------------------------------------------ writing
+
+    def publish(self, model: str, scorer, extra: dict[str, Any] | None = None) -> ModelVersion:
+        """Save `scorer` as the next version.
+
+        Written to a temp dir and renamed, so a crash or a failed save leaves nothing half-made; two
+        publishers racing for the same number both succeed with different numbers.
+        """
+        base = self.root / model
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
+        try:
+            scorer.save(tmp, extra={**(extra or {}), "model": model})
+            for _ in range(100):
+                existing = self.versions(model)
+                version = f"{(int(existing[-1]) + 1) if existing else 1:04d}"
+                try:
+                    os.rename(tmp, base / version)  # fails if another publisher took the number
+                except OSError:
+                    if not (base / version).exists():
+                        raise
+                    continue
+                return ModelVersion(model, version, base / version)
+            raise RuntimeError(f"could not allocate a version number under {base}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def promote(self, model: str, version: str, force: bool = False) -> ModelVersion:
+        """Point PRODUCTION at `version` after verifying its files; a rejected candidate needs `force`."""
+        manifest = self.check_contents(model, version)
+        decision = (manifest.get("validation") or {}).get("decision")
+        if decision == "rejected" and not force:
+            reason = manifest["validation"].get("reason", "")
+            raise ValueError(f"{model} version {version} failed validation ({reason}); use force to promote anyway")
+        return self._point(model, version, "promote")
+
+    def rollback(self, model: str) -> ModelVersion:
+        """Serve the version promoted before the current one (a stack: rolling back twice goes two back)."""
+        with self._locked(model):
+            stack = self.serving_stack(model)
+            if len(stack) < 2:
+                raise LookupError(f"model {model!r} has no earlier promoted version to roll back to")
+            target = stack[-2]
+        self.check_contents(model, target)
+        return self._point(model, target, "rollback")
+
+    def _point(self, model: str, version: str, action: str) -> ModelVersion:
+        with self._locked(model):
+            previous = None
+            with contextlib.suppress(LookupError):
+                previous = self.production(model).version
+            pointer = self.root / model / PRODUCTION
+            tmp = pointer.with_suffix(".tmp")
+            tmp.write_text(version + "\n")
+            os.replace(tmp, pointer)  # atomic: readers see the old or the new version, never half a name
+            entry = {
+                "version": version,
+                "action": action,
+                "previous": previous,
+                "promoted_at": datetime.now(UTC).isoformat(),
+            }
+            with open(self.root / model / HISTORY, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        return ModelVersion(model, version, self.path(model, version))
+
+    @contextlib.contextmanager
+    def _locked(self, model: str) -> Iterator[None]:
+        """Serialise pointer/log updates between processes (CLI and agent) on one host."""
+        (self.root / model).mkdir(parents=True, exist_ok=True)
+        with open(self.root / model / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def update_message(registry: Registry, mv: ModelVersion, promoted_at: float | None = None) -> dict[str, Any]:
+    """The `inspection.model-updates` value announcing that `mv` now serves (key: the model name).
+
+    `promoted_at` is epoch seconds; `sha256` is the manifest digest (see the module docstring).
+    """
+    return {
+        "model": mv.model,
+        "version": mv.version,
+        "sha256": registry.digest(mv.model, mv.version),
+        "path": str(mv.path.resolve()),
+        "promoted_at": time.time() if promoted_at is None else promoted_at,
+    }

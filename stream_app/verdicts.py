@@ -94,7 +94,8 @@ def alert_output(
 
 def deadletter_output(topic: str, rec: Record, reason: str, message: str) -> Output:
     """The original bytes and headers, plus why and where they came from."""
-    headers = list(rec.headers.items()) + [
+    headers = [
+        *rec.headers.items(),
         ("reason", reason.encode()),
         ("error", message[:500].encode(errors="replace")),
         ("origin-topic", rec.topic.encode()),

@@ -1,0 +1,113 @@
+"""Incident hysteresis per source: pure functions over anomaly flags, no I/O.
+
+A flood of anomalies should page once, and a lone spike should not page at all. So an incident opens when
+`open_k` of the last `open_n` events of a source are anomalous (on the anomalous event that completes the
+count) and closes after `close_m` consecutive normal events. While one is open, every event of the source
+carries its id, so downstream consumers (alerts, the retraining agent's "away from incidents" filter) can
+group by it. The id is derived from the source and the alert id of the opening event, so replaying the
+same events gives the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from stream_app.settings import IncidentSettings
+
+IncidentEvent = Literal["opened", "closed"]
+ID_HEX = 16  # 64 bits of sha1: collisions are irrelevant at incident rates
+
+
+def incident_id(source: str, opening_alert_id: str) -> str:
+    """Deterministic incident id: truncated sha1 of the source and the opening event's alert id.
+
+    >>> incident_id("line-3/press-2", "sensor.vectors:0:42")
+    '938e31189aaeaacd'
+    """
+    return hashlib.sha1(f"{source}\x00{opening_alert_id}".encode()).hexdigest()[:ID_HEX]
+
+
+@dataclass(frozen=True)
+class IncidentState:
+    """Recent anomaly flags (bit i = the event i steps back, newest in bit 0), the open incident and the
+    run of normal events since its last anomaly. A few integers: cheap to keep next to the threshold."""
+
+    recent: int = 0
+    open_id: str | None = None
+    normal_run: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recent": self.recent, "open_id": self.open_id, "normal_run": self.normal_run}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IncidentState:
+        try:
+            return cls(recent=int(d["recent"]), open_id=d["open_id"], normal_run=int(d["normal_run"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a serialised incident state: {exc}") from exc
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> IncidentState:
+        """Inverse of `dumps`.
+
+        >>> IncidentState.loads(IncidentState(recent=5, open_id="ab", normal_run=2).dumps())
+        IncidentState(recent=5, open_id='ab', normal_run=2)
+        """
+        try:
+            d = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not a serialised incident state: {exc}") from exc
+        if not isinstance(d, dict):
+            raise ValueError(f"not a serialised incident state: expected a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+
+def step(
+    cfg: IncidentSettings,
+    state: IncidentState,
+    source: str,
+    anomalous: Sequence[bool],
+    alert_ids: Sequence[str],
+) -> tuple[list[tuple[str | None, IncidentEvent | None]], IncidentState]:
+    """Advance one source's hysteresis over its events in order.
+
+    Returns, per event, (the id of the incident open at that event or None, "opened" | "closed" | None),
+    and the new state. The closing event still carries the id it closes.
+
+    >>> cfg = IncidentSettings(open_k=2, open_n=3, close_m=2)
+    >>> out, st = step(cfg, IncidentState(), "s", [True, False, True, False, False, False], list("abcdef"))
+    >>> [(i is not None, e) for i, e in out]
+    [(False, None), (False, None), (True, 'opened'), (True, None), (True, 'closed'), (False, None)]
+    """
+    if len(anomalous) != len(alert_ids):
+        raise ValueError(f"need one alert id per event: {len(anomalous)} flags, {len(alert_ids)} ids")
+    if cfg.open_k > cfg.open_n:
+        raise ValueError(f"open_k ({cfg.open_k}) must not exceed open_n ({cfg.open_n})")
+    mask = (1 << cfg.open_n) - 1
+    recent, open_id, run = state.recent, state.open_id, state.normal_run
+    out: list[tuple[str | None, IncidentEvent | None]] = []
+    for flag, alert_id in zip(anomalous, alert_ids, strict=True):
+        recent = ((recent << 1) | bool(flag)) & mask
+        event: IncidentEvent | None = None
+        if open_id is None:
+            if flag and recent.bit_count() >= cfg.open_k:
+                open_id, run, event = incident_id(source, alert_id), 0, "opened"
+            out.append((open_id, event))
+            continue
+        current = open_id
+        if flag:
+            run = 0
+        else:
+            run += 1
+            if run >= cfg.close_m:
+                open_id, run, event = None, 0, "closed"
+        out.append((current, event))
+    return out, IncidentState(recent=recent, open_id=open_id, normal_run=run)

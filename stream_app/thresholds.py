@@ -34,7 +34,8 @@ from stream_app.settings import ThresholdSettings
 
 MIN_PEAKS_MLE = 10  # below this a GPD shape estimate is noise: fall back to an exponential tail
 XI_MIN = -0.5  # the GPD likelihood is irregular (and unbounded below -1) for shorter tails
-REFIT_FRACTION_INV = 20  # SPOT refits the tail once 1/20 of the kept peaks are new
+REFIT_FRACTION_INV = 20  # SPOT refits the tail once 1/20 of the kept peaks are new...
+REFIT_MIN_NEW = 5  # ...and at least 5 (a refit costs ~5-10 ms; one peak among dozens barely moves it)
 
 Mode = Literal["spot", "quantile", "ewma"]
 
@@ -138,8 +139,10 @@ def _fit_truncated(y: np.ndarray, c: np.ndarray, xi0: float, sigma0: float) -> t
             log_cdf = np.log(-np.expm1(_gpd_log_sf(cf, xi, sigma)))
         return float(-(log_f.sum() - log_cdf.sum()))
 
-    res = minimize(nll, [xi0, math.log(sigma0)], method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
-    if not np.isfinite(res.fun) or res.fun > nll(np.array([xi0, math.log(sigma0)])):
+    x0 = np.array([xi0, math.log(sigma0)])
+    simplex = x0 + np.array([[0.0, 0.0], [0.05, 0.0], [0.0, 0.05]])
+    res = minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-4, "initial_simplex": simplex})
+    if not np.isfinite(res.fun) or res.fun > nll(x0):
         return xi0, sigma0
     return float(res.x[0]), math.exp(float(res.x[1]))
 
@@ -201,7 +204,7 @@ class SpotState(_State):
     since calibration (exact, for tests and metrics).
 
     Refitting cheaply: the tail is refitted when `unfit`, the peaks added since the last fit, reaches 5% of
-    the kept peaks (so on every peak while there are fewer than 20). z_q always uses the current n and N_t;
+    the kept peaks and at least 5 (the fit at startup rests on calibration peaks). z_q always uses the current n and N_t;
     only (xi, sigma) wait, and one new peak in hundreds does not move them measurably.
 
     `limits` make the refit truncation-aware (see `fit_gpd`): without them the threshold ratchets down.
@@ -413,7 +416,7 @@ def _judge_spot(cfg: ThresholdSettings, st: SpotState, x: np.ndarray) -> tuple[n
                 np.append(peaks, np.float32(x[j] - t)), np.append(limits, np.float32(z - t)), n + 1.0, cfg.window
             )
             count, unfit = count + 1, unfit + 1
-            if unfit * REFIT_FRACTION_INV >= peaks.size:
+            if unfit >= REFIT_MIN_NEW and unfit * REFIT_FRACTION_INV >= peaks.size:
                 (xi, sigma), unfit = fit_gpd(peaks, limits), 0
         i = j + 1
     if i < x.size:

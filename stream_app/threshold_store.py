@@ -1,0 +1,248 @@
+"""Per-source threshold and incident state in Redis, shared by every worker, one round trip per micro-batch.
+
+Each (model, version, source) has one Redis hash `{prefix}:thr:{model}:{version}:{source}` with a version
+counter `v` and the state `s` (threshold state and incident state in one orjson value). A worker keeps the
+last state it saw of each key, computes the batch's verdicts and new states locally with the pure functions
+(`thresholds.judge`, `incidents.step`), and writes all of the batch's keys with ONE Lua call that
+compare-and-sets every key on its version. A key whose stored version differs (another worker wrote it, or
+this cache is cold after a restart) is not written; the script returns its stored state instead, and only
+those sources are recomputed and retried. So the steady state costs one round trip per batch, and
+concurrent workers never lose an update. A key that does not exist yet has version 0 and starts from the
+model version's calibration scores, so a new model version starts fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from stream_app import incidents, thresholds
+from stream_app.settings import IncidentSettings, ThresholdSettings
+
+log = logging.getLogger(__name__)
+
+SEVERITY_CAP = 1e6  # severity of NaN/inf scores, and the bound of every severity (keeps alerts JSON-finite)
+MAX_ATTEMPTS = 8  # compare-and-set attempts per batch before giving up on persisting a source's update
+
+# KEYS[i]: a state hash; ARGV[2i-1]: the version the caller computed from; ARGV[2i]: the new state.
+# Per key: written -> the new version; stale -> {stored version, stored state or false}.
+CAS_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local expected = tonumber(ARGV[2 * i - 1])
+  local stored = tonumber(redis.call('HGET', key, 'v')) or 0
+  if stored == expected then
+    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[2 * i])
+    out[i] = stored + 1
+  else
+    out[i] = {stored, redis.call('HGET', key, 's')}
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict on one score.
+
+    `severity` = 1 + (score - threshold) / |threshold|, which is score / threshold for a positive
+    threshold: 1 at the threshold, above 1 for anomalies, and still increasing in the score when a scorer's
+    scores are negative. Bounded by +-1e6; NaN/inf scores get 1e6.
+    """
+
+    source: str
+    score: float
+    threshold: float
+    anomalous: bool
+    severity: float
+    incident_id: str | None
+    incident_event: str | None  # "opened" | "closed" | None
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What one Redis key holds: the threshold state and the incident state of a source."""
+
+    threshold: thresholds.ThresholdState
+    incident: incidents.IncidentState
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({"thr": thresholds.to_dict(self.threshold), "inc": self.incident.to_dict()})
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> SourceState:
+        try:
+            d = orjson.loads(data)
+            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a serialised source state: {exc}") from exc
+
+
+def severity(score: float, threshold: float) -> float:
+    """See `Judgement`.
+
+    >>> severity(6.0, 3.0), severity(-1.0, -2.0), severity(float("nan"), 3.0)
+    (2.0, 1.5, 1000000.0)
+    """
+    if not math.isfinite(score):
+        return SEVERITY_CAP
+    s = 1.0 + (score - threshold) / max(abs(threshold), 1e-12)
+    return min(max(s, -SEVERITY_CAP), SEVERITY_CAP)
+
+
+class ThresholdStore:
+    """Judges micro-batches of scores against per-source thresholds kept in Redis.
+
+    Correctness never rests on the local cache, only the round-trip count does: a stale entry costs one
+    conflict and a retry. So one instance may serve several tasks, and many instances (workers) may share
+    the keys. The first call for a (model, version) fits the initial state from `calibration_scores` once
+    and reuses it for every new source of that version.
+
+    Usage (needs Redis, so not a doctest):
+        store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
+        verdicts = await store.judge("sensors", "v3", calibration, sources, scores, alert_ids)
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        threshold_cfg: ThresholdSettings,
+        incident_cfg: IncidentSettings,
+        key_prefix: str,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.redis = redis
+        self.threshold_cfg = threshold_cfg
+        self.incident_cfg = incident_cfg
+        self.key_prefix = key_prefix
+        self.max_attempts = max_attempts
+        self._cas = redis.register_script(CAS_SCRIPT)
+        self._cache: dict[str, tuple[int, SourceState]] = {}  # key -> (version, state) last seen in Redis
+        self._initial: dict[tuple[str, str], thresholds.ThresholdState] = {}  # (model, version) -> fresh
+        self.round_trips = 0  # Redis round trips made (CAS script calls and reads)
+        self.conflicts = 0  # keys whose compare-and-set found another version (retried)
+        self.unsaved = 0  # source updates given up after max_attempts (verdicts still returned)
+
+    def key(self, model: str, version: str, source: str) -> str:
+        return f"{self.key_prefix}:thr:{model}:{version}:{source}"
+
+    def _fresh(self, model: str, version: str, calibration_scores: np.ndarray) -> SourceState:
+        init = self._initial.get((model, version))
+        if init is None:
+            init = self._initial[(model, version)] = thresholds.initial_state(self.threshold_cfg, calibration_scores)
+        return SourceState(init, incidents.IncidentState())
+
+    async def judge(
+        self,
+        model: str,
+        version: str,
+        calibration_scores: np.ndarray,
+        sources: Sequence[str],
+        scores: np.ndarray,
+        event_keys: Sequence[str],
+    ) -> list[Judgement]:
+        """Verdicts for `scores` (one per event, in input order); each source's events are judged in order.
+
+        `event_keys` are the events' deterministic alert ids (they name the incidents they open).
+        """
+        x = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if not (len(sources) == x.size == len(event_keys)):
+            raise ValueError(f"need one source and event key per score: {len(sources)}, {x.size}, {len(event_keys)}")
+        by_source: dict[str, list[int]] = {}
+        for i, src in enumerate(sources):
+            by_source.setdefault(src, []).append(i)
+        out: list[Judgement | None] = [None] * x.size
+        pending: dict[str, tuple[int, SourceState]] = {}  # source -> (expected version, state to start from)
+        for src in by_source:
+            cached = self._cache.get(self.key(model, version, src))
+            pending[src] = cached or (0, self._fresh(model, version, calibration_scores))
+
+        for attempt in range(self.max_attempts):
+            computed: dict[str, tuple[int, SourceState, list[Judgement]]] = {}
+            for src, (expected, state) in pending.items():
+                idx = by_source[src]
+                new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx])
+                computed[src] = (expected, new_state, verdicts)
+            srcs = list(computed)
+            keys = [self.key(model, version, s) for s in srcs]
+            args: list[bytes | int] = []
+            for src in srcs:
+                args += [computed[src][0], computed[src][1].dumps()]
+            self.round_trips += 1
+            replies = await self._cas(keys=keys, args=args)
+            pending = {}
+            for src, key, reply in zip(srcs, keys, replies, strict=True):
+                expected, new_state, verdicts = computed[src]
+                if isinstance(reply, int):
+                    self._cache[key] = (reply, new_state)
+                    for i, v in zip(by_source[src], verdicts, strict=True):
+                        out[i] = v
+                    continue
+                self.conflicts += 1
+                stored_version, stored = int(reply[0]), reply[1]
+                state = SourceState.loads(stored) if stored else self._fresh(model, version, calibration_scores)
+                self._cache[key] = (stored_version, state)
+                pending[src] = (stored_version, state)
+                if attempt == self.max_attempts - 1:  # give up persisting; still answer from the freshest state
+                    self.unsaved += 1
+                    log.warning(
+                        "threshold state of %s stayed contended for %d attempts; update not saved",
+                        key,
+                        self.max_attempts,
+                    )
+                    _, verdicts = self._judge_source(
+                        state, src, x[by_source[src]], [event_keys[i] for i in by_source[src]]
+                    )
+                    for i, v in zip(by_source[src], verdicts, strict=True):
+                        out[i] = v
+            if not pending:
+                break
+        return out  # type: ignore[return-value]
+
+    def _judge_source(
+        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str]
+    ) -> tuple[SourceState, list[Judgement]]:
+        thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores)
+        steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, anomalous.tolist(), event_keys)
+        verdicts = [
+            Judgement(source, s, t, a, severity(s, t), inc_id, event)
+            for s, t, a, (inc_id, event) in zip(scores.tolist(), thr.tolist(), anomalous.tolist(), steps, strict=True)
+        ]
+        return SourceState(thr_state, inc_state), verdicts
+
+    async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
+        """The stored state of each source that has one (one round trip); refreshes the local cache."""
+        keys = [self.key(model, version, s) for s in sources]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, "v", "s")
+            rows = await pipe.execute()
+        self.round_trips += 1
+        found: dict[str, SourceState] = {}
+        for src, key, (v, s) in zip(sources, keys, rows, strict=True):
+            if v is not None and s is not None:
+                found[src] = SourceState.loads(s)
+                self._cache[key] = (int(v), found[src])
+        return found
+
+    async def thresholds(self, model: str, version: str, sources: Sequence[str]) -> dict[str, float]:
+        """Current alert threshold of each source that has a stored state (for metrics)."""
+        found = await self.states(model, version, sources)
+        return {src: thresholds.current_threshold(self.threshold_cfg, st.threshold) for src, st in found.items()}
+
+    async def clear(self, model: str | None = None) -> int:
+        """Delete stored states (all models, or one) under this prefix and forget the cache; returns the count."""
+        pattern = f"{self.key_prefix}:thr:{model}:*" if model else f"{self.key_prefix}:thr:*"
+        keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
+        if keys:
+            await self.redis.delete(*keys)
+        self._cache.clear()
+        self._initial.clear()
+        return len(keys)

@@ -1,0 +1,134 @@
+"""ThresholdStore against the real Redis: one round trip per batch, no lost updates, restarts, versions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+
+from stream_app.connections import redis_client
+from stream_app.settings import Settings
+from stream_app.threshold_store import ThresholdStore
+
+pytestmark = pytest.mark.integration
+
+SOURCES = [f"line-1/press-{i}" for i in range(8)]
+
+
+@pytest.fixture
+async def settings(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+    s = make_settings()
+    yield s
+    redis = redis_client(s.redis)
+    await ThresholdStore(redis, s.thresholds, s.incidents, s.redis.key_prefix).clear()
+    await redis.aclose()
+
+
+@pytest.fixture
+async def stores(settings: Settings) -> AsyncIterator[Callable[[], ThresholdStore]]:
+    """Factory of stores, each with its own connection, like separate workers."""
+    clients = []
+
+    def make() -> ThresholdStore:
+        clients.append(redis_client(settings.redis))
+        return ThresholdStore(clients[-1], settings.thresholds, settings.incidents, settings.redis.key_prefix)
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+def batch(seed: int, n: int = 256, sources: list[str] = SOURCES) -> tuple[list[str], np.ndarray, list[str]]:
+    gen = np.random.default_rng(seed)
+    srcs = [sources[i % len(sources)] for i in range(n)]
+    keys = [f"sensor.vectors:{seed}:{i}" for i in range(n)]
+    return srcs, gen.exponential(size=n), keys
+
+
+CAL = np.random.default_rng(0).exponential(size=3000)
+
+
+async def count_absorbed(store: ThresholdStore, version: str = "v1", sources: list[str] = SOURCES) -> int:
+    states = await store.states("m", version, sources)
+    return sum(st.threshold.count for st in states.values())
+
+
+async def test_one_round_trip_per_batch_in_the_steady_state(stores) -> None:
+    store = stores()
+    for b in range(20):
+        verdicts = await store.judge("m", "v1", CAL, *batch(b))
+        assert len(verdicts) == 256
+    assert store.round_trips == 20
+    assert store.conflicts == 0
+
+
+async def test_verdicts_come_back_in_input_order_with_thresholds_and_severity(stores) -> None:
+    store = stores()
+    srcs, scores, keys = batch(1)
+    scores[[3, 10]] = [1e6, np.nan]
+    verdicts = await store.judge("m", "v1", CAL, srcs, scores, keys)
+    assert [v.source for v in verdicts] == srcs
+    assert [v.score for v in verdicts[:3]] == scores[:3].tolist()
+    assert verdicts[3].anomalous and verdicts[10].anomalous
+    assert verdicts[3].severity == pytest.approx(1e6 / verdicts[3].threshold)
+    assert verdicts[10].severity == 1e6
+    assert sum(v.anomalous for v in verdicts) <= 4
+    assert await count_absorbed(store) == 256 - sum(v.anomalous for v in verdicts)
+
+
+async def test_two_workers_on_the_same_sources_lose_no_update(stores) -> None:
+    a, b = stores(), stores()
+    n_batches = 25
+
+    async def worker(store: ThresholdStore, seed: int) -> int:
+        normal = 0
+        for i in range(n_batches):
+            verdicts = await store.judge("m", "v1", CAL, *batch(seed * 1000 + i, n=64, sources=SOURCES[:2]))
+            normal += sum(not v.anomalous for v in verdicts)
+            await asyncio.sleep(0)
+        return normal
+
+    sent_normal = sum(await asyncio.gather(worker(a, 1), worker(b, 2)))
+    assert a.conflicts + b.conflicts > 0  # they did collide, and retried
+    assert a.unsaved == b.unsaved == 0
+    assert a.round_trips <= n_batches + a.conflicts and b.round_trips <= n_batches + b.conflicts
+    assert await count_absorbed(a, sources=SOURCES[:2]) == sent_normal
+
+
+async def test_state_survives_a_restart(stores) -> None:
+    first = stores()
+    normal = 0
+    for b in range(5):
+        normal += sum(not v.anomalous for v in await first.judge("m", "v1", CAL, *batch(b)))
+    before = await first.thresholds("m", "v1", SOURCES)
+    assert await stores().thresholds("m", "v1", SOURCES) == before  # a new instance reads the same state
+    cold = stores()
+    normal += sum(not v.anomalous for v in await cold.judge("m", "v1", CAL, *batch(99)))
+    assert cold.conflicts == len(SOURCES) and cold.round_trips == 2  # its cold cache costs one extra trip
+    assert await count_absorbed(cold) == normal  # and it continued from the stored state, not calibration
+
+
+async def test_a_new_model_version_starts_from_its_own_calibration(stores) -> None:
+    store = stores()
+    for b in range(3):
+        await store.judge("m", "v1", CAL, *batch(b))
+    v2_cal = CAL * 10.0
+    verdicts = await store.judge("m", "v2", v2_cal, *batch(10))
+    assert not any(v.anomalous for v in verdicts)  # v2 scores run 10x higher: v1's thresholds would flag them
+    v1, v2 = await store.thresholds("m", "v1", SOURCES), await store.thresholds("m", "v2", SOURCES)
+    assert all(v2[s] > 5 * v1[s] for s in SOURCES)
+    assert await count_absorbed(store, "v2") == 256
+
+
+async def test_a_flood_on_one_source_is_one_incident_across_batches(stores) -> None:
+    store = stores()
+    opened = []
+    for b in range(4):
+        srcs, scores, keys = batch(b)
+        scores[[i for i, s in enumerate(srcs) if s == SOURCES[0]]] = 1e3
+        verdicts = await store.judge("m", "v1", CAL, srcs, scores, keys)
+        opened += [v.incident_id for v in verdicts if v.incident_event == "opened"]
+        assert all(v.incident_id == opened[0] for v in verdicts if v.source == SOURCES[0] and v.incident_id)
+    assert len(opened) == 1

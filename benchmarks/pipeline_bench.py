@@ -1,0 +1,227 @@
+"""End-to-end pipeline throughput and latency, side by side with its parts, on the real local stack.
+
+For each data kind (sensor vectors, camera frames), in one run on one machine:
+
+- `raw_consume_per_s`: a bare aiokafka `getmany` loop draining the input topic (no decoding, no scoring);
+- `raw_model_per_s`: the bare scorer on pre-decoded arrays in `max_batch` chunks (no Kafka, no Redis);
+- `naive_per_s`: the same pipeline fed one event at a time (score, Redis judge and acked publish per event);
+- `getmany_per_s`: the pipeline fed `getmany(max_records=max_batch)` batches in-process (the aiokafka path);
+- `e2e_per_s`: the product: a `linewatch worker` subprocess (faust `take_events` micro-batches) draining a
+  backlog, timed from the first to the last verdict's broker timestamp;
+- `p50_ms`/`p99_ms`: event time -> verdict broker timestamp while events arrive live at about half of the
+  e2e rate.
+
+Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, save_figure, write_json  # noqa: E402
+
+from stream_app.codecs import encode_image, encode_vector, frame_headers  # noqa: E402
+from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client  # noqa: E402
+from stream_app.executor import InferenceExecutor  # noqa: E402
+from stream_app.metrics import WorkerMetrics  # noqa: E402
+from stream_app.model_manager import ModelManager  # noqa: E402
+from stream_app.pipeline import InspectionPipeline  # noqa: E402
+from stream_app.processes import running  # noqa: E402
+from stream_app.registry import Registry  # noqa: E402
+from stream_app.settings import Settings, TopicSettings  # noqa: E402
+from stream_app.simulator import normal_images, normal_vectors  # noqa: E402
+from stream_app.threshold_store import ThresholdStore  # noqa: E402
+from stream_app.verdicts import Record  # noqa: E402
+
+
+def bench_settings(tmp: Path) -> Settings:
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    topics = TopicSettings(
+        **{f: f"{tag}.{getattr(TopicSettings(), f)}" for f in ("vectors", "frames", "alerts", "scores",
+                                                               "deadletter", "model_updates", "control")},
+        partitions=2,
+    )  # fmt: skip
+    s = Settings(app_id=tag, topics=topics, registry_dir=tmp / "registry", state_dir=tmp / "state", metrics_port=-1)
+    s.redis.key_prefix = tag
+    return s
+
+
+def fit_models(settings: Settings, images_side: int) -> dict[str, Any]:
+    from models import RVAEScorer, TransformalyScorer
+
+    registry = Registry(settings.registry_dir)
+    vectors = normal_vectors(4000, seed=0)
+    rvae = RVAEScorer(n_features=vectors.shape[1], n_layers=2, hidden=64, latent=8, device="cpu")
+    rvae.fit(vectors, epochs=20)
+    registry.promote("sensors", registry.publish("sensors", rvae).version)
+    imgs = normal_images(96, size=images_side, seed=0)
+    vit = TransformalyScorer(backbone="vit_tiny_patch16_224", pretrained=False, img_size=images_side, epochs=2, device="cpu")
+    vit.fit(imgs)
+    registry.promote("camera", registry.publish("camera", vit).version)
+    return {"vectors": (rvae, vectors), "images": (vit, imgs)}
+
+
+async def produce(settings: Settings, kind: str, data: np.ndarray, n: int, rate: float | None = None) -> None:
+    topic = settings.topics.vectors if kind == "vectors" else settings.topics.frames
+    payloads = [encode_image(img) for img in data[:64]] if kind == "images" else None
+    async with AIOKafkaProducer(linger_ms=5, **aiokafka_kwargs(settings.kafka)) as producer:
+        start = time.time()
+        for i in range(n):
+            source = f"line-{i % 4}/m"
+            now = time.time()
+            if kind == "vectors":
+                await producer.send(topic, key=source.encode(), value=encode_vector(source, data[i % len(data)], ts=now))
+            else:
+                hdrs = frame_headers(source, ts=now)
+                await producer.send(topic, key=source.encode(), value=payloads[i % len(payloads)], headers=hdrs)
+            if rate:
+                await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.time()))
+        await producer.flush()
+
+
+async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) -> list:
+    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
+    await consumer.start()
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            for part in (await consumer.getmany(timeout_ms=200, max_records=4096)).values():
+                got.extend(part)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def in_process_rates(settings: Settings, kind: str, n: int, naive_n: int) -> dict[str, float]:
+    """raw consume, getmany pipeline and naive per-event pipeline, in this process."""
+    topic = settings.topics.vectors if kind == "vectors" else settings.topics.frames
+    started = time.perf_counter()
+    records = await drain(settings, topic, n)
+    raw_consume = len(records) / (time.perf_counter() - started)
+
+    redis = redis_client(settings.redis)
+    executor = InferenceExecutor()
+    models = ModelManager(Registry(settings.registry_dir), device="cpu", executor=executor.pool)
+    store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
+    pipeline = InspectionPipeline(settings, models, store, executor, WorkerMetrics())
+    recs = [Record(r.topic, r.partition, r.offset, r.key, r.value, dict(r.headers or []), r.timestamp) for r in records]
+    out: dict[str, float] = {"raw_consume_per_s": raw_consume}
+    try:
+        async with AIOKafkaProducer(acks="all", linger_ms=5, **aiokafka_kwargs(settings.kafka)) as producer:
+            await pipeline.handle(kind, recs[:8], producer)  # warm up: model load, Lua registration
+            b = settings.batching.max_batch
+            started = time.perf_counter()
+            for i in range(0, len(recs), b):
+                await pipeline.handle(kind, recs[i : i + b], producer)
+            out["getmany_per_s"] = len(recs) / (time.perf_counter() - started)
+            started = time.perf_counter()
+            for rec in recs[:naive_n]:
+                await pipeline.handle(kind, [rec], producer)
+            out["naive_per_s"] = naive_n / (time.perf_counter() - started)
+    finally:
+        executor.close()
+        await redis.aclose()
+    return out
+
+
+def raw_model_rate(scorer: Any, data: np.ndarray, n: int, max_batch: int) -> float:
+    reps = np.concatenate([data] * (n // len(data) + 1))[:n]
+    scorer.score(reps[:8])
+    started = time.perf_counter()
+    for i in range(0, n, max_batch):
+        scorer.score(reps[i : i + max_batch])
+    return n / (time.perf_counter() - started)
+
+
+def verdict_latencies_ms(records: list) -> np.ndarray:
+    return np.array([r.timestamp - orjson.loads(r.value)["ts"] * 1000.0 for r in records])
+
+
+async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarray, n: int, naive_n: int) -> dict:
+    await produce(settings, kind, data, n)
+    result: dict[str, Any] = {"events": n}
+    result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
+    result |= await in_process_rates(settings, kind, n, naive_n)
+
+    worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-worker"})
+    with running(worker_settings, "worker", "-l", "warning"):
+        # The in-process runs above already wrote n + 8 + naive_n verdicts; the worker adds n more.
+        before = n + 8 + naive_n
+        verdicts = (await drain(settings, settings.topics.scores, before + n))[before:]
+        stamps = np.array([r.timestamp for r in verdicts], np.float64)
+        result["e2e_per_s"] = (len(verdicts) - 1) / max(1e-9, (stamps.max() - stamps.min()) / 1000.0)
+        live_n, rate = max(200, n // 4), result["e2e_per_s"] / 2
+        await produce(settings, kind, data, live_n, rate=rate)
+        live = (await drain(settings, settings.topics.scores, before + n + live_n))[before + n :]
+    lat = verdict_latencies_ms(live)
+    result |= {
+        "live_rate_per_s": rate,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_batch": settings.batching.max_batch,
+        "max_wait_ms": settings.batching.max_wait_ms,
+        "machine": machine(),
+    }
+    result["e2e_vs_raw_model"] = result["e2e_per_s"] / result["raw_model_per_s"]
+    result["e2e_vs_naive"] = result["e2e_per_s"] / result["naive_per_s"]
+    return result
+
+
+def plot(results: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["raw_consume_per_s", "raw_model_per_s", "e2e_per_s", "getmany_per_s", "naive_per_s"]
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
+    for ax, (kind, r) in zip(np.atleast_1d(axes), results.items(), strict=True):
+        ax.bar([k.replace("_per_s", "") for k in keys], [r[k] for k in keys], color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_title(f"{kind}: events/s (p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(machine()[:110], fontsize=8)
+    save_figure(fig, "pipeline")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vectors", type=int, default=20000)
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--image-side", type=int, default=64)
+    args = parser.parse_args()
+
+    import tempfile
+
+    from deploy.localstack import LocalStack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = bench_settings(Path(tmp))
+        LocalStack.from_settings(Settings()).up()  # the dev stack (make stack-up), started if needed
+        await ensure_topics(settings)
+        fitted = fit_models(settings, args.image_side)
+        results = {
+            "vectors": await bench_kind(settings, "vectors", *fitted["vectors"], n=args.vectors, naive_n=500),
+            "images": await bench_kind(settings, "images", *fitted["images"], n=args.images, naive_n=60),
+        }
+    write_json("pipeline", results)
+    plot(results)
+    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(highlight=False)
+console = Console(soft_wrap=True, highlight=False)
 alerts_app = typer.Typer(help="Watch alerts from the pipeline.", no_args_is_help=True)
 
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}

@@ -25,8 +25,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console()
+console = Console(soft_wrap=True, highlight=False)
 feed_app = typer.Typer(help="Push real data into the pipeline's input topics.", no_args_is_help=True)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -56,7 +57,7 @@ class FeedReport:
 
 def read_image_file(path: Path) -> Frame:
     """A file's bytes if Pillow can decode them as an image; else a Frame with `error` set."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         data = path.read_bytes()
@@ -64,7 +65,8 @@ def read_image_file(path: Path) -> Frame:
             fmt = img.format or ""
             img.load()
     except Exception as exc:  # Pillow raises many types for corrupt files; all mean "skip it"
-        return Frame(path.name, path=path, error=f"{path.name}: cannot read as an image ({exc})")
+        why = "not a known image format or corrupt header" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        return Frame(path.name, path=path, error=f"{path.name}: cannot read as an image ({why})")
     content_type = CONTENT_TYPES.get(fmt)
     if content_type is None:  # readable but not a type the worker expects on the wire: re-encode as PNG
         from stream_app.codecs import encode_image
@@ -232,7 +234,7 @@ def camera(
         try:
             video_frames(video).close()
         except ValueError as exc:
-            console.print(f"[red]{exc}[/]")
+            console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from None
         total = None
 

@@ -105,7 +105,9 @@ class ShrunkGaussian:
         cov = lw.covariance_
         # A feature constant over the fitting rows gives a zero row/column that shrinkage cannot lift when
         # every feature is constant; a tiny ridge keeps the Cholesky factorization defined.
-        cov = cov + np.eye(len(cov)) * max(float(np.trace(cov)) / len(cov), 1.0) * 1e-9
+        # Relative to the data's own scale, so features of size 1e-6 (block losses) are not swamped.
+        scale = float(np.trace(cov)) / len(cov)
+        cov = cov + np.eye(len(cov)) * (scale if scale > 0 else 1.0) * 1e-9
         return cls(lw.location_, cov, float(lw.shrinkage_))
 
     def log_likelihood(self, X: np.ndarray) -> np.ndarray:

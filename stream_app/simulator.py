@@ -381,10 +381,18 @@ def normal_images(n: int, size: int = 64, lines: int = 2, cameras: int = 1, seed
 
 
 def training_samples(
-    n_vectors: int, n_images: int, n_features: int = 8, image_size: int = 64, seed: int = 0, lines: int = 2
+    n_vectors: int,
+    n_images: int,
+    n_features: int = 8,
+    image_size: int = 64,
+    seed: int = 0,
+    lines: int = 2,
+    machines: int = 2,
+    cameras: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normal data to fit initial models: (vectors [N, F] float32, images [M, H, W] uint8)."""
+    """Normal data to fit initial models: (vectors [N, F] float32, images [M, H, W] uint8), from the machines
+    and cameras a `LineSimulator(lines, machines, cameras, seed=seed)` runs (separate noise draws)."""
     return (
-        normal_vectors(n_vectors, n_features, lines=lines, seed=seed),
-        normal_images(n_images, image_size, lines=lines, seed=seed),
+        normal_vectors(n_vectors, n_features, lines=lines, machines=machines, seed=seed),
+        normal_images(n_images, image_size, lines=lines, cameras=cameras, seed=seed),
     )

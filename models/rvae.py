@@ -302,7 +302,8 @@ class RVAEScorer:
                 hist["val_loss"].append(val)
                 if val < best:
                     best, best_epoch, stale = val, epoch, 0
-                    best_state = copy.deepcopy(self.net.state_dict())
+                    if patience is not None:  # only early stopping restores the best weights
+                        best_state = copy.deepcopy(self.net.state_dict())
                 else:
                     stale += 1
             if progress:
@@ -335,17 +336,27 @@ class RVAEScorer:
 
     @torch.inference_mode()
     def _errors(self, X: np.ndarray, reduce: bool) -> np.ndarray:
-        """Squared reconstruction error in normalized units, batched: [N] (feature mean) or [N, F]."""
+        """Squared reconstruction error in normalized units, batched: [N] (feature mean) or [N, F].
+
+        Normalization runs on the device; one batch (the streaming case) returns its result's memory
+        without an extra output buffer, larger inputs fill one preallocated array.
+        """
         self._check_fitted()
         X = np.ascontiguousarray(as_vectors(X, self.n_features))
-        out = np.empty((len(X),) if reduce else X.shape, np.float32)
+        if len(X) <= self.score_batch_size:
+            return self._batch_errors(torch.from_numpy(X), reduce).numpy()
+        out = torch.empty((len(X),) if reduce else X.shape, dtype=torch.float32)
         for sl in batches(len(X), self.score_batch_size):
-            z = self.standardize(torch.from_numpy(X[sl]).to(self.device, non_blocking=True))
-            with autocast(self.device):
-                recon = self.net(z)[0]
-            err = (recon.float() - z).square_()
-            out[sl] = (err.mean(dim=1) if reduce else err).cpu().numpy()
-        return out
+            out[sl] = self._batch_errors(torch.from_numpy(X[sl]), reduce)
+        return out.numpy()
+
+    def _batch_errors(self, x: torch.Tensor, reduce: bool) -> torch.Tensor:
+        """One batch of raw CPU rows -> float32 CPU errors; callers hold inference mode."""
+        z = self.standardize(x.to(self.device, non_blocking=True))
+        with autocast(self.device):
+            recon = self.net(z)[0]
+        err = recon.float().sub_(z).square_()  # in place: recon is not needed afterwards
+        return (err.mean(dim=1) if reduce else err).cpu()
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """float32 [N]: mean squared reconstruction error per feature (latent mean path); higher = more anomalous."""

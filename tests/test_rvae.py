@@ -37,6 +37,15 @@ def with_faults(X: np.ndarray, sd: np.ndarray, rng: np.random.Generator, sigmas:
     return faulty, channel
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small nets on a shared machine: a second intra-op thread only adds contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def train() -> np.ndarray:
     return sensors(2000, np.random.default_rng(0))[0]
@@ -84,6 +93,31 @@ def test_scoring_computes_no_gradients(fitted: RVAEScorer, train: np.ndarray) ->
     assert torch.is_grad_enabled()
 
 
+def test_scoring_runs_in_inference_mode(fitted: RVAEScorer, train: np.ndarray) -> None:
+    seen: list[bool] = []
+    hook = fitted.net.register_forward_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    try:
+        fitted.score(train[:20])
+        fitted.explain(train[:20])
+    finally:
+        hook.remove()
+    assert seen == [True, True]
+
+
+def test_device_defaults_to_cuda_when_present() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    s = RVAEScorer(N_CHANNELS, n_layers=1, hidden=8, latent=2)
+    assert s.device.type == expected
+    assert all(p.device.type == expected for p in s.net.parameters())
+
+
+def test_scoring_leaves_the_input_untouched(fitted: RVAEScorer, train: np.ndarray) -> None:
+    X = train[:100].copy()
+    fitted.score(X)
+    fitted.explain(X)
+    np.testing.assert_array_equal(X, train[:100])
+
+
 def test_same_seed_same_model(train: np.ndarray) -> None:
     runs = []
     for seed in (0, 0, 1):
@@ -125,7 +159,13 @@ def test_every_kind_saves_and_loads_through_load_scorer(kind: str, train: np.nda
     s = RVAEScorer(N_CHANNELS, kind=kind, **SMALL)
     hist = s.fit(train[:400], epochs=2)
     assert np.isfinite(hist["train_loss"]).all()
+    variational = kind in ("vae", "rvae")  # loss = MSE + beta * KL / F; the deterministic kinds' loss is the MSE
+    assert (np.array(hist["train_loss"]) > np.array(hist["train_mse"])).all() == variational
+    assert s.net.encoder.proj_out.out_features == s.config.latent * (2 if variational else 1)
+    assert all(u.residual == (kind in ("rae", "rvae")) for u in [*s.net.encoder.units, *s.net.decoder.units])
+    assert len(s.net.encoder.units) == len(s.net.decoder.units) == SMALL["n_layers"]
     s.save(tmp_path / kind)
+    assert sorted(p.name for p in (tmp_path / kind).iterdir()) == [MANIFEST, WEIGHTS]  # JSON + safetensors only
     loaded = models.load_scorer(tmp_path / kind)
     assert loaded.kind == kind
     np.testing.assert_array_equal(loaded.score(train[:100]), s.score(train[:100]))

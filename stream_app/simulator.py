@@ -115,8 +115,8 @@ class SensorMachine:
         drift: float = 0.0,
         faults: Sequence[str] = SENSOR_FAULTS,
         stream: str = "live",
-        switch_prob: float = 0.004,
-        smoothness: float = 0.95,
+        switch_prob: float = 0.01,
+        smoothness: float = 0.7,
     ):
         if not 0.0 <= fault_rate < 0.5:
             raise ValueError(f"fault_rate must be in [0, 0.5), got {fault_rate}")

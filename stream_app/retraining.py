@@ -1,0 +1,354 @@
+"""The retraining agent (`linewatch retrain`): refit models on recent normal traffic, validate, publish, promote.
+
+One cycle for a model (`RetrainAgent.run_cycle`):
+
+1. load the production version (hashes verified): its kind, config and input data kind;
+2. read the recent window of its input topic, judged by its verdicts (`training_window.read_window`);
+3. fit a candidate of the same kind and config in a thread (the event loop keeps serving triggers), with a
+   progress bar in a terminal and log lines otherwise;
+4. decide (`validation.decide`) on the held-back normal slice and the incident events, candidate vs current;
+5. publish the candidate with the window, counts, fit metrics, decision, reason and parent version in its
+   manifest (rejected ones too when `keep_rejected`), then promote and announce it on model-updates when it
+   passed and `auto_promote` is on.
+
+Nothing reaches the registry before step 5, so a failed or cancelled fit leaves it unchanged. Triggers:
+per-model schedules (cron via croniter, or an interval), control-topic messages
+`{"action": "retrain", "model": NAME, "requested_at": ts}` and the CLI (`--once`, `trigger`).
+A model's cycles never overlap: a trigger for a model already queued or running is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.model_updates import announce_version
+from stream_app.registry import Registry
+from stream_app.settings import RetrainSchedule, Settings
+from stream_app.training_window import TrainingWindow, read_window
+from stream_app.validation import Decision, calibrated_threshold, decide
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def next_run(schedule: RetrainSchedule, after: float) -> float:
+    """Epoch seconds of the schedule's next run strictly after `after` (cron in UTC, or a fixed interval).
+
+    >>> next_run(RetrainSchedule(model="m", cron="0 * * * *"), 30.0), next_run(RetrainSchedule(model="m", interval_s=5), 1.0)
+    (3600.0, 6.0)
+    """
+    if schedule.cron:
+        from croniter import croniter
+
+        return float(croniter(schedule.cron, datetime.fromtimestamp(after, UTC)).get_next(float))
+    if schedule.interval_s:
+        return after + schedule.interval_s
+    raise ValueError(f"schedule for {schedule.model!r} has neither cron nor interval_s")
+
+
+def control_message(model: str, requested_at: float | None = None) -> dict[str, Any]:
+    return {"action": "retrain", "model": model, "requested_at": time.time() if requested_at is None else requested_at}
+
+
+def parse_control(value: bytes | None, now: float, max_age_s: float) -> str:
+    """The model a control message asks to retrain; ValueError says why it is ignored.
+
+    >>> parse_control(orjson.dumps(control_message("press", 100.0)), now=110.0, max_age_s=300)
+    'press'
+    """
+    try:
+        msg = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(msg, dict) or msg.get("action") != "retrain":
+        raise ValueError(f"not a retrain request: {msg!r}"[:200])
+    model, requested_at = msg.get("model"), msg.get("requested_at")
+    if not isinstance(model, str) or not model:
+        raise ValueError("retrain request without a model name")
+    if not isinstance(requested_at, int | float) or now - requested_at > max_age_s:
+        raise ValueError(f"retrain request for {model} is older than {max_age_s:.0f} s (requested_at={requested_at})")
+    return model
+
+
+async def send_trigger(settings: Settings, model: str) -> dict[str, Any]:
+    """Produce an on-demand retrain request on the control topic (what `linewatch retrain trigger` does)."""
+    message = control_message(model)
+    await ensure_topics(settings, [settings.topics.control])
+    async with AIOKafkaProducer(acks="all", **aiokafka_kwargs(settings.kafka)) as producer:
+        await producer.send_and_wait(settings.topics.control, key=model.encode(), value=orjson.dumps(message))
+    return message
+
+
+def new_candidate(production: Any, device: str | None = None) -> Any:
+    """An unfitted scorer of the production version's kind and config.
+
+    Autoencoders start from fresh weights (seeded). Other scorers (Transformaly) start from a copy of the
+    production scorer: its frozen backbone weights live in the registry, and a fresh build would need a
+    pretrained download; fitting refits the densities and continues training the students.
+    """
+    from models.rvae import RVAEScorer
+
+    if isinstance(production, RVAEScorer):
+        return RVAEScorer(**asdict(production.config), feature_names=production.feature_names, device=device)
+    return copy.deepcopy(production)
+
+
+def _scores(scorer: Any, data: np.ndarray) -> np.ndarray:
+    return scorer.score(data) if len(data) else np.zeros(0, np.float32)
+
+
+def validate(settings: Settings, candidate: Any, current: Any, window: TrainingWindow) -> Decision:
+    """Score the held-back and incident events with both versions and apply `validation.decide`."""
+    thr = settings.thresholds
+    try:
+        cand_t = calibrated_threshold(thr, candidate.calibration_scores)
+    except ValueError as exc:
+        return Decision("rejected", f"candidate has no usable calibration: {exc}")
+    cur_t = None
+    with contextlib.suppress(ValueError):  # a version without calibration scores cannot be compared with
+        cur_t = calibrated_threshold(thr, getattr(current, "calibration_scores", None))
+    compare = cur_t is not None
+    return decide(
+        settings.retrain,
+        cand_t,
+        _scores(candidate, window.holdout),
+        _scores(candidate, window.incidents),
+        cur_t,
+        _scores(current, window.holdout) if compare else None,
+        _scores(current, window.incidents) if compare else None,
+    )
+
+
+def _fit_summary(history: dict[str, Any], seconds: float) -> dict[str, Any]:
+    last = {k: float(v[-1]) for k, v in history.items() if k in ("train_loss", "val_loss") and v}
+    return {"seconds": round(seconds, 3), "epochs_run": history.get("epochs_run"),
+            "best_epoch": history.get("best_epoch"), **last}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the agent
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did. `decision`: promoted | passed (published, not promoted) | rejected | skipped | failed."""
+
+    model: str
+    decision: str
+    reason: str
+    trigger: str
+    parent: str | None = None
+    version: str | None = None  # the published candidate, if any
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    announced: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+class RetrainAgent:
+    """Runs retraining cycles on triggers; see the module docstring.
+
+    >>> import tempfile
+    >>> agent = RetrainAgent(Settings(registry_dir=tempfile.mkdtemp()))
+    >>> agent.registry.models(), agent.progress in (True, False)
+    ([], True)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry | None = None,
+        device: str | None = None,
+        progress: bool | None = None,
+        heartbeat_s: float = 15.0,
+    ):
+        self.settings = settings
+        self.registry = registry or Registry(settings.registry_dir)
+        self.device = device or settings.device
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.heartbeat_s = heartbeat_s
+        self.results: list[CycleResult] = []
+        self._pending: set[str] = set()
+        self._queue: asyncio.Queue[tuple[str, str]] | None = None
+
+    # ------------------------------------------------------------------ one cycle
+
+    async def run_cycle(self, model: str, trigger: str = "manual", guard: bool | None = None) -> CycleResult:
+        """Read, fit, validate, publish and maybe promote; LookupError if `model` has no production version."""
+        started = time.monotonic()
+        cfg = self.settings.retrain
+        prod = self.registry.production(model)  # LookupError: nothing to retrain from
+        log.info("retrain %s (trigger: %s): production version %s", model, trigger, prod.version)
+        _, current = await asyncio.to_thread(self.registry.load, model, prod.version, self.device)
+        kind = getattr(current, "data_kind", "vectors")
+        topic = self.settings.topics.vectors if kind == "vectors" else self.settings.topics.frames
+        window = await read_window(self.settings, topic, kind, model, guard=guard)
+        result = CycleResult(model, "skipped", "", trigger, parent=prod.version, counts=window.counts)
+        log.info("retrain %s: window of %s %s, counts %s, bad %s", model, topic,
+                 _span(window), window.counts, window.bad or "none")  # fmt: skip
+        if window.n_clean < cfg.min_samples:
+            result.reason = f"{window.n_clean} clean events in the window < min_samples {cfg.min_samples}"
+            return self._done(result, started)
+
+        candidate = new_candidate(current, self.device)
+        try:
+            fit_started = time.monotonic()
+            history = await self._fit(model, candidate, window.train)
+        except asyncio.CancelledError:
+            log.warning("retrain %s: cancelled during the fit; registry unchanged", model)
+            raise
+        except Exception as exc:
+            log.exception("retrain %s: fit failed; registry unchanged", model)
+            result.decision, result.reason = "failed", f"fit failed: {exc}"
+            return self._done(result, started)
+        fit = _fit_summary(history, time.monotonic() - fit_started)
+
+        decision = await asyncio.to_thread(validate, self.settings, candidate, current, window)
+        result.metrics = {"fit": fit, "validation": decision.metrics}
+        result.decision, result.reason = decision.decision, decision.reason
+        if not decision.passed and not cfg.keep_rejected:
+            return self._done(result, started)
+        extra = {
+            "parent": prod.version,
+            "trained_by": "retrain-agent",
+            "trigger": trigger,
+            "training_window": window.manifest(),
+            "metrics": result.metrics,
+            "validation": {**decision.to_dict(), "decided_at": datetime.now(UTC).isoformat()},
+        }
+        mv = await asyncio.to_thread(self.registry.publish, model, candidate, extra)
+        result.version = mv.version
+        if decision.passed and cfg.auto_promote:
+            await asyncio.to_thread(self.registry.promote, model, mv.version)
+            result.announced = await announce_version(self.settings, self.registry, mv)
+            result.decision = "promoted"
+        return self._done(result, started)
+
+    async def _fit(self, model: str, candidate: Any, data: np.ndarray) -> dict[str, Any]:
+        """Fit in a worker thread; without a terminal, a log line every `heartbeat_s` says it is alive."""
+        epochs = self.settings.retrain.epochs
+        log.info("retrain %s: fitting %s on %d events, up to %d epochs", model, type(candidate).__name__,
+                 len(data), epochs)  # fmt: skip
+        fit = asyncio.ensure_future(asyncio.to_thread(candidate.fit, data, epochs=epochs, progress=self.progress))
+        started = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({fit}, timeout=self.heartbeat_s)
+                if done:
+                    return fit.result()
+                if not self.progress:
+                    log.info("retrain %s: still fitting (%.0f s)", model, time.monotonic() - started)
+        finally:
+            # The thread cannot be interrupted; its result is simply never published.
+            fit.cancel()
+
+    def _done(self, result: CycleResult, started: float) -> CycleResult:
+        result.seconds = time.monotonic() - started
+        level = logging.WARNING if result.decision in ("rejected", "failed") else logging.INFO
+        log.log(level, "retrain %s: %s (%s)%s in %.1f s", result.model, result.decision, result.reason,
+                f", version {result.version} (parent {result.parent})" if result.version else "",
+                result.seconds)  # fmt: skip
+        self.results.append(result)
+        return result
+
+    # ------------------------------------------------------------------ triggers
+
+    def request(self, model: str, trigger: str) -> bool:
+        """Queue a cycle unless one for `model` is already queued or running."""
+        if self._queue is None:
+            raise RuntimeError("the agent is not running")
+        if model in self._pending:
+            log.info("retrain %s: %s ignored, a cycle is already queued or running", model, trigger)
+            return False
+        self._pending.add(model)
+        self._queue.put_nowait((model, trigger))
+        return True
+
+    async def run(self, models: Sequence[str] | None = None) -> None:
+        """Serve schedules and control-topic triggers until cancelled (for `models`, default all)."""
+        self._queue = asyncio.Queue()
+        schedules = [s for s in self.settings.retrain.schedules if models is None or s.model in models]
+        log.info("retraining agent: %d schedule(s), control topic %s", len(schedules), self.settings.topics.control)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for schedule in schedules:
+                    tg.create_task(self._follow_schedule(schedule))
+                tg.create_task(self._follow_control(models))
+                tg.create_task(self._serve_queue())
+        finally:
+            self._queue = None
+
+    async def _serve_queue(self) -> None:
+        assert self._queue is not None
+        while True:
+            model, trigger = await self._queue.get()
+            try:
+                await self.run_cycle(model, trigger)
+            except LookupError as exc:
+                log.error("retrain %s: %s", model, exc)
+            except Exception:
+                log.exception("retrain %s: cycle failed; the agent keeps running", model)
+            finally:
+                self._pending.discard(model)
+
+    async def _follow_schedule(self, schedule: RetrainSchedule) -> None:
+        label = f"cron {schedule.cron}" if schedule.cron else f"every {schedule.interval_s:g} s"
+        while True:
+            at = next_run(schedule, time.time())
+            log.info("retrain %s: next scheduled run at %s (%s)", schedule.model,
+                     datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds"), label)  # fmt: skip
+            await asyncio.sleep(max(0.0, at - time.time()))
+            self.request(schedule.model, f"schedule ({label})")
+
+    async def _follow_control(self, models: Sequence[str] | None) -> None:
+        """Control-topic requests from `control_max_age_s` ago onwards (a just-sent trigger is not missed)."""
+        s = self.settings
+        await ensure_topics(s, [s.topics.control])
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **aiokafka_kwargs(s.kafka))
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(s.topics.control)
+            while not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(s.topics.control)
+            tps = [TopicPartition(s.topics.control, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            since = int((time.time() - s.retrain.control_max_age_s) * 1000)
+            found, ends = await consumer.offsets_for_times(dict.fromkeys(tps, since)), await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+            async for msg in consumer:
+                try:
+                    model = parse_control(msg.value, time.time(), s.retrain.control_max_age_s)
+                except ValueError as exc:
+                    log.info("control message at %d/%d ignored: %s", msg.partition, msg.offset, exc)
+                    continue
+                if models is not None and model not in models:
+                    log.info("control request for %s ignored: this agent serves %s", model, list(models))
+                    continue
+                self.request(model, "control topic")
+        finally:
+            await consumer.stop()
+
+
+def _span(window: TrainingWindow) -> str:
+    if window.start_ts is None:
+        return "(empty)"
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    start, end = (datetime.fromtimestamp(t, UTC).strftime(fmt) for t in (window.start_ts, window.end_ts or 0))
+    return f"{start}..{end}"

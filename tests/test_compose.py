@@ -132,6 +132,8 @@ def test_service_commands_are_real_cli_commands(service):
         # not registered yet (written in parallel): it must at least be one of the CLI's command modules
         assert path[0] in COMMAND_MODULES, f"{service}: `{' '.join(tokens)}` is no linewatch command"
         return
+    if hasattr(command, "commands"):  # a group: the service must name one of its sub-commands
+        assert command.invoke_without_command, f"{service}: `linewatch {' '.join(path)}` needs a sub-command"
     proc = subprocess.run(
         [sys.executable, "-m", "stream_app", *path, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )

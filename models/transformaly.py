@@ -438,6 +438,15 @@ class TransformalyScorer:
 
     # --------------------------------------------------------------------- persistence
 
+    def _pretrained_source(self) -> str:
+        """Where the teacher's weights came from, in words a person can follow up."""
+        if isinstance(self.config.pretrained, str):
+            return f"file {self.config.pretrained} (sha256 {self.weights_sha256})"
+        if not self.config.pretrained:
+            return f"random init, torch.manual_seed({self.config.seed})"
+        cfg = self.teacher.backbone.pretrained_cfg or {}
+        return f"timm {cfg.get('hf_hub_id') or cfg.get('url') or self.config.backbone}"
+
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Students, Gaussians and term stats in weights.safetensors; the backbone is referenced, not copied.
 
@@ -451,6 +460,7 @@ class TransformalyScorer:
             "score_batch_size": self.score_batch_size,
             "backbone_init_seed": self.config.seed if self.config.pretrained is False else None,
             "weights_sha256": self.weights_sha256,
+            "pretrained_source": self._pretrained_source(),
             "n_blocks_used": self.n_blocks,
             "input_size": list(self.input_size),
             "grid_size": list(self.grid_size),
@@ -474,7 +484,16 @@ class TransformalyScorer:
         manifest, tensors = load_scorer_dir(path)
         cfg = dict(manifest["config"])
         expected_sha = cfg.pop("weights_sha256")
-        for derived in ("backbone_init_seed", "n_blocks_used", "input_size", "grid_size", "mean", "std", "score"):
+        for derived in (
+            "backbone_init_seed",
+            "pretrained_source",
+            "n_blocks_used",
+            "input_size",
+            "grid_size",
+            "mean",
+            "std",
+            "score",
+        ):
             cfg.pop(derived, None)
         if isinstance(cfg["pretrained"], str):
             actual = sha256_file(Path(cfg["pretrained"])) if Path(cfg["pretrained"]).is_file() else "missing"

@@ -135,7 +135,7 @@ def validate(settings: Settings, candidate: Any, current: Any, window: TrainingW
     )
 
 
-def _fit_summary(history: dict[str, Any], seconds: float) -> dict[str, Any]:
+def fit_summary(history: dict[str, Any], seconds: float) -> dict[str, Any]:
     last = {k: float(v[-1]) for k, v in history.items() if k in ("train_loss", "val_loss") and v}
     return {"seconds": round(seconds, 3), "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), **last}  # fmt: skip
@@ -216,7 +216,7 @@ class RetrainAgent:
             log.exception("retrain %s: fit failed; registry unchanged", model)
             result.decision, result.reason = "failed", f"fit failed: {exc}"
             return self._done(result, started)
-        fit = _fit_summary(history, time.monotonic() - fit_started)
+        fit = fit_summary(history, time.monotonic() - fit_started)
 
         decision = await asyncio.to_thread(validate, self.settings, candidate, current, window)
         result.metrics = {"fit": fit, "validation": decision.metrics}

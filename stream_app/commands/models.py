@@ -1,7 +1,346 @@
-"""`linewatch models` commands (not implemented yet)."""
+"""`linewatch models list|show|fit|promote|rollback`: the model registry from the command line.
 
+promote and rollback also announce the new production version on the model-updates topic, so running
+workers swap to it (`--no-announce` for an offline registry). User errors print one red line and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+models_app = typer.Typer(help="Model registry: list, inspect, fit, promote, roll back.", no_args_is_help=True)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VECTOR_KINDS = ("rvae", "vae", "rae", "ae")
+ANNOUNCE_TIMEOUT_S = 30.0
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn expected failures (unknown model, bad file, integrity, broker down) into one line and exit 1."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        yield
+    except (UserError, LookupError, ValueError, OSError, KafkaError, TimeoutError) as exc:
+        console.print(f"[red]error:[/] {exc or type(exc).__name__}")
+        raise typer.Exit(1) from None
+
+
+def _registry(ctx: typer.Context):
+    from stream_app.registry import Registry
+
+    return Registry(ctx.obj.registry_dir)
+
+
+def normalize_version(version: str) -> str:
+    """Versions are zero-padded directory names; `2` means `0002`.
+
+    >>> normalize_version("2"), normalize_version("0002")
+    ('0002', '0002')
+    """
+    return f"{int(version):04d}" if version.isdigit() else version
+
+
+def _production_or_none(registry, model: str) -> str | None:
+    try:
+        return registry.production(model).version
+    except LookupError:
+        return None
+
+
+def _known(registry, model: str, version: str | None = None) -> None:
+    if model not in registry.models():
+        raise UserError(f"no model {model!r} in registry {registry.root} (models: {registry.models() or 'none'})")
+    if version is not None and version not in registry.versions(model):
+        raise UserError(f"{model} has no version {version} (versions: {registry.versions(model)})")
+
+
+def _announce(ctx: typer.Context, registry, mv, announce: bool) -> None:
+    if not announce:
+        console.print("[yellow]not announced[/]: running workers keep their version until restarted")
+        return
+    from stream_app.model_updates import announce_version
+
+    try:
+        message = asyncio.run(asyncio.wait_for(announce_version(ctx.obj, registry, mv), ANNOUNCE_TIMEOUT_S))
+    except Exception as exc:
+        raise UserError(
+            f"{mv.model} now points at version {mv.version}, but announcing it on "
+            f"{ctx.obj.topics.model_updates} failed ({exc or type(exc).__name__}); workers swap on restart "
+            "or on the next announcement"
+        ) from exc
+    console.print(f"announced on {ctx.obj.topics.model_updates} (sha256 {message['sha256'][:12]}…)")
+
+
+# ----------------------------------------------------------------------------- list / show
+
+
+def _decision(manifest: dict[str, Any]) -> str:
+    return (manifest.get("validation") or {}).get("decision", "-")
+
+
+def _samples(manifest: dict[str, Any]) -> str:
+    window = manifest.get("training_window") or {}
+    if counts := window.get("counts"):
+        return f"{counts.get('train', '?')}+{counts.get('holdout', '?')}"
+    data = manifest.get("training_data") or {}
+    return str(data.get("samples", "-"))
+
+
+@models_app.command("list")
+def list_models(ctx: typer.Context) -> None:
+    """Every model with its production and latest version."""
+    registry = _registry(ctx)
+    names = registry.models()
+    if not names:
+        console.print(f"registry {registry.root} is empty; add a model with `linewatch models fit`")
+        return
+    table = Table(title=f"models in {registry.root}")
+    for col in ("model", "production", "latest", "versions", "kind", "latest decision", "latest created"):
+        table.add_column(col)
+    for name in names:
+        versions = registry.versions(name)
+        latest = registry.manifest(name, versions[-1]) if versions else {}
+        table.add_row(
+            name, _production_or_none(registry, name) or "[yellow]none[/]", versions[-1] if versions else "-",
+            str(len(versions)), latest.get("kind", "-"), _decision(latest), str(latest.get("created_at", "-"))[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@models_app.command()
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str | None, typer.Argument(help="a version (default: all versions)")] = None,
+) -> None:
+    """A model's versions, or one version's manifest (hashes, window, metrics, validation)."""
+    registry = _registry(ctx)
+    with user_errors():
+        version = normalize_version(version) if version else None
+        _known(registry, name, version)
+        if version is None:
+            _show_versions(registry, name)
+        else:
+            _show_version(ctx, registry, name, version)
+
+
+def _show_versions(registry, name: str) -> None:
+    production = _production_or_none(registry, name)
+    table = Table(title=f"{name}: versions (production: {production or 'none'})")
+    for col in ("", "version", "created", "kind", "parent", "by", "samples", "decision", "reason"):
+        table.add_column(col, overflow="fold")
+    for v in registry.versions(name):
+        m = registry.manifest(name, v)
+        table.add_row(
+            "[green]*[/]" if v == production else "", v, str(m.get("created_at", "-"))[:19], m.get("kind", "-"),
+            str(m.get("parent") or "-"), str(m.get("trained_by", "-")), _samples(m), _decision(m),
+            (m.get("validation") or {}).get("reason", ""),
+        )  # fmt: skip
+    console.print(table)
+    log = registry.promotions(name)[-5:]
+    if log:
+        console.print("recent promotions: " + ", ".join(f"{e.get('action', 'promote')} {e['version']}" for e in log))
+
+
+def _show_version(ctx: typer.Context, registry, name: str, version: str) -> None:
+    from stream_app.validation import calibrated_threshold
+
+    m = registry.manifest(name, version)
+    table = Table(title=f"{name} version {version}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("production", "yes" if _production_or_none(registry, name) == version else "no")
+    table.add_row("manifest sha256", registry.digest(name, version))
+    for key in ("kind", "created_at", "parent", "trained_by", "trigger"):
+        if key in m:
+            table.add_row(key, str(m[key]))
+    table.add_row("files", "\n".join(f"{f}  {h}" for f, h in m.get("files", {}).items()))
+    table.add_row("config", _compact(m.get("config")))
+    cal = m.get("calibration_scores")
+    if cal:
+        arr = np.asarray(cal, np.float64)
+        try:
+            thr = f"{calibrated_threshold(ctx.obj.thresholds, arr):.4g}"
+        except ValueError as exc:
+            thr = f"n/a ({exc})"
+        table.add_row("calibration", f"n={arr.size} median={np.median(arr):.4g} p99={np.quantile(arr, 0.99):.4g} "
+                                     f"initial threshold={thr} ({ctx.obj.thresholds.mode})")  # fmt: skip
+    for key in ("training_window", "training_data", "metrics", "validation"):
+        if key in m:
+            table.add_row(key.replace("_", " "), _compact(m[key]))
+    console.print(table)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "normalization_stats"}  # long arrays, not for reading
+    return json.dumps(value, indent=1, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def load_vectors(path: Path) -> np.ndarray:
+    """A [N, F] float array of normal samples from a .npy file (no pickles)."""
+    try:
+        X = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    if X.ndim != 2 or X.shape[0] < 2 or not np.issubdtype(X.dtype, np.number):
+        raise UserError(f"{path}: expected a numeric [N, F] array with N >= 2, got shape {X.shape} {X.dtype}")
+    X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise UserError(f"{path}: {int((~np.isfinite(X)).sum())} NaN/inf values; expected finite samples")
+    return X
+
+
+def load_images(folder: Path) -> np.ndarray:
+    """uint8 [N, H, W] (all grayscale) or [N, H, W, 3] images from a folder, resized to the most common size."""
+    from collections import Counter
+
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+        except OSError as exc:
+            raise UserError(f"{f}: not a readable image ({exc})") from None
+    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in images) else "RGB"
+    size = Counter(im.size for im in images).most_common(1)[0][0]
+    return np.stack([np.asarray(im.convert(mode).resize(size) if im.size != size else im.convert(mode))
+                     for im in images]).astype(np.uint8)  # fmt: skip
+
+
+@models_app.command()
+def fit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="model name (routes in settings name the model per source)")],
+    data: Annotated[Path, typer.Option("--data", help="normal samples: a [N, F] .npy file or a folder of images")],
+    kind: Annotated[str | None, typer.Option(help="rvae|vae|rae|ae (vectors) or transformaly (images)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="default: settings retrain.epochs")] = None,
+    n_layers: Annotated[int, typer.Option(help="autoencoder blocks per tower")] = 2,
+    hidden: Annotated[int, typer.Option(help="autoencoder hidden width")] = 64,
+    latent: Annotated[int, typer.Option(help="autoencoder latent width")] = 8,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    backbone: Annotated[str, typer.Option(help="timm ViT for transformaly")] = "vit_tiny_patch16_224",
+    pretrained: Annotated[bool, typer.Option(help="download pretrained backbone weights (needs network)")] = False,
+    img_size: Annotated[int | None, typer.Option(help="transformaly input size (default: the backbone's)")] = None,
+    n_blocks: Annotated[int, typer.Option(help="transformaly: last N blocks get students")] = 10,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda (default: settings, else CUDA if available)")] = None,
+    promote_: Annotated[bool, typer.Option("--promote", help="make it the production version")] = False,
+    announce: Annotated[bool, typer.Option(help="announce a promotion on model-updates")] = True,
+) -> None:
+    """Fit a model on a file of normal samples and publish it as the next version."""
+    from stream_app.retraining import fit_summary
+
+    settings = ctx.obj
+    registry = _registry(ctx)
+    device = device or settings.device
+    epochs = epochs or settings.retrain.epochs
+    with user_errors():
+        if not data.exists():
+            raise UserError(f"{data} does not exist; expected a .npy file or a folder of images")
+        images = data.is_dir()
+        if not images and data.suffix != ".npy":
+            raise UserError(f"{data}: expected a .npy file of [N, F] samples or a folder of images")
+        kind = kind or ("transformaly" if images else "rvae")
+        if images != (kind == "transformaly") or kind not in (*VECTOR_KINDS, "transformaly"):
+            raise UserError(f"--kind {kind} does not fit {'images' if images else 'vectors'} "
+                            f"(vectors: {', '.join(VECTOR_KINDS)}; images: transformaly)")  # fmt: skip
+        X = load_images(data) if images else load_vectors(data)
+        if images:
+            from models.transformaly import TransformalyScorer
+
+            scorer = TransformalyScorer(backbone, pretrained=pretrained, img_size=img_size, n_blocks=n_blocks,
+                                        seed=seed, device=device)  # fmt: skip
+        else:
+            from models.rvae import RVAEScorer
+
+            scorer = RVAEScorer(X.shape[1], kind=kind, n_layers=n_layers, hidden=hidden, latent=latent, seed=seed,
+                                device=device)  # fmt: skip
+        console.print(f"fitting {kind} on {len(X)} samples of shape {list(X.shape[1:])} from {data}")
+        started = time.monotonic()
+        fit_kwargs: dict[str, Any] = {"epochs": epochs, "progress": True}
+        if batch_size:
+            fit_kwargs["batch_size"] = batch_size
+        history = scorer.fit(X, **fit_kwargs)
+        extra = {
+            "parent": None,
+            "trained_by": "cli",
+            "training_data": {"path": str(data.resolve()), "samples": len(X), "shape": list(X.shape)},
+            "metrics": {"fit": fit_summary(history, time.monotonic() - started)},
+        }
+        mv = registry.publish(name, scorer, extra=extra)
+        console.print(f"published {name} version [bold]{mv.version}[/] at {mv.path}")
+        if promote_:
+            registry.promote(name, mv.version)
+            console.print(f"{name} production -> {mv.version}")
+            _announce(ctx, registry, mv, announce)
+
+
+# ----------------------------------------------------------------------------- promote / rollback
+
+
+@models_app.command()
+def promote(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    force: Annotated[bool, typer.Option(help="promote a candidate that failed validation")] = False,
+    announce: Annotated[bool, typer.Option(help="announce on model-updates so workers swap")] = True,
+) -> None:
+    """Make VERSION the production version (hashes verified) and tell running workers."""
+    registry = _registry(ctx)
+    with user_errors():
+        version = normalize_version(version)
+        _known(registry, name, version)
+        previous = _production_or_none(registry, name)
+        mv = registry.promote(name, version, force=force)
+        console.print(f"{name} production: {previous or 'none'} -> {mv.version}")
+        _announce(ctx, registry, mv, announce)
+
+
+@models_app.command()
+def rollback(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument()],
+    announce: Annotated[bool, typer.Option(help="announce on model-updates so workers swap")] = True,
+) -> None:
+    """Serve the version that was in production before the current one."""
+    registry = _registry(ctx)
+    with user_errors():
+        _known(registry, name)
+        previous = _production_or_none(registry, name)
+        mv = registry.rollback(name)
+        console.print(f"{name} production: {previous} -> {mv.version} (rolled back)")
+        _announce(ctx, registry, mv, announce)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root CLI."""
+    app.add_typer(models_app, name="models")

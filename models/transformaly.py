@@ -196,10 +196,10 @@ class TransformalyScorer:
             float(val_fraction), None if patience is None else int(patience), int(seed),
             None if img_size is None else int(img_size), bool(standardize),
         )  # fmt: skip
-        self.weights_sha256 = sha256_file(Path(pretrained)) if isinstance(pretrained, str) else None
         self.device = pick_device(device)
         self.score_batch_size = int(score_batch_size)
-        backbone_net = build_backbone(self.config)
+        backbone_net = build_backbone(self.config)  # (a missing weights file is reported here)
+        self.weights_sha256 = sha256_file(Path(pretrained)) if isinstance(pretrained, str) else None
         depth = len(backbone_net.blocks)
         self.n_blocks = min(self.config.n_blocks, depth - 1)
         if self.n_blocks < 1:

@@ -240,3 +240,13 @@ def test_standardize_z_scores_each_term_with_held_out_normal_statistics(fitted, 
     np.testing.assert_allclose(z, (raw - mean) / std)
     np.testing.assert_allclose(scores, z.sum(axis=1), rtol=1e-5)
     assert (std > 0).all() and np.abs(z).max() < 50
+
+
+def test_early_stopping_halts_and_restores_the_best_students(train) -> None:
+    s = TransformalyScorer(**{**TINY, "img_size": 32}, val_fraction=0.5, patience=1, lr=0.05)  # diverges after epoch 0
+    h = s.fit(train[:20], epochs=6, batch_size=10)
+    best = int(np.argmin(h["val_loss"]))
+    assert h["epochs_run"] == best + 2 < 6 and h["best_epoch"] == best
+    restored = TransformalyScorer(**{**TINY, "img_size": 32}, val_fraction=0.5, patience=None, lr=0.05)
+    restored.fit(train[:20], epochs=best + 1, batch_size=10)  # same seed, stopped by hand at the best epoch
+    np.testing.assert_allclose(s.score(train[20:24]), restored.score(train[20:24]), rtol=1e-4)

@@ -322,10 +322,11 @@ class RetrainAgent:
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **aiokafka_kwargs(s.kafka))
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(s.topics.control)
-            while not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(s.topics.control)
+            parts = None
+            while not parts:  # the consumer tracks no topic yet: ask the cluster
+                parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(s.topics.control)
+                if not parts:
+                    await asyncio.sleep(0.5)
             tps = [TopicPartition(s.topics.control, p) for p in sorted(parts)]
             consumer.assign(tps)
             since = int((time.time() - s.retrain.control_max_age_s) * 1000)

@@ -142,12 +142,8 @@ async def _ranges(
     consumer: AIOKafkaConsumer, topic: str, since_ms: int | None, last_n: int | None
 ) -> dict[TopicPartition, tuple[int, int]]:
     """Per partition [start, end): end is the current end offset, start from time and/or count."""
-    parts = consumer.partitions_for_topic(topic)
-    for _ in range(3):  # a topic created just now may not be in the consumer's metadata yet
-        if parts is not None:
-            break
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
+    # The consumer's own metadata covers only topics it already tracks; ask the cluster for all of them.
+    parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
     if not parts:
         return {}
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -267,7 +263,7 @@ def select(
     """The pure part of `read_window`: join records with verdicts, guard, cap, decode, split."""
     cfg = settings.retrain
     router = Router(settings.routes if kind == "vectors" else settings.image_routes)
-    counts: Counter[str] = Counter(records=len(records))
+    counts: dict[str, int] = {"records": len(records), "other_model": 0}
     rows: list[tuple[Record, str, float, dict[str, Any] | None]] = []
     for rec in records:
         v = verdicts.get((rec.partition, rec.offset))
@@ -293,14 +289,16 @@ def select(
         keep = guard_mask(sources, ts, normal, in_incident, cfg.guard_margin_events, cfg.guard_margin_s)
     else:
         keep = np.ones(n, bool)
-    counts |= {
-        "events": n,
-        "judged": int(judged.sum()),
-        "anomalous": int(anomalous.sum()),
-        "incident_events": int(in_incident.sum()),
-        "guard_dropped": int(n - keep.sum()),
-        "clean": int(keep.sum()),
-    }
+    counts.update(
+        {
+            "events": n,
+            "judged": int(judged.sum()),
+            "anomalous": int(anomalous.sum()),
+            "incident_events": int(in_incident.sum()),
+            "guard_dropped": int(n - keep.sum()),
+            "clean": int(keep.sum()),
+        }
+    )
     kept = np.flatnonzero(keep)
     kept = kept[evenly_spaced(len(kept), cfg.max_samples)]
     true_anomalies = np.flatnonzero(anomalous & in_incident)

@@ -49,6 +49,15 @@ def with_defects(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     return out, centres
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls: on a shared CPU a second thread mostly spins (measured 4x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def train() -> np.ndarray:
     return textures(48, np.random.default_rng(0))
@@ -76,7 +85,7 @@ def test_scores_any_batch_size_alike(fitted: TransformalyScorer, train: np.ndarr
     fitted.score_batch_size = 7
     try:
         np.testing.assert_allclose(
-            fitted.score(train[:20]), np.r_[fitted.score(train[:10]), fitted.score(train[10:20])], rtol=1e-5
+            fitted.score(train[:12]), np.r_[fitted.score(train[:5]), fitted.score(train[5:12])], rtol=1e-5
         )
     finally:
         fitted.score_batch_size = 64
@@ -201,12 +210,13 @@ def test_n_blocks_is_clipped_to_depth_minus_one_with_a_warning() -> None:
     assert s.n_blocks == len(s.students) == 11
 
 
-def test_fit_without_the_teacher_cache_trains_the_same_students(fitted, train) -> None:
-    s = TransformalyScorer(**TINY, val_fraction=0.5)
-    history = s.fit(train, **FIT, cache_gb=0.0)
-    assert not history["cached_teacher"]
-    np.testing.assert_allclose(history["val_loss"], fitted.history["val_loss"], rtol=1e-5)
-    np.testing.assert_allclose(s.score(train[:4]), fitted.score(train[:4]), rtol=1e-4)
+def test_fit_without_the_teacher_cache_trains_the_same_students(train) -> None:
+    small = {**TINY, "img_size": 32, "val_fraction": 0.5}
+    cached, uncached = TransformalyScorer(**small), TransformalyScorer(**small)
+    h_cached, h_uncached = cached.fit(train[:16], **FIT), uncached.fit(train[:16], **FIT, cache_gb=0.0)
+    assert h_cached["cached_teacher"] and not h_uncached["cached_teacher"]
+    np.testing.assert_allclose(h_uncached["val_loss"], h_cached["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(uncached.score(train[16:20]), cached.score(train[16:20]), rtol=1e-4)
 
 
 def test_defects_score_higher_than_normal_textures(fitted) -> None:

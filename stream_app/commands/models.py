@@ -190,9 +190,14 @@ def _show_version(ctx: typer.Context, registry, name: str, version: str) -> None
 
 
 def _compact(value: Any) -> str:
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k != "normalization_stats"}  # long arrays, not for reading
-    return json.dumps(value, indent=1, sort_keys=True, default=str)
+    """One line per top-level key, values as compact JSON (long normalization arrays left out)."""
+    if not isinstance(value, dict):
+        return json.dumps(value, default=str)
+    return "\n".join(
+        f"{k}: {json.dumps(v, sort_keys=True, default=str)}"
+        for k, v in sorted(value.items())
+        if k != "normalization_stats"
+    )
 
 
 # ----------------------------------------------------------------------------- fit

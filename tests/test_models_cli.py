@@ -129,6 +129,9 @@ def test_promote_and_rollback_move_production_and_announce_each_change(make_sett
     assert rolled.exit_code == 0 and "0002 -> 0001" in rolled.output
     assert Registry(settings.registry_dir).production("press").version == "0001"
     assert asyncio.run(_updates(settings)) == [("press", "0001"), ("press", "0002"), ("press", "0001")]
+    once = lw(config, "retrain", "--once", "press")  # no traffic yet: the cycle is skipped, the registry unchanged
+    assert once.exit_code == 0 and "skipped" in once.output and "min_samples" in once.output.replace("\n", " ")
+    assert Registry(settings.registry_dir).versions("press") == ["0001", "0002"]
     triggered = lw(config, "retrain", "trigger", "press")
     assert triggered.exit_code == 0 and "requested" in triggered.output
 

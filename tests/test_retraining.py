@@ -204,6 +204,25 @@ async def test_control_topic_trigger_runs_a_cycle(make_settings):
     assert [(r.model, r.trigger, r.decision) for r in agent.results] == [(MODEL, "control topic", "skipped")]
 
 
+@pytest.mark.integration
+async def test_a_scheduled_interval_runs_cycles(make_settings):
+    schedule = RetrainSchedule(model=MODEL, interval_s=0.2)
+    settings = make_settings(retrain=retrain_settings(schedules=[schedule]))
+    fit_v1(settings)
+    agent = RetrainAgent(settings, progress=False)
+    runner = asyncio.create_task(agent.run())
+    try:
+        for _ in range(100):
+            if agent.results:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    assert agent.results[0].trigger == "schedule (every 0.2 s)" and agent.results[0].decision == "skipped"
+
+
 async def test_tampered_weights_are_refused_and_the_worker_keeps_serving(tmp_path):
     settings = Settings(registry_dir=tmp_path / "registry")
     registry, v1 = fit_v1(settings)

@@ -186,3 +186,20 @@ async def test_read_window_by_count_reads_the_newest_events(make_settings):
     assert w.counts["records"] == 30, w.counts
     assert w.n_clean == 30, w.counts
     assert sorted(np.r_[w.train[:, 0], w.holdout[:, 0]].astype(int).tolist()) == list(range(70, 100))
+
+
+def test_select_decodes_camera_frames_for_image_models():
+    from stream_app.codecs import encode_image, frame_headers
+
+    rng = np.random.default_rng(5)
+    records, verdicts = [], {}
+    for i in range(6):
+        image = rng.integers(0, 255, size=(16, 16), dtype=np.uint8)
+        headers = dict(frame_headers("cam-1", ts=float(i)))
+        records.append(Record("frames", 0, i, b"cam-1", encode_image(image), headers, i * 1000))
+        verdicts[(0, i)] = verdict(Event("cam-1", [], float(i), model="camera"), "frames", 0, i)
+    records.append(Record("frames", 0, 6, b"cam-1", b"not an image", {}, 6000))
+    verdicts[(0, 6)] = verdict(Event("cam-1", [], 6.0, model="camera"), "frames", 0, 6)
+    w = select(_settings(holdout_fraction=0.34), records, verdicts, "frames", "images", "camera", guard=True)
+    assert w.train.shape == (4, 16, 16) and w.holdout.shape == (2, 16, 16) and w.train.dtype == np.uint8
+    assert w.bad == {"undecodable_image": 1}

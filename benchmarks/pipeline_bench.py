@@ -17,6 +17,7 @@ Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipe
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import sys
 import time
@@ -198,30 +199,34 @@ def plot(results: dict[str, dict]) -> None:
     save_figure(fig, "pipeline")
 
 
-async def main() -> None:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = bench_settings(Path(tmp))
+        await ensure_topics(settings)
+        fitted = fit_models(settings, args.image_side)
+        return {
+            "vectors": await bench_kind(settings, "vectors", *fitted["vectors"], n=args.vectors, naive_n=500),
+            "images": await bench_kind(settings, "images", *fitted["images"], n=args.images, naive_n=60),
+        }
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, default=20000)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--image-side", type=int, default=64)
     args = parser.parse_args()
 
-    import tempfile
-
     from deploy.localstack import LocalStack
 
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = bench_settings(Path(tmp))
-        LocalStack.from_settings(Settings()).up()  # the dev stack (make stack-up), started if needed
-        await ensure_topics(settings)
-        fitted = fit_models(settings, args.image_side)
-        results = {
-            "vectors": await bench_kind(settings, "vectors", *fitted["vectors"], n=args.vectors, naive_n=500),
-            "images": await bench_kind(settings, "images", *fitted["images"], n=args.images, naive_n=60),
-        }
+    LocalStack.from_settings(Settings()).up()  # the dev stack (make stack-up), started if needed
+    results = asyncio.run(run(args))
     write_json("pipeline", results)
     plot(results)
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

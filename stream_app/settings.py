@@ -54,8 +54,12 @@ class TopicSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
+    """Micro-batching: `getmany` (aiokafka consumer under the faust app, the default, ~5x faster here; see
+    benchmarks/results/pipeline.json) or `faust` (agents with `take_events`)."""
+
     max_batch: int = Field(256, ge=1)
     max_wait_ms: float = Field(50.0, gt=0)
+    consumer: Literal["getmany", "faust"] = "getmany"
 
 
 class ThresholdSettings(BaseModel):

@@ -1,8 +1,11 @@
 """The inspection worker: a faust-streaming app whose agents micro-batch input topics into the pipeline.
 
-- One agent per input topic takes `take_events(max_batch, within=max_wait)` batches; faust acks the batch's
-  offsets only when the agent loop resumes, i.e. after `InspectionPipeline.handle` has every output
-  acknowledged by the broker (at-least-once; alert ids are deterministic so redeliveries de-duplicate).
+- Micro-batches come from one of two consumers (`batching.consumer`): by default an aiokafka `getmany` loop run
+  as a task of the faust app (measured ~5x faster than faust's per-event stream path on this machine, see
+  the README), committing offsets explicitly after `InspectionPipeline.handle` has every output acknowledged
+  by the broker; or faust agents with `take_events(max_batch, within=max_wait)`, whose offsets faust acks
+  when the agent loop resumes, i.e. also after the outputs are acknowledged. Either way delivery is
+  at-least-once, and alert ids are deterministic so redeliveries de-duplicate.
 - Model announcements (`inspection.model-updates`) must reach *every* worker, so they are read by a plain
   aiokafka consumer without a group, from the end of the topic; each one triggers a background load and a
   swap between batches. A worker always starts on the registry's production versions.
@@ -107,13 +110,21 @@ class Worker:
                 log.debug("batch kind=%s events=%d scored=%d alerts=%d", kind, report.events, report.scored,
                           report.alerts)  # fmt: skip
 
-        @app.agent(vectors, name=f"{s.app_id}.vectors")
-        async def score_vectors(stream: Any) -> None:
-            await run_batches("vectors", stream)
+        if s.batching.consumer == "faust":
 
-        @app.agent(frames, name=f"{s.app_id}.frames")
-        async def score_frames(stream: Any) -> None:
-            await run_batches("images", stream)
+            @app.agent(vectors, name=f"{s.app_id}.vectors")
+            async def score_vectors(stream: Any) -> None:
+                await run_batches("vectors", stream)
+
+            @app.agent(frames, name=f"{s.app_id}.frames")
+            async def score_frames(stream: Any) -> None:
+                await run_batches("images", stream)
+
+        else:
+
+            @app.task
+            async def score_batches() -> None:
+                await self._getmany_loop()
 
         @app.task
         async def follow_model_updates() -> None:
@@ -132,6 +143,55 @@ class Worker:
                 await worker.close()
 
         return app
+
+    async def _getmany_loop(self) -> None:
+        """The aiokafka path: `getmany` returns what is there (up to max_batch) as soon as anything is, so
+        batches grow with load and stay small (low latency) when traffic is light; offsets are committed
+        explicitly after the batch's outputs are acknowledged."""
+        s = self.settings
+        await self.ready.wait()
+        kinds = {s.topics.vectors: "vectors", s.topics.frames: "images"}
+        consumer = AIOKafkaConsumer(
+            *kinds,
+            group_id=f"{s.app_id}.inspect",  # faust's own consumer holds the group named app_id
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=s.kafka.max_message_bytes,
+            fetch_max_bytes=max(s.kafka.max_message_bytes, 52428800),
+            **aiokafka_kwargs(s.kafka),
+        )
+        await consumer.start()
+        try:
+            while True:
+                polled = await consumer.getmany(
+                    timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch
+                )
+                if not polled:
+                    continue
+                by_kind: dict[str, list[Record]] = {}
+                for tp, msgs in polled.items():
+                    kind = kinds[tp.topic]
+                    for m in msgs:
+                        headers = {k: (v or b"") for k, v in (m.headers or [])}
+                        by_kind.setdefault(kind, []).append(
+                            Record(m.topic, m.partition, m.offset, m.key, m.value, headers, m.timestamp)
+                        )
+                try:
+                    await asyncio.gather(*(self.pipeline.handle(k, recs, self.producer) for k, recs in by_kind.items()))
+                except Exception:  # outputs not all acknowledged: rewind and retry (at-least-once), keep running
+                    log.exception("batch failed; rewinding %d partitions to retry", len(polled))
+                    for tp, msgs in polled.items():
+                        consumer.seek(tp, msgs[0].offset)
+                    await asyncio.sleep(1.0)
+                    continue
+                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
+                self.batches += 1
+                for tp, msgs in polled.items():
+                    with contextlib.suppress(Exception):
+                        lag = (consumer.highwater(tp) or 0) - msgs[-1].offset - 1
+                        self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+        finally:
+            await consumer.stop()
 
     def _observe_lag(self, app: faust.App, records: list[Record]) -> None:
         last: dict[tuple[str, int], int] = {}

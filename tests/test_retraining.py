@@ -29,10 +29,17 @@ def retrain_settings(**kw) -> RetrainSettings:
     return RetrainSettings(**{**base, **kw})
 
 
-def fit_v1(settings: Settings) -> tuple[Registry, RVAEScorer]:
+@pytest.fixture(scope="module")
+def v1_scorer() -> RVAEScorer:
+    """Version 1, trained once per module on the original normal data N(0, 1)."""
     X = np.random.default_rng(0).normal(size=(1500, F)).astype(np.float32)
     scorer = RVAEScorer(F, n_layers=1, hidden=32, latent=2, device="cpu")
     scorer.fit(X, epochs=8, batch_size=128)
+    return scorer
+
+
+def fit_v1(settings: Settings, scorer: RVAEScorer) -> tuple[Registry, RVAEScorer]:
+    """Publish and promote version 1 in this test's registry."""
     registry = Registry(settings.registry_dir)
     registry.promote(MODEL, registry.publish(MODEL, scorer, extra={"parent": None}).version)
     return registry, scorer
@@ -88,10 +95,10 @@ def test_control_messages_older_than_the_max_age_or_of_other_actions_are_ignored
 
 @pytest.mark.integration
 async def test_retrain_on_drifted_normal_traffic_publishes_a_validated_version_that_is_promoted_and_announced(
-    make_settings,
+    make_settings, v1_scorer
 ):
     settings = make_settings(retrain=retrain_settings())
-    registry, v1 = fit_v1(settings)
+    registry, v1 = fit_v1(settings, v1_scorer)
     rng = np.random.default_rng(1)
     shift, scale = np.array([1.2, -1.0, 0.0, 0.8]), np.array([1.5, 1.0, 1.0, 1.3])
     drifted = (rng.normal(size=(1200, F)) * scale + shift).astype(np.float32)
@@ -122,9 +129,9 @@ async def test_retrain_on_drifted_normal_traffic_publishes_a_validated_version_t
 
 
 @pytest.mark.integration
-async def test_candidate_trained_on_poisoned_window_without_guard_fails_validation(make_settings):
+async def test_candidate_trained_on_poisoned_window_without_guard_fails_validation(make_settings, v1_scorer):
     settings = make_settings(retrain=retrain_settings())
-    registry, v1 = fit_v1(settings)
+    registry, v1 = fit_v1(settings, v1_scorer)
     rng = np.random.default_rng(2)
     now = time.time()
     normal = judged_events(settings, v1, rng.normal(size=(900, F)).astype(np.float32), now - 300)
@@ -145,9 +152,11 @@ async def test_candidate_trained_on_poisoned_window_without_guard_fails_validati
 
 
 @pytest.mark.integration
-async def test_too_little_clean_data_or_a_failed_fit_leaves_the_registry_unchanged(make_settings, monkeypatch):
+async def test_too_little_clean_data_or_a_failed_fit_leaves_the_registry_unchanged(
+    make_settings, monkeypatch, v1_scorer
+):
     settings = make_settings(retrain=retrain_settings(min_samples=50))
-    registry, v1 = fit_v1(settings)
+    registry, v1 = fit_v1(settings, v1_scorer)
     agent = RetrainAgent(settings, progress=False)
     skipped = await agent.run_cycle(MODEL)
     assert skipped.decision == "skipped" and "min_samples" in skipped.reason
@@ -165,9 +174,9 @@ async def test_too_little_clean_data_or_a_failed_fit_leaves_the_registry_unchang
 
 
 @pytest.mark.integration
-async def test_cancelled_fit_publishes_nothing(make_settings, monkeypatch):
+async def test_cancelled_fit_publishes_nothing(make_settings, monkeypatch, v1_scorer):
     settings = make_settings(retrain=retrain_settings(min_samples=50))
-    registry, v1 = fit_v1(settings)
+    registry, v1 = fit_v1(settings, v1_scorer)
     await produce_judged(settings, judged_events(settings, v1, np.zeros((200, F), np.float32), time.time() - 60))
 
     class Slow(RVAEScorer):
@@ -186,9 +195,9 @@ async def test_cancelled_fit_publishes_nothing(make_settings, monkeypatch):
 
 
 @pytest.mark.integration
-async def test_control_topic_trigger_runs_a_cycle(make_settings):
+async def test_control_topic_trigger_runs_a_cycle(make_settings, v1_scorer):
     settings = make_settings(retrain=retrain_settings(min_samples=50))
-    fit_v1(settings)
+    fit_v1(settings, v1_scorer)
     agent = RetrainAgent(settings, progress=False)
     await send_trigger(settings, MODEL)  # sent before the agent starts, within control_max_age_s
     runner = asyncio.create_task(agent.run())
@@ -205,10 +214,10 @@ async def test_control_topic_trigger_runs_a_cycle(make_settings):
 
 
 @pytest.mark.integration
-async def test_a_scheduled_interval_runs_cycles(make_settings):
+async def test_a_scheduled_interval_runs_cycles(make_settings, v1_scorer):
     schedule = RetrainSchedule(model=MODEL, interval_s=0.2)
     settings = make_settings(retrain=retrain_settings(schedules=[schedule]))
-    fit_v1(settings)
+    fit_v1(settings, v1_scorer)
     agent = RetrainAgent(settings, progress=False)
     runner = asyncio.create_task(agent.run())
     try:
@@ -223,9 +232,9 @@ async def test_a_scheduled_interval_runs_cycles(make_settings):
     assert agent.results[0].trigger == "schedule (every 0.2 s)" and agent.results[0].decision == "skipped"
 
 
-async def test_tampered_weights_are_refused_and_the_worker_keeps_serving(tmp_path):
+async def test_tampered_weights_are_refused_and_the_worker_keeps_serving(tmp_path, v1_scorer):
     settings = Settings(registry_dir=tmp_path / "registry")
-    registry, v1 = fit_v1(settings)
+    registry, v1 = fit_v1(settings, v1_scorer)
     v2 = registry.publish(MODEL, v1, extra={"parent": "0001"})
     weights = v2.path / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")

@@ -69,7 +69,9 @@ def fit_models(settings: Settings, images_side: int) -> dict[str, Any]:
     rvae.fit(vectors, epochs=20)
     registry.promote("sensors", registry.publish("sensors", rvae).version)
     imgs = normal_images(96, size=images_side, seed=0)
-    vit = TransformalyScorer(backbone="vit_tiny_patch16_224", pretrained=False, img_size=images_side, epochs=2, device="cpu")
+    vit = TransformalyScorer(
+        backbone="vit_tiny_patch16_224", pretrained=False, img_size=images_side, epochs=2, device="cpu"
+    )
     vit.fit(imgs)
     registry.promote("camera", registry.publish("camera", vit).version)
     return {"vectors": (rvae, vectors), "images": (vit, imgs)}
@@ -84,7 +86,9 @@ async def produce(settings: Settings, kind: str, data: np.ndarray, n: int, rate:
             source = f"line-{i % 4}/m"
             now = time.time()
             if kind == "vectors":
-                await producer.send(topic, key=source.encode(), value=encode_vector(source, data[i % len(data)], ts=now))
+                await producer.send(
+                    topic, key=source.encode(), value=encode_vector(source, data[i % len(data)], ts=now)
+                )
             else:
                 hdrs = frame_headers(source, ts=now)
                 await producer.send(topic, key=source.encode(), value=payloads[i % len(payloads)], headers=hdrs)
@@ -158,18 +162,22 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
     result |= await in_process_rates(settings, kind, n, naive_n)
 
-    worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-worker"})
+    # The product: a worker subprocess (own group, own verdict topic) drains the same backlog, then live traffic.
+    worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-worker"}, deep=True)
+    worker_settings.topics.scores = f"{settings.topics.scores}.{kind}-worker"
+    await ensure_topics(worker_settings, [worker_settings.topics.scores])
     with running(worker_settings, "worker", "-l", "warning"):
-        # The in-process runs above already wrote n + 8 + naive_n verdicts; the worker adds n more.
-        before = n + 8 + naive_n
-        verdicts = (await drain(settings, settings.topics.scores, before + n))[before:]
+        verdicts = await drain(worker_settings, worker_settings.topics.scores, n)
         stamps = np.array([r.timestamp for r in verdicts], np.float64)
         result["e2e_per_s"] = (len(verdicts) - 1) / max(1e-9, (stamps.max() - stamps.min()) / 1000.0)
         live_n, rate = max(200, n // 4), result["e2e_per_s"] / 2
+        live_start = time.time()
         await produce(settings, kind, data, live_n, rate=rate)
-        live = (await drain(settings, settings.topics.scores, before + n + live_n))[before + n :]
+        everything = await drain(worker_settings, worker_settings.topics.scores, n + live_n)
+    live = [r for r in everything if orjson.loads(r.value)["ts"] >= live_start]
     lat = verdict_latencies_ms(live)
     result |= {
+        "live_events": len(live),
         "live_rate_per_s": rate,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),

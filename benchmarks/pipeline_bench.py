@@ -17,8 +17,8 @@ Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipe
 from __future__ import annotations
 
 import argparse
-import json
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -32,20 +32,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, save_figure, write_json  # noqa: E402
+from _common import machine, save_figure, write_json
 
-from stream_app.codecs import encode_image, encode_vector, frame_headers  # noqa: E402
-from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client  # noqa: E402
-from stream_app.executor import InferenceExecutor  # noqa: E402
-from stream_app.metrics import WorkerMetrics  # noqa: E402
-from stream_app.model_manager import ModelManager  # noqa: E402
-from stream_app.pipeline import InspectionPipeline  # noqa: E402
-from stream_app.processes import running  # noqa: E402
-from stream_app.registry import Registry  # noqa: E402
-from stream_app.settings import Settings, TopicSettings  # noqa: E402
-from stream_app.simulator import normal_images, normal_vectors  # noqa: E402
-from stream_app.threshold_store import ThresholdStore  # noqa: E402
-from stream_app.verdicts import Record  # noqa: E402
+from stream_app.codecs import encode_image, encode_vector, frame_headers
+from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client
+from stream_app.executor import InferenceExecutor
+from stream_app.metrics import WorkerMetrics
+from stream_app.model_manager import ModelManager
+from stream_app.pipeline import InspectionPipeline
+from stream_app.processes import running
+from stream_app.registry import Registry
+from stream_app.settings import Settings, TopicSettings
+from stream_app.simulator import normal_images, normal_vectors
+from stream_app.threshold_store import ThresholdStore
+from stream_app.verdicts import Record
 
 
 def bench_settings(tmp: Path) -> Settings:

@@ -59,8 +59,13 @@ class TransformalyConfig:
     seed: int = 0  # seeds the split, the students' init, shuffling, and a random backbone's init
     img_size: int | None = None  # passed to timm.create_model; None keeps the backbone's own size
     standardize: bool = False
+    # Per-block pooling of the token discrepancies: "mean" over all tokens (the paper) or "max" over patch
+    # tokens (small local defects; see the README for the measured difference on simulated frames).
+    ts_pooling: str = "mean"
 
     def __post_init__(self) -> None:
+        if self.ts_pooling not in ("mean", "max"):
+            raise ValueError(f"expected ts_pooling 'mean' or 'max', got {self.ts_pooling!r}")
         if self.n_blocks < 1:
             raise ValueError(f"expected n_blocks >= 1, got {self.n_blocks}")
         if not 0.0 < self.pca_variance <= 1.0:
@@ -189,12 +194,13 @@ class TransformalyScorer:
         img_size: int | None = None,
         standardize: bool = False,
         score_batch_size: int = 64,
+        ts_pooling: str = "mean",
     ) -> None:
         pretrained = str(pretrained) if isinstance(pretrained, Path) else pretrained
         self.config = TransformalyConfig(
             backbone, pretrained, int(n_blocks), float(pca_variance), int(epochs), float(lr), int(batch_size),
             float(val_fraction), None if patience is None else int(patience), int(seed),
-            None if img_size is None else int(img_size), bool(standardize),
+            None if img_size is None else int(img_size), bool(standardize), str(ts_pooling),
         )  # fmt: skip
         self.device = pick_device(device)
         self.score_batch_size = int(score_batch_size)
@@ -281,13 +287,19 @@ class TransformalyScorer:
         with torch.no_grad():
             return self._teacher(images[idx])[1]
 
+    def _pool(self, d: torch.Tensor) -> torch.Tensor:
+        """[B, K, T] token discrepancies -> [B, K] per-block feature (config.ts_pooling)."""
+        if self.config.ts_pooling == "max":
+            return d[:, :, self.n_prefix :].amax(dim=2)
+        return d.mean(dim=2)
+
     def _block_losses(self, images: np.ndarray, cache: torch.Tensor | None, idx: np.ndarray) -> np.ndarray:
-        """float64 [len(idx), K]: per-block discrepancy (mean over tokens and channels), no gradients."""
+        """float64 [len(idx), K]: per-block discrepancy (channel mean, then pooled over tokens), no gradients."""
         out = []
         with torch.inference_mode():
             for sl in batches(len(idx), self.score_batch_size):
                 with autocast(self.device):
-                    out.append(discrepancy(self.students, self._acts(images, cache, idx[sl])).mean(dim=2).cpu())
+                    out.append(self._pool(discrepancy(self.students, self._acts(images, cache, idx[sl]))).cpu())
         return torch.cat(out).double().numpy()
 
     def fit(
@@ -408,7 +420,7 @@ class TransformalyScorer:
             with autocast(self.device):
                 d = discrepancy(self.students, acts)  # [B, K, T]
             pooled.append(p.float().cpu())
-            losses.append(d.mean(dim=2).cpu())
+            losses.append(self._pool(d).cpu())
             if maps:
                 patch.append(d[:, :, self.n_prefix :].mean(dim=1).cpu())
         return (

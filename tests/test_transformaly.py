@@ -260,3 +260,17 @@ def test_early_stopping_halts_and_restores_the_best_students(train) -> None:
     restored = TransformalyScorer(**{**TINY, "img_size": 32}, val_fraction=0.5, patience=None, lr=0.05)
     restored.fit(train[:20], epochs=best + 1, batch_size=10)  # same seed, stopped by hand at the best epoch
     np.testing.assert_allclose(s.score(train[20:24]), restored.score(train[20:24]), rtol=1e-4)
+
+
+def test_max_pooling_of_patch_discrepancies_detects_defects_and_round_trips(train, tmp_path) -> None:
+    s = TransformalyScorer(**TINY, val_fraction=0.5, ts_pooling="max")
+    s.fit(train, **FIT)
+    rng = np.random.default_rng(7)
+    normal = textures(16, rng)
+    defective, _ = with_defects(textures(16, rng), rng)
+    teacher_student = s.score_terms(np.r_[normal, defective])[:, 1]
+    assert roc_auc_score(np.r_[np.zeros(16), np.ones(16)], teacher_student) > 0.8
+    s.save(tmp_path / "m")
+    np.testing.assert_array_equal(models.load_scorer(tmp_path / "m").score(normal), s.score(normal))
+    with pytest.raises(ValueError, match="ts_pooling"):
+        TransformalyScorer(**TINY, ts_pooling="median")

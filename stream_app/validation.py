@@ -88,15 +88,18 @@ def decide(
 
     far = detection_rate(normal, candidate_threshold)
     metrics["false_alarm_rate"] = far
+    inc = np.asarray(candidate_incidents, np.float64)
+    compare = current_incidents is not None and current_threshold_ is not None
+    if compare and inc.size:  # recorded even when another rule decides, so the manifest tells the whole story
+        metrics["detection_rate"] = detection_rate(inc, candidate_threshold)
+        metrics["current_detection_rate"] = detection_rate(current_incidents, current_threshold_)
     if far > cfg.max_false_alarm_rate:
         return Decision(
             "rejected",
             f"false-alarm rate {far:.4f} on held-back normal data > bound {cfg.max_false_alarm_rate}",
             metrics,
         )
-
-    inc = np.asarray(candidate_incidents, np.float64)
-    if current_incidents is None or current_threshold_ is None:
+    if not compare:
         return Decision("passed", f"false-alarm rate {far:.4f}; no current version to compare detection with", metrics)
     if inc.size < cfg.min_incident_events:
         return Decision(
@@ -104,8 +107,7 @@ def decide(
             f"false-alarm rate {far:.4f}; detection check skipped ({inc.size} incident events < {cfg.min_incident_events})",
             metrics,
         )
-    det, det_current = detection_rate(inc, candidate_threshold), detection_rate(current_incidents, current_threshold_)
-    metrics |= {"detection_rate": det, "current_detection_rate": det_current}
+    det, det_current = metrics["detection_rate"], metrics["current_detection_rate"]
     if det < det_current - cfg.detection_tolerance:
         return Decision(
             "rejected",

@@ -146,14 +146,16 @@ async def test_candidate_trained_on_poisoned_window_without_guard_fails_validati
     rng = np.random.default_rng(2)
     now = time.time()
     normal = judged_events(settings, v1, rng.normal(size=(900, F)).astype(np.float32), now - 300)
-    poison = [e for k in range(6) for e in incident("ab"[k % 2], 60, now - 200 + k * 20, rng)]
+    poison = [e for k in range(6) for e in incident("ab"[k % 2], 60, now - 295 + k * 14, rng)]  # interleaved
     await produce_judged(settings, normal + poison)
     agent = RetrainAgent(settings, progress=False)
 
     poisoned = await agent.run_cycle(MODEL, trigger="test", guard=False)
     assert poisoned.decision == "rejected", poisoned.reason
     assert registry.production(MODEL).version == "0001"
-    assert registry.manifest(MODEL, poisoned.version)["validation"]["decision"] == "rejected"  # kept for audit
+    audit = registry.manifest(MODEL, poisoned.version)["validation"]  # rejected candidates are kept for audit
+    assert audit["decision"] == "rejected" and audit["reason"] == poisoned.reason
+    assert poisoned.reason.startswith("incident detection") and audit["metrics"]["detection_rate"] < 0.5
     with pytest.raises(ValueError, match="failed validation"):
         registry.promote(MODEL, poisoned.version)
 

@@ -24,6 +24,7 @@ def test_rejects_a_false_alarm_rate_above_the_bound():
     normal[:5] = 2.0  # 2.5 % > 2 %
     d = decide(CFG, 1.0, normal, INCIDENTS, 1.0, NORMAL, INCIDENTS)
     assert d.decision == "rejected" and "false-alarm rate 0.0250" in d.reason and "> bound 0.02" in d.reason
+    assert d.metrics["detection_rate"] == pytest.approx(0.9)  # every metric is recorded, whichever rule decides
 
 
 def test_rejects_non_finite_scores_and_thresholds():

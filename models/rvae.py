@@ -179,7 +179,7 @@ class RVAEScorer:
         feature_names: list[str] | None = None,
         activation: str = "relu",
         normalization: str = "robust",
-        score_batch_size: int = 8192,
+        score_batch_size: int | None = None,
     ) -> None:
         self.config = RVAEConfig(
             int(n_features), kind, int(n_layers), int(hidden), int(latent), float(beta),
@@ -191,7 +191,9 @@ class RVAEScorer:
         if len(self.feature_names) != self.n_features:
             raise ValueError(f"expected {self.n_features} feature names, got {len(self.feature_names)}")
         self.device = pick_device(device)
-        self.score_batch_size = int(score_batch_size)
+        # Rows per forward when scoring: on CPU 2048 keeps activations in cache (one 8192-row forward
+        # measured ~20% slower per row); on CUDA larger batches keep the device busy.
+        self.score_batch_size = int(score_batch_size or (8192 if self.device.type == "cuda" else 2048))
         self.normalization: Normalization | None = None
         self.calibration_scores: np.ndarray | None = None
         self.history: dict[str, Any] = {}
@@ -334,6 +336,19 @@ class RVAEScorer:
         if self.normalization is None:
             raise RuntimeError("RVAEScorer is not fitted: call fit(X) or load a saved scorer first")
 
+    def _rows(self, X: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(rows as C-contiguous float32 [N, F], whether their finiteness is still unchecked).
+
+        The streaming case, a float32 array of the right shape, skips the [N, F] finiteness pass:
+        a NaN or inf anywhere in a row always makes that row's error non-finite (the squared
+        difference with its own normalized value), so `_errors` checks the N results instead and
+        only then runs the full check, which raises the error naming the rows.
+        """
+        fast = isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2
+        if fast and X.shape[1] == self.n_features and len(X):
+            return np.ascontiguousarray(X), True
+        return np.ascontiguousarray(as_vectors(X, self.n_features)), False
+
     @torch.inference_mode()
     def _errors(self, X: np.ndarray, reduce: bool) -> np.ndarray:
         """Squared reconstruction error in normalized units, batched: [N] (feature mean) or [N, F].
@@ -342,20 +357,32 @@ class RVAEScorer:
         without an extra output buffer, larger inputs fill one preallocated array.
         """
         self._check_fitted()
-        X = np.ascontiguousarray(as_vectors(X, self.n_features))
+        X, unchecked = self._rows(X)
         if len(X) <= self.score_batch_size:
-            return self._batch_errors(torch.from_numpy(X), reduce).numpy()
-        out = torch.empty((len(X),) if reduce else X.shape, dtype=torch.float32)
-        for sl in batches(len(X), self.score_batch_size):
-            out[sl] = self._batch_errors(torch.from_numpy(X[sl]), reduce)
-        return out.numpy()
+            out = self._batch_errors(torch.from_numpy(X), reduce).numpy()
+        else:
+            buf = torch.empty((len(X),) if reduce else X.shape, dtype=torch.float32)
+            for sl in batches(len(X), self.score_batch_size):
+                buf[sl] = self._batch_errors(torch.from_numpy(X[sl]), reduce)
+            out = buf.numpy()
+        if not math.isfinite(out.sum()):  # one pass over N (or N*F) results, not over the input
+            if unchecked:
+                as_vectors(X, self.n_features)  # raises for NaN/inf input, naming the rows
+            # Finite input so far out of range that the network overflowed (inf - inf = NaN): the most
+            # anomalous score there is, not a NaN that every threshold comparison would call normal.
+            out[np.isnan(out)] = np.inf
+        return out
 
     def _batch_errors(self, x: torch.Tensor, reduce: bool) -> torch.Tensor:
         """One batch of raw CPU rows -> float32 CPU errors; callers hold inference mode."""
-        z = self.standardize(x.to(self.device, non_blocking=True))
+        on_cpu = self.device.type == "cpu"
+        z = self.standardize.forward(x if on_cpu else x.to(self.device, non_blocking=True))  # (no hooks to run)
+        if on_cpu:  # no autocast, dtype or device hops: each op costs microseconds, noticeable at small batches
+            err = nn.functional.mse_loss(self.net(z)[0], z, reduction="none")
+            return err.mean(dim=1) if reduce else err
         with autocast(self.device):
             recon = self.net(z)[0]
-        err = recon.float().sub_(z).square_()  # in place: recon is not needed afterwards
+        err = recon.float().sub_(z).square_()  # in place: the reconstruction is not needed afterwards
         return (err.mean(dim=1) if reduce else err).cpu()
 
     def score(self, X: np.ndarray) -> np.ndarray:

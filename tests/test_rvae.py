@@ -76,13 +76,14 @@ def test_calibration_scores_come_from_the_held_out_slice(fitted: RVAEScorer, tra
 
 
 def test_scoring_is_batched_for_any_n(fitted: RVAEScorer, train: np.ndarray) -> None:
-    one_batch = fitted.score(train[:1000])
+    one_batch, before = fitted.score(train[:1000]), fitted.score_batch_size
     fitted.score_batch_size = 7
     try:
         np.testing.assert_allclose(fitted.score(train[:1000]), one_batch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(fitted.explain(train[:20]).mean(axis=1), one_batch[:20], rtol=1e-5, atol=1e-7)
         assert fitted.score(train[:1]).shape == (1,)
     finally:
-        fitted.score_batch_size = 8192
+        fitted.score_batch_size = before
 
 
 def test_scoring_computes_no_gradients(fitted: RVAEScorer, train: np.ndarray) -> None:
@@ -202,6 +203,24 @@ def test_bad_input_raises_value_error_saying_what_was_expected(fitted: RVAEScore
     for verb in (fitted.score, fitted.explain, RVAEScorer(N_CHANNELS, **SMALL).fit):
         with pytest.raises(ValueError, match=message):
             verb(bad)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_anywhere_in_a_large_batch_is_refused(fitted: RVAEScorer, train, bad_value) -> None:
+    X = train[:1000].copy()
+    X[777, 5] = bad_value
+    fitted.score_batch_size = 300  # the bad row sits in the third of four chunks
+    try:
+        for verb in (fitted.score, fitted.explain):
+            with pytest.raises(ValueError, match=r"finite.*\[777\]"):
+                verb(X)
+    finally:
+        fitted.score_batch_size = 2048
+
+
+def test_finite_input_too_large_to_reconstruct_scores_as_infinitely_anomalous(fitted: RVAEScorer) -> None:
+    X = np.full((2, N_CHANNELS), 3e38, np.float32)  # finite, but its squared error overflows float32
+    assert np.isposinf(fitted.score(X)).all()
 
 
 def test_bad_configuration_raises_value_error() -> None:

@@ -114,7 +114,7 @@ class RetrainSettings(BaseModel):
     detection_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop in incident detection rate")
     min_incident_events: int = Field(5, ge=0, description="fewer incident events: the detection check is skipped")
     incident_min_severity: float = Field(
-        2.0, ge=1.0, description="incident events that check detection score >= this x threshold (drift alarms do not)"
+        3.0, ge=1.0, description="incident events that check detection score >= this x threshold (drift alarms do not)"
     )
     auto_promote: bool = True
     keep_rejected: bool = Field(True, description="store rejected candidates in the registry for audit")

@@ -301,7 +301,10 @@ def select(
     )
     kept = np.flatnonzero(keep)
     kept = kept[evenly_spaced(len(kept), cfg.max_samples)]
-    true_anomalies = np.flatnonzero(anomalous & in_incident)
+    # Detection is checked on clear anomalies only: incident events well above their threshold. Drift-induced
+    # false alarms sit just above it, and a candidate that stops flagging those is the point of retraining.
+    severity = np.array([_severity(r[3]) for r in rows], np.float64)
+    true_anomalies = np.flatnonzero(anomalous & in_incident & (severity >= cfg.incident_min_severity))
     true_anomalies = true_anomalies[evenly_spaced(len(true_anomalies), cfg.max_samples)]
 
     bad: Counter[str] = Counter()
@@ -325,6 +328,15 @@ def select(
         counts=dict(counts),
         bad=dict(bad),
     )
+
+
+def _severity(verdict: dict[str, Any] | None) -> float:
+    """score / threshold, as the worker's Judgement.severity (inf when the verdict lacks them)."""
+    try:
+        score, threshold = float(verdict["score"]), float(verdict["threshold"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return float("inf")
+    return 1.0 + (score - threshold) / abs(threshold) if threshold else float("inf")
 
 
 def _decode(

@@ -6,7 +6,7 @@ last state it saw of each key, computes the batch's verdicts and new states loca
 (`thresholds.judge`, `incidents.step`), and writes all of the batch's keys with ONE Lua call that
 compare-and-sets every key on its version. A key whose stored version differs (another worker wrote it, or
 this cache is cold after a restart) is not written; the script returns its stored state instead, and only
-those sources are recomputed and retried. So the steady state costs one round trip per batch, and
+those sources are recomputed and retried (a loser reserves the key's next write, so retries cannot starve). So the steady state costs one round trip per batch, and
 concurrent workers never lose an update. A key that does not exist yet has version 0 and starts from the
 model version's calibration scores, so a new model version starts fresh.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,23 +30,38 @@ log = logging.getLogger(__name__)
 
 SEVERITY_CAP = 1e6  # severity of NaN/inf scores, and the bound of every severity (keeps alerts JSON-finite)
 MAX_ATTEMPTS = 8  # compare-and-set attempts per batch before giving up on persisting a source's update
+MAX_BOUNCES = 3  # writers bounced by one conflict reservation before it is considered abandoned
 
-# KEYS[i]: a state hash; ARGV[2i-1]: the version the caller computed from; ARGV[2i]: the new state.
-# Per key: written -> the new version; stale -> {stored version, stored state or false}.
+# KEYS[i]: a state hash. ARGV[1]: the caller's token; ARGV[2i]: the version the caller computed from;
+# ARGV[2i+1]: the new state. Per key: written -> the new version; stale -> {stored version, stored state}.
+# Fairness: a plain CAS can starve a worker whose retries keep landing just after another worker's next
+# batch (seen in tests: 8 lost attempts in a row). So the first loser on a version reserves it (fields r,
+# rv); other writers are bounced from that version until the holder writes, or after MAX_BOUNCES bounces
+# (the holder may have died). Any successful write clears the reservation.
 CAS_SCRIPT = """
+local token = ARGV[1]
 local out = {}
 for i, key in ipairs(KEYS) do
-  local expected = tonumber(ARGV[2 * i - 1])
-  local stored = tonumber(redis.call('HGET', key, 'v')) or 0
-  if stored == expected then
-    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[2 * i])
+  local expected = tonumber(ARGV[2 * i])
+  local f = redis.call('HMGET', key, 'v', 'r', 'rv', 'rb')
+  local stored = tonumber(f[1]) or 0
+  local reserved = f[2] and tonumber(f[3]) == stored
+  local held = reserved and f[2] ~= token and (tonumber(f[4]) or 0) < MAX_BOUNCES
+  if stored == expected and not held then
+    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[2 * i + 1])
+    redis.call('HDEL', key, 'r', 'rv', 'rb')
     out[i] = stored + 1
   else
+    if held then
+      redis.call('HINCRBY', key, 'rb', 1)
+    elseif not reserved then
+      redis.call('HSET', key, 'r', token, 'rv', stored, 'rb', 0)
+    end
     out[i] = {stored, redis.call('HGET', key, 's')}
   end
 end
 return out
-"""
+""".replace("MAX_BOUNCES", str(MAX_BOUNCES))
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class ThresholdStore:
         self.key_prefix = key_prefix
         self.max_attempts = max_attempts
         self._cas = redis.register_script(CAS_SCRIPT)
+        self._token = uuid.uuid4().hex  # names this instance's conflict reservations
         self._cache: dict[str, tuple[int, SourceState]] = {}  # key -> (version, state) last seen in Redis
         self._initial: dict[tuple[str, str], thresholds.ThresholdState] = {}  # (model, version) -> fresh
         self.round_trips = 0  # Redis round trips made (CAS script calls and reads)
@@ -172,7 +189,7 @@ class ThresholdStore:
                 computed[src] = (expected, new_state, verdicts)
             srcs = list(computed)
             keys = [self.key(model, version, s) for s in srcs]
-            args: list[bytes | int] = []
+            args: list[bytes | int | str] = [self._token]
             for src in srcs:
                 args += [computed[src][0], computed[src][1].dumps()]
             self.round_trips += 1

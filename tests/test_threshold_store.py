@@ -10,7 +10,7 @@ import pytest
 
 from stream_app.connections import redis_client
 from stream_app.settings import Settings
-from stream_app.threshold_store import ThresholdStore
+from stream_app.threshold_store import MAX_BOUNCES, ThresholdStore
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,16 @@ async def test_two_workers_on_the_same_sources_lose_no_update(stores) -> None:
     assert a.unsaved == b.unsaved == 0
     assert a.round_trips <= n_batches + a.conflicts and b.round_trips <= n_batches + b.conflicts
     assert await count_absorbed(a, sources=SOURCES[:2]) == sent_normal
+
+
+async def test_a_reservation_left_by_a_dead_worker_stops_blocking_after_a_few_bounces(stores) -> None:
+    alive, dead = stores(), stores()
+    normal = sum(not v.anomalous for v in await alive.judge("m", "v1", CAL, *batch(0)))
+    key = alive.key("m", "v1", SOURCES[0])
+    assert await dead._cas(keys=[key], args=[dead._token, 0, b"{}"]) != [1]  # loses, reserves, then dies
+    normal += sum(not v.anomalous for v in await alive.judge("m", "v1", CAL, *batch(1)))
+    assert alive.conflicts == MAX_BOUNCES and alive.unsaved == 0
+    assert await count_absorbed(alive) == normal
 
 
 async def test_state_survives_a_restart(stores) -> None:

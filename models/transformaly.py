@@ -45,6 +45,9 @@ KIND = "transformaly"
 DEFAULT_BACKBONE = "vit_base_patch16_384.orig_in21k_ft_in1k"
 
 
+TERMS = {"both": [0, 1], "pretrained": [0], "teacher_student": [1]}  # columns of score_terms
+
+
 @dataclass
 class TransformalyConfig:
     backbone: str = DEFAULT_BACKBONE
@@ -62,8 +65,13 @@ class TransformalyConfig:
     # Per-block pooling of the token discrepancies: "mean" over all tokens (the paper) or "max" over patch
     # tokens (small local defects; see the README for the measured difference on simulated frames).
     ts_pooling: str = "mean"
+    # Which -log-likelihood terms make the score: "both" (the paper), or one of them. "teacher_student" suits a
+    # random-init backbone (offline demos), whose pretrained-feature term carries no information.
+    terms: str = "both"
 
     def __post_init__(self) -> None:
+        if self.terms not in TERMS:
+            raise ValueError(f"expected terms in {sorted(TERMS)}, got {self.terms!r}")
         if self.ts_pooling not in ("mean", "max"):
             raise ValueError(f"expected ts_pooling 'mean' or 'max', got {self.ts_pooling!r}")
         if self.n_blocks < 1:
@@ -195,12 +203,13 @@ class TransformalyScorer:
         standardize: bool = False,
         score_batch_size: int = 64,
         ts_pooling: str = "mean",
+        terms: str = "both",
     ) -> None:
         pretrained = str(pretrained) if isinstance(pretrained, Path) else pretrained
         self.config = TransformalyConfig(
             backbone, pretrained, int(n_blocks), float(pca_variance), int(epochs), float(lr), int(batch_size),
             float(val_fraction), None if patience is None else int(patience), int(seed),
-            None if img_size is None else int(img_size), bool(standardize), str(ts_pooling),
+            None if img_size is None else int(img_size), bool(standardize), str(ts_pooling), str(terms),
         )  # fmt: skip
         self.device = pick_device(device)
         self.score_batch_size = int(score_batch_size)
@@ -440,7 +449,7 @@ class TransformalyScorer:
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """float32 [N]: -(log p_pretrained + log p_teacher_student); higher = more anomalous."""
-        return self.score_terms(images).sum(axis=1).astype(np.float32)
+        return self.score_terms(images)[:, TERMS[self.config.terms]].sum(axis=1).astype(np.float32)
 
     def heatmap(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, h, w]: per-patch student-teacher discrepancy averaged over blocks, on the patch grid."""

@@ -41,11 +41,12 @@ class DemoPlan:
     lines: int = 2
     machines: int = 2
     cameras: int = 1
-    fault_rate: float = 0.01
-    defect_rate: float = 0.1
+    fault_rate: float = 0.03
+    defect_rate: float = 0.2
     image_size: int = 64
     seed: int = 7
     retrain_every_s: float = 45.0
+    risk: float = 1e-4  # SPOT false-alarm risk per event
 
 
 def demo_settings(base: Settings, out_dir: Path, plan: DemoPlan) -> Settings:
@@ -57,6 +58,7 @@ def demo_settings(base: Settings, out_dir: Path, plan: DemoPlan) -> Settings:
     s.registry_dir, s.state_dir = out_dir / "registry", out_dir / "state"
     s.redis.key_prefix = tag
     s.metrics_port = 0
+    s.thresholds.risk = plan.risk
     s.retrain.schedules = [RetrainSchedule(model="sensors", interval_s=plan.retrain_every_s)]
     s.retrain.window_s = 600.0
     s.retrain.epochs = 20
@@ -68,18 +70,18 @@ def fit_initial_models(settings: Settings, plan: DemoPlan) -> None:
     from models import RVAEScorer, TransformalyScorer
     from stream_app.simulator import training_samples
 
-    vectors, images = training_samples(8000, 200, image_size=plan.image_size, seed=plan.seed, lines=plan.lines)
+    vectors, images = training_samples(8000, 300, image_size=plan.image_size, seed=plan.seed, lines=plan.lines)
     registry = Registry(settings.registry_dir)
     console.print(f"[bold]fitting[/] sensors: RVAE on {len(vectors)} normal vectors x {vectors.shape[1]} sensors")
     rvae = RVAEScorer(n_features=vectors.shape[1], n_layers=2, hidden=64, latent=4, seed=plan.seed)
     rvae.fit(vectors, epochs=40, progress=True)
     registry.promote("sensors", registry.publish("sensors", rvae).version)
     console.print(f"[bold]fitting[/] camera: Transformaly (ViT-tiny, random init, offline) on {len(images)} frames")
-    # A random-init backbone (no downloads here) makes the CLS term noise; local defects show in the
-    # per-patch teacher-student discrepancy, so the demo pools it by max (see README, camera scorer).
+    # A random-init backbone (no downloads here) makes the pretrained-feature term noise, so the demo scores
+    # with the teacher-student term, pooled by max over patches for small defects (README, camera scorer).
     vit = TransformalyScorer(
         backbone="vit_tiny_patch16_224", pretrained=False, img_size=plan.image_size, epochs=10, seed=plan.seed,
-        ts_pooling="max",
+        ts_pooling="max", terms="teacher_student", val_fraction=0.4,
     )  # fmt: skip
     vit.fit(images, progress=True)
     registry.promote("camera", registry.publish("camera", vit).version)

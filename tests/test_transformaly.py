@@ -274,3 +274,12 @@ def test_max_pooling_of_patch_discrepancies_detects_defects_and_round_trips(trai
     np.testing.assert_array_equal(models.load_scorer(tmp_path / "m").score(normal), s.score(normal))
     with pytest.raises(ValueError, match="ts_pooling"):
         TransformalyScorer(**TINY, ts_pooling="median")
+
+
+def test_terms_option_scores_with_the_chosen_likelihood_terms(fitted, train) -> None:
+    terms = fitted.score_terms(train[:6])
+    only_ts = TransformalyScorer(**TINY, terms="teacher_student")
+    only_ts.__dict__.update({k: v for k, v in fitted.__dict__.items() if k != "config"})
+    np.testing.assert_allclose(only_ts.score(train[:6]), terms[:, 1].astype(np.float32), rtol=1e-6)
+    with pytest.raises(ValueError, match="terms"):
+        TransformalyScorer(**TINY, terms="cls")

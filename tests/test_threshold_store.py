@@ -97,11 +97,11 @@ async def test_two_workers_on_the_same_sources_lose_no_update(stores) -> None:
     assert await count_absorbed(a, sources=SOURCES[:2]) == sent_normal
 
 
-async def test_a_reservation_left_by_a_dead_worker_stops_blocking_after_a_few_bounces(stores) -> None:
+async def test_a_dead_worker_at_the_head_of_a_write_queue_stops_blocking_after_a_few_bounces(stores) -> None:
     alive, dead = stores(), stores()
     normal = sum(not v.anomalous for v in await alive.judge("m", "v1", CAL, *batch(0)))
     key = alive.key("m", "v1", SOURCES[0])
-    assert await dead._cas(keys=[key], args=[dead._token, 0, b"{}"]) != [1]  # loses, reserves, then dies
+    assert await dead._cas(keys=[key], args=[dead._token, 0, b"{}"]) != [1]  # loses, queues, then dies
     normal += sum(not v.anomalous for v in await alive.judge("m", "v1", CAL, *batch(1)))
     assert alive.conflicts == MAX_BOUNCES and alive.unsaved == 0
     assert await count_absorbed(alive) == normal

@@ -107,7 +107,7 @@ class RetrainSettings(BaseModel):
     min_samples: int = Field(200, ge=10, description="fewer clean events than this: skip the cycle")
     guard: bool = Field(True, description="poisoning guard; off only for experiments")
     guard_margin_events: int = Field(50, ge=0, description="drop this many events of a source around an anomaly")
-    guard_margin_s: float = Field(60.0, ge=0, description="and events this close in time to one")
+    guard_margin_s: float = Field(10.0, ge=0, description="and events this close in time to one")
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="newest clean events kept for validation")
     epochs: int = Field(60, ge=1)
     max_false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="candidate on held-back normal data")

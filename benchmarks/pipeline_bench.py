@@ -6,8 +6,9 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
 - `raw_model_per_s`: the bare scorer on pre-decoded arrays in `max_batch` chunks (no Kafka, no Redis);
 - `naive_per_s`: the same pipeline fed one event at a time (score, Redis judge and acked publish per event);
 - `getmany_per_s`: the pipeline fed `getmany(max_records=max_batch)` batches in-process (the aiokafka path);
-- `e2e_per_s`: the product: a `linewatch worker` subprocess (faust `take_events` micro-batches) draining a
-  backlog, timed from the first to the last verdict's broker timestamp;
+- `e2e_per_s`: the product: a `linewatch worker` subprocess (default `getmany` micro-batches) draining a
+  backlog, timed from the first to the last verdict's broker timestamp; `e2e_faust_per_s` the same worker
+  with faust's `take_events` agents (`batching.consumer = "faust"`);
 - `p50_ms`/`p99_ms`: event time -> verdict broker timestamp while events arrive live at about half of the
   e2e rate.
 
@@ -162,18 +163,23 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
     result |= await in_process_rates(settings, kind, n, naive_n)
 
-    # The product: a worker subprocess (own group, own verdict topic) drains the same backlog, then live traffic.
-    worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-worker"}, deep=True)
-    worker_settings.topics.scores = f"{settings.topics.scores}.{kind}-worker"
-    await ensure_topics(worker_settings, [worker_settings.topics.scores])
-    with running(worker_settings, "worker", "-l", "warning"):
-        verdicts = await drain(worker_settings, worker_settings.topics.scores, n)
-        stamps = np.array([r.timestamp for r in verdicts], np.float64)
-        result["e2e_per_s"] = (len(verdicts) - 1) / max(1e-9, (stamps.max() - stamps.min()) / 1000.0)
-        live_n, rate = max(200, n // 4), result["e2e_per_s"] / 2
-        live_start = time.time()
-        await produce(settings, kind, data, live_n, rate=rate)
-        everything = await drain(worker_settings, worker_settings.topics.scores, n + live_n)
+    # The product: a worker subprocess (own group, own verdict topic) drains the same backlog; first with
+    # faust's take_events path, then with the default getmany path, which then also serves live traffic.
+    for consumer in ("faust", "getmany"):
+        worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-{consumer}"}, deep=True)
+        worker_settings.topics.scores = f"{settings.topics.scores}.{kind}-{consumer}"
+        worker_settings.batching.consumer = consumer
+        await ensure_topics(worker_settings, [worker_settings.topics.scores])
+        with running(worker_settings, "worker", "-l", "warning"):
+            verdicts = await drain(worker_settings, worker_settings.topics.scores, n)
+            stamps = np.array([r.timestamp for r in verdicts], np.float64)
+            rate_key = "e2e_per_s" if consumer == "getmany" else "e2e_faust_per_s"
+            result[rate_key] = (len(verdicts) - 1) / max(1e-9, (stamps.max() - stamps.min()) / 1000.0)
+            if consumer == "getmany":
+                live_n, rate = max(200, n // 4), result["e2e_per_s"] / 2
+                live_start = time.time()
+                await produce(settings, kind, data, live_n, rate=rate)
+                everything = await drain(worker_settings, worker_settings.topics.scores, n + live_n)
     live = [r for r in everything if orjson.loads(r.value)["ts"] >= live_start]
     lat = verdict_latencies_ms(live)
     result |= {
@@ -187,6 +193,8 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     }
     result["e2e_vs_raw_model"] = result["e2e_per_s"] / result["raw_model_per_s"]
     result["e2e_vs_naive"] = result["e2e_per_s"] / result["naive_per_s"]
+    result["e2e_vs_faust"] = result["e2e_per_s"] / result["e2e_faust_per_s"]
+    result["e2e_vs_raw_consume"] = result["e2e_per_s"] / result["raw_consume_per_s"]
     return result
 
 
@@ -196,7 +204,7 @@ def plot(results: dict[str, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["raw_consume_per_s", "raw_model_per_s", "e2e_per_s", "getmany_per_s", "naive_per_s"]
+    keys = ["raw_consume_per_s", "raw_model_per_s", "e2e_per_s", "e2e_faust_per_s", "getmany_per_s", "naive_per_s"]
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
     for ax, (kind, r) in zip(np.atleast_1d(axes), results.items(), strict=True):
         ax.bar([k.replace("_per_s", "") for k in keys], [r[k] for k in keys], color="tab:blue")

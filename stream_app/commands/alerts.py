@@ -20,7 +20,12 @@ from rich.markup import escape
 console = Console(soft_wrap=True, highlight=False)
 alerts_app = typer.Typer(help="Watch alerts from the pipeline.", no_args_is_help=True)
 
-SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
+
+def severity_style(severity: object) -> str:
+    """Colour by how far above its threshold a score is: >= 10x bold red, >= 3x red, >= 1.5x yellow."""
+    if not isinstance(severity, int | float):
+        return "white"
+    return "bold red" if severity >= 10 else "red" if severity >= 3 else "yellow" if severity >= 1.5 else "cyan"
 
 
 def _clock(ts: object) -> str:
@@ -67,18 +72,14 @@ def format_alert(alert: dict) -> str:
         "opened": f"[bold red]▲ incident {incident} opened[/]",
         "closed": f"[bold green]▼ incident {incident} closed[/]",
     }.get(str(event), f"[dim]· incident {incident}[/]" if incident else "[dim]·[/]")
-    score, threshold = alert.get("score"), alert.get("threshold")
-    ratio = (
-        f" ({score / threshold:.1f}x)"
-        if isinstance(score, int | float) and isinstance(threshold, int | float) and threshold > 0
-        else ""
-    )
-    severity = str(alert.get("severity") or "")
-    style = SEVERITY_STYLE.get(severity, "white")
+    score, threshold, severity = alert.get("score"), alert.get("threshold"), alert.get("severity")
+    # severity = score / threshold for positive thresholds (1 + excess / |threshold| otherwise): shown as "x".
+    ratio = f" ({severity:.1f}x)" if isinstance(severity, int | float) else ""
+    style = severity_style(severity)
     model = f"{alert.get('model', '?')} v{alert.get('version', '?')}"
     return (
         f"{_clock(alert.get('ts'))}  [bold]{escape(str(alert.get('source', '?')))}[/]  {marker}  "
-        f"score {_num(score)} > {_num(threshold)}{ratio}  [{style}]{escape(severity)}[/]  "
+        f"[{style}]score {_num(score)} > {_num(threshold)}{ratio}[/]  "
         f"[dim]{escape(model)}[/]  {escape(explain_text(alert))}"
     )
 

@@ -169,7 +169,9 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
         worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-{consumer}"}, deep=True)
         worker_settings.topics.scores = f"{settings.topics.scores}.{kind}-{consumer}"
         worker_settings.batching.consumer = consumer
-        await ensure_topics(worker_settings, [worker_settings.topics.scores])
+        other = "frames" if kind == "vectors" else "vectors"  # this phase's worker reads only its own kind
+        setattr(worker_settings.topics, other, f"{settings.app_id}.idle-{other}")
+        await ensure_topics(worker_settings, [worker_settings.topics.scores, getattr(worker_settings.topics, other)])
         with running(worker_settings, "worker", "-l", "warning"):
             verdicts = await drain(worker_settings, worker_settings.topics.scores, n)
             stamps = np.array([r.timestamp for r in verdicts], np.float64)
@@ -181,6 +183,12 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
                 await produce(settings, kind, data, live_n, rate=rate)
                 everything = await drain(worker_settings, worker_settings.topics.scores, n + live_n)
     live = [r for r in everything if orjson.loads(r.value)["ts"] >= live_start]
+    if not live:
+        raise RuntimeError(
+            f"no live verdicts: {len(everything)} verdicts, ts range "
+            f"{min(orjson.loads(r.value)['ts'] for r in everything) - live_start:.1f}.."
+            f"{max(orjson.loads(r.value)['ts'] for r in everything) - live_start:.1f} s from live start"
+        )
     lat = verdict_latencies_ms(live)
     result |= {
         "live_events": len(live),

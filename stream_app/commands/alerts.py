@@ -74,6 +74,8 @@ def format_alert(alert: dict) -> str:
     }.get(str(event), f"[dim]· incident {incident}[/]" if incident else "[dim]·[/]")
     score, threshold, severity = alert.get("score"), alert.get("threshold"), alert.get("severity")
     # severity = score / threshold for positive thresholds (1 + excess / |threshold| otherwise): shown as "x".
+    if not isinstance(severity, int | float) and isinstance(score, int | float) and isinstance(threshold, int | float):
+        severity = score / threshold if threshold > 0 else None
     ratio = f" ({severity:.1f}x)" if isinstance(severity, int | float) else ""
     style = severity_style(severity)
     model = f"{alert.get('model', '?')} v{alert.get('version', '?')}"

@@ -54,7 +54,7 @@ class TopicSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
-    """Micro-batching: `getmany` (aiokafka consumer under the faust app, the default, ~5x faster here; see
+    """Micro-batching: `getmany` (aiokafka consumer under the faust app, the default, faster here; see
     benchmarks/results/pipeline.json) or `faust` (agents with `take_events`)."""
 
     max_batch: int = Field(256, ge=1)

@@ -1,8 +1,8 @@
 """The inspection worker: a faust-streaming app whose agents micro-batch input topics into the pipeline.
 
 - Micro-batches come from one of two consumers (`batching.consumer`): by default an aiokafka `getmany` loop run
-  as a task of the faust app (measured ~5x faster than faust's per-event stream path on this machine, see
-  the README), committing offsets explicitly after `InspectionPipeline.handle` has every output acknowledged
+  as a task of the faust app (measured faster than faust's per-event stream path on this machine, see
+  benchmarks/results/pipeline.json), committing offsets explicitly after `InspectionPipeline.handle` has every output acknowledged
   by the broker; or faust agents with `take_events(max_batch, within=max_wait)`, whose offsets faust acks
   when the agent loop resumes, i.e. also after the outputs are acknowledged. Either way delivery is
   at-least-once, and alert ids are deterministic so redeliveries de-duplicate.

@@ -51,7 +51,9 @@ def save_scorer_dir(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     as_torch = {
-        name: (torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t)
+        name: (
+            torch.from_numpy(np.array(t, order="C", copy=True)) if isinstance(t, np.ndarray) else t
+        )  # no negative strides
         .detach()
         .cpu()
         .contiguous()

@@ -86,6 +86,8 @@ class Worker:
             web_enabled=False,
             topic_partitions=s.topics.partitions,
             broker_commit_interval=0.5,
+            broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not faust's 60
+            broker_heartbeat_interval=3.0,
             consumer_max_fetch_size=s.kafka.max_message_bytes,
             producer_max_request_size=s.kafka.max_message_bytes,
             consumer_auto_offset_reset="earliest",

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save_figure, write_json
 
 from stream_app.codecs import encode_image, encode_vector, frame_headers
-from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client
+from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records, redis_client
 from stream_app.executor import InferenceExecutor
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_manager import ModelManager
@@ -99,17 +99,7 @@ async def produce(settings: Settings, kind: str, data: np.ndarray, n: int, rate:
 
 
 async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) -> list:
-    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    got: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < n and time.monotonic() < deadline:
-            for part in (await consumer.getmany(timeout_ms=200, max_records=4096)).values():
-                got.extend(part)
-    finally:
-        await consumer.stop()
-    return got
+    return await read_records(settings, topic, lambda r: len(r) >= n, timeout_s, max_records=4096)
 
 
 async def in_process_rates(settings: Settings, kind: str, n: int, naive_n: int) -> dict[str, float]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -74,3 +77,27 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None, part
             await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+async def read_records(
+    settings: Settings,
+    topic: str,
+    until: Callable[[list[Any]], bool],
+    timeout_s: float = 90.0,
+    max_records: int = 5000,
+) -> list[Any]:
+    """Records of `topic` from its beginning until `until(records)` holds or `timeout_s` passes (no group).
+
+    For tools that join a run's output with its ground truth (the demo, benchmarks, tests).
+    """
+    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            for part in (await consumer.getmany(timeout_ms=500, max_records=max_records)).values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records

@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.connections import ensure_topics, read_records
 from stream_app.evaluation import Verdict, evaluate
 from stream_app.processes import spawn, stop
 from stream_app.registry import Registry
@@ -116,17 +115,7 @@ async def show_alerts_live(settings: Settings, seen: list[dict], max_lines_per_s
 
 
 async def read_verdicts(settings: Settings, expected: int, timeout_s: float) -> list[Any]:
-    consumer = AIOKafkaConsumer(settings.topics.scores, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < expected and time.monotonic() < deadline:
-            for part in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
-                got.extend(part)
-    finally:
-        await consumer.stop()
-    return got
+    return await read_records(settings, settings.topics.scores, lambda r: len(r) >= expected, timeout_s)
 
 
 def to_verdicts(records: list[Any]) -> list[Verdict]:

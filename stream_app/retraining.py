@@ -231,6 +231,12 @@ class RetrainAgent:
             "metrics": result.metrics,
             "validation": {**decision.to_dict(), "decided_at": datetime.now(UTC).isoformat()},
         }
+        if decision.passed and len(window.holdout):
+            # Serve with a threshold calibrated on more unseen normal data: the validated holdout joins the
+            # fit's own held-out scores (validation above used the fit's scores alone, so no leakage).
+            held = await asyncio.to_thread(_scores, candidate, window.holdout)
+            candidate.calibration_scores = np.concatenate([candidate.calibration_scores, held]).astype(np.float32)
+            extra["calibration"] = {"fit_holdout": len(candidate.calibration_scores) - len(held), "window": len(held)}
         mv = await asyncio.to_thread(self.registry.publish, model, candidate, extra)
         result.version = mv.version
         if decision.passed and cfg.auto_promote:

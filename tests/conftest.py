@@ -54,6 +54,17 @@ def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
         stack.down()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tests train tiny nets: on a shared CPU a second intra-op thread mostly spins (measured 4x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

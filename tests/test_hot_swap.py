@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from models import RVAEScorer
 from stream_app.codecs import encode_vector
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
 from stream_app.model_updates import announce_version
 from stream_app.processes import running
 from stream_app.registry import Registry
@@ -49,17 +49,8 @@ async def send(settings: Settings, rows: np.ndarray, rate: float | None = None) 
 
 
 async def verdicts(settings: Settings, n: int, timeout_s: float = 120.0) -> list[dict]:
-    consumer = AIOKafkaConsumer(settings.topics.scores, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    out: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < n and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                out += [orjson.loads(m.value) for m in msgs]
-    finally:
-        await consumer.stop()
-    return out
+    records = await read_records(settings, settings.topics.scores, lambda r: len(r) >= n, timeout_s)
+    return [orjson.loads(r.value) for r in records]
 
 
 async def seconds_until_serving(settings: Settings, version: str, timeout_s: float = 30.0) -> float:
@@ -148,4 +139,4 @@ async def test_drift_retrain_hot_swap_and_rollback_while_traffic_flows(make_sett
     fa_after = false_alarm_rate(v2_verdicts)
     print(f"false alarms: version 1 on drifted data {fa_before:.3f}, version 2 {fa_after:.3f}; "
           f"announcement -> serving: swap {swap_s:.2f} s, rollback {rollback_s:.2f} s")  # fmt: skip
-    assert fa_after < fa_before / 3 and fa_after <= 0.03, f"false alarms {fa_before:.3f} -> {fa_after:.3f}"
+    assert fa_after <= fa_before / 3 and fa_after <= 0.03, f"false alarms {fa_before:.3f} -> {fa_after:.3f}"

@@ -74,7 +74,7 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(offline, tmp_path: Pa
     ]
     for args, message in cases:
         result = lw(config, *args)
-        assert result.exit_code == 1 and message in result.output.replace("\n", " "), (args, result.output)
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), (args, result.output)
 
 
 def test_rollback_without_an_earlier_version_is_a_user_error(offline):
@@ -130,7 +130,7 @@ def test_promote_and_rollback_move_production_and_announce_each_change(make_sett
     assert Registry(settings.registry_dir).production("press").version == "0001"
     assert asyncio.run(_updates(settings)) == [("press", "0001"), ("press", "0002"), ("press", "0001")]
     once = lw(config, "retrain", "--once", "press")  # no traffic yet: the cycle is skipped, the registry unchanged
-    assert once.exit_code == 0 and "skipped" in once.output and "min_samples" in once.output.replace("\n", " ")
+    assert once.exit_code == 0 and "skipped" in once.output and "min_samples" in " ".join(once.output.split())
     assert Registry(settings.registry_dir).versions("press") == ["0001", "0002"]
     triggered = lw(config, "retrain", "trigger", "press")
     assert triggered.exit_code == 0 and "requested" in triggered.output
@@ -143,4 +143,4 @@ def test_announce_failure_is_reported_as_an_error_that_says_the_pointer_moved(of
     raw["kafka"]["bootstrap"] = "127.0.0.1:1"  # nothing listens here
     config.write_text(json.dumps(raw))
     result = lw(config, "models", "fit", "press", *fit_args(data), "--promote")
-    assert result.exit_code == 1 and "now points at version 0001, but announcing it" in result.output.replace("\n", " ")
+    assert result.exit_code == 1 and "now points at version 0001, but announcing it" in " ".join(result.output.split())

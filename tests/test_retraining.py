@@ -29,17 +29,6 @@ def retrain_settings(**kw) -> RetrainSettings:
     return RetrainSettings(**{**base, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models train faster on one thread than fighting over the shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def v1_scorer() -> RVAEScorer:
     """Version 1, trained once per module on the original normal data N(0, 1)."""

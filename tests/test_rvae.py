@@ -37,15 +37,6 @@ def with_faults(X: np.ndarray, sd: np.ndarray, rng: np.random.Generator, sigmas:
     return faulty, channel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small nets on a shared machine: a second intra-op thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def train() -> np.ndarray:
     return sensors(2000, np.random.default_rng(0))[0]

@@ -49,15 +49,6 @@ def with_defects(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     return out, centres
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls: on a shared CPU a second thread mostly spins (measured 4x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def train() -> np.ndarray:
     return textures(48, np.random.default_rng(0))

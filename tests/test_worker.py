@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from models import RVAEScorer
 from stream_app.codecs import encode_vector
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
 from stream_app.processes import running
 from stream_app.registry import Registry
 from stream_app.settings import Route, Settings
@@ -38,18 +37,7 @@ def fit_sensor_model(settings: Settings, seed: int = 0) -> RVAEScorer:
 
 async def consume_all(settings: Settings, topic: str, until, timeout_s: float = 90.0) -> list:
     """Records of `topic` from the beginning until `until(records)` holds or the timeout passes."""
-    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    records: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not until(records) and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                records.extend(part)
-    finally:
-        await consumer.stop()
-    return records
+    return await read_records(settings, topic, until, timeout_s)
 
 
 def worker_settings(make_settings, tmp_path: Path) -> Settings:

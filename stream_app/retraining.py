@@ -288,6 +288,10 @@ class RetrainAgent:
     async def run(self, models: Sequence[str] | None = None) -> None:
         """Serve schedules and control-topic triggers until cancelled (for `models`, default all)."""
         self._queue = asyncio.Queue()
+        if threads := self.settings.retrain.threads:  # leave the other cores to the workers on this machine
+            import torch
+
+            torch.set_num_threads(threads)
         schedules = [s for s in self.settings.retrain.schedules if models is None or s.model in models]
         log.info("retraining agent: %d schedule(s), control topic %s", len(schedules), self.settings.topics.control)
         try:

@@ -116,6 +116,7 @@ class RetrainSettings(BaseModel):
     incident_min_severity: float = Field(
         3.0, ge=1.0, description="incident events that check detection score >= this x threshold (drift alarms do not)"
     )
+    threads: int | None = Field(1, ge=1, description="torch CPU threads of a running agent (None: all cores)")
     auto_promote: bool = True
     keep_rejected: bool = Field(True, description="store rejected candidates in the registry for audit")
     control_max_age_s: float = Field(300.0, gt=0, description="ignore control messages older than this at start")

@@ -48,6 +48,8 @@ from stream_app.simulator import normal_images, normal_vectors
 from stream_app.threshold_store import ThresholdStore
 from stream_app.verdicts import Record
 
+SWEEP = (16, 64, 256, 1024, 4096)
+
 
 def bench_settings(tmp: Path) -> Settings:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
@@ -102,7 +104,9 @@ async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) 
     return await read_records(settings, topic, lambda r: len(r) >= n, timeout_s, max_records=4096)
 
 
-async def in_process_rates(settings: Settings, kind: str, n: int, naive_n: int) -> dict[str, float]:
+async def in_process_rates(
+    settings: Settings, kind: str, n: int, naive_n: int, sweep: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """raw consume, getmany pipeline and naive per-event pipeline, in this process."""
     topic = settings.topics.vectors if kind == "vectors" else settings.topics.frames
     started = time.perf_counter()
@@ -115,7 +119,7 @@ async def in_process_rates(settings: Settings, kind: str, n: int, naive_n: int) 
     store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
     pipeline = InspectionPipeline(settings, models, store, executor, WorkerMetrics())
     recs = [Record(r.topic, r.partition, r.offset, r.key, r.value, dict(r.headers or []), r.timestamp) for r in records]
-    out: dict[str, float] = {"raw_consume_per_s": raw_consume}
+    out: dict[str, Any] = {"raw_consume_per_s": raw_consume}
     try:
         async with AIOKafkaProducer(acks="all", linger_ms=5, **aiokafka_kwargs(settings.kafka)) as producer:
             await pipeline.handle(kind, recs[:8], producer)  # warm up: model load, Lua registration
@@ -124,6 +128,19 @@ async def in_process_rates(settings: Settings, kind: str, n: int, naive_n: int) 
             for i in range(0, len(recs), b):
                 await pipeline.handle(kind, recs[i : i + b], producer)
             out["getmany_per_s"] = len(recs) / (time.perf_counter() - started)
+            if sweep:  # throughput and batch time against max_batch, same records, same process
+                out["max_batch_sweep"] = []
+                for size in sweep:
+                    times, started = [], time.perf_counter()
+                    for i in range(0, len(recs), size):
+                        t0 = time.perf_counter()
+                        await pipeline.handle(kind, recs[i : i + size], producer)
+                        times.append(time.perf_counter() - t0)
+                    out["max_batch_sweep"].append({
+                        "max_batch": size,
+                        "per_s": len(recs) / (time.perf_counter() - started),
+                        "batch_p99_ms": float(np.percentile(times, 99) * 1000),
+                    })  # fmt: skip
             started = time.perf_counter()
             for rec in recs[:naive_n]:
                 await pipeline.handle(kind, [rec], producer)
@@ -159,7 +176,7 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     await produce(settings, kind, data, n)
     result: dict[str, Any] = {"events": n}
     result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
-    result |= await in_process_rates(settings, kind, n, naive_n)
+    result |= await in_process_rates(settings, kind, n, naive_n, sweep=SWEEP if kind == "vectors" else ())
 
     # The product: a worker subprocess (own group, own verdict topic) drains the same backlog; first with
     # faust's take_events path, then with the default getmany path, which then also serves live traffic.
@@ -211,12 +228,23 @@ def plot(results: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     keys = ["raw_consume_per_s", "raw_model_per_s", "e2e_per_s", "e2e_faust_per_s", "getmany_per_s", "naive_per_s"]
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
-    for ax, (kind, r) in zip(np.atleast_1d(axes), results.items(), strict=True):
+    fig, axes = plt.subplots(1, len(results) + 1, figsize=(6 * (len(results) + 1), 4))
+    for ax, (kind, r) in zip(axes[:-1], results.items(), strict=True):
         ax.bar([k.replace("_per_s", "") for k in keys], [r[k] for k in keys], color="tab:blue")
         ax.set_yscale("log")
         ax.set_title(f"{kind}: events/s (p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)")
         ax.tick_params(axis="x", rotation=30)
+    sweep = results["vectors"]["max_batch_sweep"]
+    ax = axes[-1]
+    ax.plot([p["max_batch"] for p in sweep], [p["per_s"] for p in sweep], "o-", label="vectors/s (in-process getmany)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max_batch")
+    ax2 = ax.twinx()
+    ax2.plot([p["max_batch"] for p in sweep], [p["batch_p99_ms"] for p in sweep], "s--", color="tab:red",
+             label="batch time p99 (ms)")  # fmt: skip
+    ax.set_title("vectors: throughput and p99 batch time vs max_batch")
+    ax.legend(loc="upper left", fontsize=7)
+    ax2.legend(loc="lower right", fontsize=7)
     fig.suptitle(machine()[:110], fontsize=8)
     save_figure(fig, "pipeline")
 

@@ -274,3 +274,8 @@ def test_terms_option_scores_with_the_chosen_likelihood_terms(fitted, train) -> 
     np.testing.assert_allclose(only_ts.score(train[:6]), terms[:, 1].astype(np.float32), rtol=1e-6)
     with pytest.raises(ValueError, match="terms"):
         TransformalyScorer(**TINY, terms="cls")
+
+
+def test_students_loss_falls_during_fit(fitted) -> None:
+    losses = fitted.history["train_loss"]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses

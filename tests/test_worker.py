@@ -98,7 +98,8 @@ async def test_worker_scores_every_event_alerts_on_anomalies_and_dead_letters_ba
     flagged = np.array([b["anomalous"] for b in bodies])
     is_fault = np.array([t != "normal" for t in truth])
     assert flagged[is_fault].mean() >= 0.9, "injected anomalies must be flagged"
-    assert flagged[~is_fault].mean() <= 0.05, "normal events must rarely alert"
+    # Configured risk 1e-3 per event; tolerance for 400 events and a tail fitted on ~300 calibration scores.
+    assert flagged[~is_fault].mean() <= 0.01, f"normal events alert at {flagged[~is_fault].mean():.3f}"
     assert {b["model"] for b in bodies} == {"sensors"} and {b["version"] for b in bodies} == {"0001"}
 
     # Dead letters keep the original bytes and say why.

@@ -88,14 +88,28 @@ def fit_initial_models(settings: Settings, plan: DemoPlan) -> None:
 
 
 async def wait_for_worker(settings: Settings, proc: Any, timeout_s: float = 120.0) -> None:
-    """Until the worker wrote its metrics port (it has loaded its models and started its producer)."""
+    """Until the worker has loaded its models, started its producer and holds its input partitions."""
     deadline = time.monotonic() + timeout_s
-    while not list(Path(settings.state_dir).glob("worker-*.port")):
+    while not await _consuming(settings):
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with code {proc.returncode}; see {settings.state_dir}/worker-*.log")
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not start in time")
         await asyncio.sleep(0.5)
+
+
+async def _consuming(settings: Settings) -> bool:
+    """The worker's /health lists its input partitions once its consumer joined the group."""
+    import urllib.request
+
+    for port_file in Path(settings.state_dir).glob("worker-*.port"):
+        url = f"http://127.0.0.1:{port_file.read_text()}/health"
+        try:
+            body = await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=2).read())
+        except OSError:
+            return False
+        return bool(orjson.loads(body).get("partitions"))
+    return False
 
 
 async def show_alerts_live(settings: Settings, seen: list[dict], max_lines_per_s: float = 4.0) -> None:

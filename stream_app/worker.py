@@ -74,6 +74,7 @@ class Worker:
         self.http_port: int | None = None
         self.batches = 0
         self.ready = asyncio.Event()
+        self.partitions: list[str] = []  # input partitions this worker consumes now (getmany path)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -168,6 +169,7 @@ class Worker:
                 polled = await consumer.getmany(
                     timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch
                 )
+                self.partitions = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
                 if not polled:
                     continue
                 by_kind: dict[str, list[Record]] = {}
@@ -255,6 +257,7 @@ class Worker:
             "app_id": self.settings.app_id,
             "models": serving,
             "batches": self.batches,
+            "partitions": self.partitions,
             "last_batch_age_s": None
             if self.metrics.last_batch_at is None
             else time.time() - self.metrics.last_batch_at,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -82,20 +83,35 @@ async def test_a_worker_killed_mid_stream_loses_no_verdict_and_keeps_its_thresho
     assert await absorbed(settings) >= before, "thresholds continue from Redis, not from scratch"
 
 
+def health(port: int) -> dict:
+    return orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+
+
+async def both_consuming(settings, timeout_s: float = 90.0) -> list[int]:
+    """Ports of the two workers once each holds a partition of the vectors topic."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ports = [int(p.read_text()) for p in Path(settings.state_dir).glob("worker-*.port")]
+        if len(ports) == 2:
+            held = [
+                [tp for tp in health(port)["partitions"] if tp.startswith(settings.topics.vectors)] for port in ports
+            ]
+            if all(held) and len({tuple(h) for h in held}) == 2:
+                return ports
+        await asyncio.sleep(0.5)
+    raise TimeoutError("the two workers did not split the partitions in time")
+
+
 async def test_two_workers_share_partitions_and_thresholds_without_lost_updates(make_settings, tmp_path):
     settings = worker_settings(make_settings, tmp_path)
     fit_sensor_model(settings)
     await ensure_topics(settings)
     n = 3000
     with running(settings, "worker"), running(settings, "worker"):
-        await asyncio.sleep(8.0)  # both join the group and split the two partitions
+        ports = await both_consuming(settings)  # the two workers split the input partitions
         await produce_vectors(settings, normal_vectors(np.random.default_rng(6), n))
         records = await consume_all(settings, settings.topics.scores, lambda r: len(by_offset(r)) >= n)
-        ports = [int(p.read_text()) for p in Path(settings.state_dir).glob("worker-*.port")]
-        batches = [
-            orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=5).read())["batches"]
-            for p in ports
-        ]
+        batches = [health(port)["batches"] for port in ports]
     verdicts = by_offset(records)
     assert len(verdicts) == n
     assert len(ports) == 2 and all(b > 0 for b in batches), f"both workers scored batches: {batches}"

@@ -21,6 +21,7 @@ from stream_app.settings import Settings
 def write_config(settings: Settings, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"settings-{uuid.uuid4().hex[:8]}.json"
+    path.touch(mode=0o600)  # it may hold Kafka/Redis credentials
     path.write_text(settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}))
     return path
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.connections import aiokafka_kwargs
+from stream_app.connections import read_records
 from stream_app.registry import Registry
 from stream_app.settings import Settings
 
@@ -101,16 +100,10 @@ def test_fit_on_a_folder_of_images_publishes_a_transformaly_version(tmp_path: Pa
 
 
 async def _updates(settings: Settings) -> list[tuple[str, str]]:
-    consumer = AIOKafkaConsumer(group_id=None, **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topics.model_updates, p) for p in range(settings.topics.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        batches = await consumer.getmany(*tps, timeout_ms=3000)
-        return [(v["model"], v["version"]) for ms in batches.values() for m in ms if (v := orjson.loads(m.value))]
-    finally:
-        await consumer.stop()
+    """Every model-updates message so far (reads the topic for 3 s)."""
+    records = await read_records(settings, settings.topics.model_updates, lambda r: False, timeout_s=3.0)
+    values = [orjson.loads(m.value) for m in records]
+    return [(v["model"], v["version"]) for v in values]
 
 
 @pytest.mark.integration

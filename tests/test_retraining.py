@@ -8,11 +8,10 @@ import time
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from test_training_window import Event, produce_judged
 
 from models import ModelIntegrityError, RVAEScorer
-from stream_app.connections import aiokafka_kwargs
+from stream_app.connections import read_records
 from stream_app.model_manager import ModelManager
 from stream_app.registry import Registry
 from stream_app.retraining import RetrainAgent, control_message, next_run, parse_control, send_trigger
@@ -57,17 +56,25 @@ def incident(source: str, n: int, t0: float, rng: np.random.Generator) -> list[E
     return [Event(source, X[i].tolist(), t0 + i * 0.1, True, "inc-1") for i in range(n)]
 
 
-async def model_updates(settings: Settings) -> list[dict]:
-    consumer = AIOKafkaConsumer(group_id=None, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
+async def run_until_first_result(agent: RetrainAgent, timeout_s: float = 10.0) -> None:
+    """Run the agent's triggers until it finished one cycle (or the timeout), then cancel it."""
+    runner = asyncio.create_task(agent.run())
     try:
-        tps = [TopicPartition(settings.topics.model_updates, p) for p in range(settings.topics.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        batches = await consumer.getmany(*tps, timeout_ms=3000)
-        return [orjson.loads(m.value) for msgs in batches.values() for m in msgs]
+        for _ in range(int(timeout_s / 0.1)):
+            if agent.results:
+                break
+            await asyncio.sleep(0.1)
     finally:
-        await consumer.stop()
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
+async def model_updates(settings: Settings) -> list[dict]:
+    """Every model-updates message so far (reads the topic for 3 s)."""
+    records = await read_records(settings, settings.topics.model_updates, lambda r: False, timeout_s=3.0)
+    values = [orjson.loads(m.value) for m in records]
+    return values
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -202,16 +209,7 @@ async def test_control_topic_trigger_runs_a_cycle(make_settings, v1_scorer):
     fit_v1(settings, v1_scorer)
     agent = RetrainAgent(settings, progress=False)
     await send_trigger(settings, MODEL)  # sent before the agent starts, within control_max_age_s
-    runner = asyncio.create_task(agent.run())
-    try:
-        for _ in range(100):
-            if agent.results:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
+    await run_until_first_result(agent)
     assert [(r.model, r.trigger, r.decision) for r in agent.results] == [(MODEL, "control topic", "skipped")]
 
 
@@ -221,16 +219,7 @@ async def test_a_scheduled_interval_runs_cycles(make_settings, v1_scorer):
     settings = make_settings(retrain=retrain_settings(schedules=[schedule]))
     fit_v1(settings, v1_scorer)
     agent = RetrainAgent(settings, progress=False)
-    runner = asyncio.create_task(agent.run())
-    try:
-        for _ in range(100):
-            if agent.results:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
+    await run_until_first_result(agent)
     assert agent.results[0].trigger == "schedule (every 0.2 s)" and agent.results[0].decision == "skipped"
 
 

@@ -9,26 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client
+from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records, redis_client
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def consume(settings, topic: str, count: int, timeout_s: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
-    await consumer.start()
-    records: list = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(records) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                for part in batch.values():
-                    records.extend(part)
-    finally:
-        await consumer.stop()
+    records = await read_records(settings, topic, lambda r: len(r) >= count, timeout_s)
+    if len(records) < count:
+        raise TimeoutError(f"{len(records)} of {count} records from {topic} in {timeout_s} s")
     return records
 
 

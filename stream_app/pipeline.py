@@ -125,6 +125,10 @@ class InspectionPipeline:
 
     async def _score_model(self, kind, loaded: LoadedModel, items, reject, report: BatchReport) -> list[Output]:
         scorer = loaded.scorer
+        if getattr(scorer, "data_kind", kind) != kind:  # a route points a camera at a vector model or back
+            for rec, _ in items:
+                reject(rec, "rejected_by_model", f"model {loaded.name} scores {scorer.data_kind}, not {kind}")
+            return []
         if kind == "vectors":
             width = scorer.n_features
             good = []

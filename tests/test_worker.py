@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from models import RVAEScorer
-from stream_app.codecs import encode_vector
+from stream_app.codecs import encode_image, encode_vector, frame_headers
 from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
 from stream_app.processes import running
 from stream_app.registry import Registry
@@ -50,6 +50,7 @@ def worker_settings(make_settings, tmp_path: Path) -> Settings:
 
 async def test_worker_scores_every_event_alerts_on_anomalies_and_dead_letters_bad_input(make_settings, tmp_path):
     settings = worker_settings(make_settings, tmp_path)
+    settings.image_routes = [Route(pattern="*", model="sensors")]
     fit_sensor_model(settings)
     await ensure_topics(settings)
     rng = np.random.default_rng(1)
@@ -76,6 +77,10 @@ async def test_worker_scores_every_event_alerts_on_anomalies_and_dead_letters_ba
             )  # fmt: skip
         for payload in bad.values():
             await producer.send(settings.topics.vectors, key=b"line-1/m0", value=payload)
+        # A camera routed to the sensor model: refused by kind, not a crash.
+        frame = encode_image(np.zeros((16, 16), np.uint8))
+        await producer.send(settings.topics.frames, key=b"cam", value=frame, headers=frame_headers("line-1/cam"))
+        bad["rejected_by_model"] = frame
         await producer.flush()
 
     with running(settings, "worker", "-l", "info") as proc:

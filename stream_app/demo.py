@@ -25,7 +25,7 @@ from rich.table import Table
 
 from stream_app.connections import ensure_topics, read_records
 from stream_app.evaluation import Verdict, evaluate
-from stream_app.processes import spawn, stop
+from stream_app.processes import spawn, stop, worker_health, worker_ports
 from stream_app.registry import Registry
 from stream_app.settings import RetrainSchedule, Settings, TopicSettings
 
@@ -100,15 +100,11 @@ async def wait_for_worker(settings: Settings, proc: Any, timeout_s: float = 120.
 
 async def _consuming(settings: Settings) -> bool:
     """The worker's /health lists its input partitions once its consumer joined the group."""
-    import urllib.request
-
-    for port_file in Path(settings.state_dir).glob("worker-*.port"):
-        url = f"http://127.0.0.1:{port_file.read_text()}/health"
+    for port in worker_ports(settings):
         try:
-            body = await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=2).read())
+            return bool((await asyncio.to_thread(worker_health, port, 2.0)).get("partitions"))
         except OSError:
             return False
-        return bool(orjson.loads(body).get("partitions"))
     return False
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from stream_app.settings import IncidentSettings
+from stream_app.thresholds import json_object
 
 IncidentEvent = Literal["opened", "closed"]
 ID_HEX = 16  # 64 bits of sha1: collisions are irrelevant at incident rates
@@ -61,13 +62,7 @@ class IncidentState:
         >>> IncidentState.loads(IncidentState(recent=5, open_id="ab", normal_run=2).dumps())
         IncidentState(recent=5, open_id='ab', normal_run=2)
         """
-        try:
-            d = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"not a serialised incident state: {exc}") from exc
-        if not isinstance(d, dict):
-            raise ValueError(f"not a serialised incident state: expected a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(data, "incident state"))
 
 
 def step(

@@ -41,6 +41,10 @@ class ModelManager:
     def current(self, name: str) -> LoadedModel | None:
         return self._serving.get(name)
 
+    def versions(self) -> dict[str, str]:
+        """Model name -> the version serving now (for health checks)."""
+        return {name: loaded.version for name, loaded in self._serving.items()}
+
     async def get(self, name: str) -> LoadedModel:
         """The serving version of `name`, loading production on first use."""
         if (loaded := self._serving.get(name)) is not None:

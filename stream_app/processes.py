@@ -11,11 +11,17 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from stream_app.settings import Settings
+
+PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port here, in settings.state_dir
 
 
 def write_config(settings: Settings, directory: Path) -> Path:
@@ -65,3 +71,14 @@ def running(settings: Settings, *command: str, log_file: Path | None = None) -> 
         yield proc
     finally:
         stop(proc)
+
+
+def worker_ports(settings: Settings) -> list[int]:
+    """Metrics/health ports of the workers started with these settings (port 0 picks a free one)."""
+    return [int(p.read_text()) for p in Path(settings.state_dir).glob(PORT_FILES)]
+
+
+def worker_health(port: int, timeout_s: float = 5.0) -> dict[str, Any]:
+    """A worker's /health JSON (blocking; call through asyncio.to_thread from async code)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout_s) as response:
+        return orjson.loads(response.read())

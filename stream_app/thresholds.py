@@ -284,15 +284,20 @@ def dumps(state: ThresholdState) -> bytes:
     return orjson.dumps(to_dict(state))
 
 
-def loads(data: bytes | str) -> ThresholdState:
-    """Inverse of `dumps`; raises ValueError on bytes that are not a threshold state."""
+def json_object(data: bytes | str, what: str) -> dict[str, Any]:
+    """The JSON object in `data`, or ValueError naming `what` was expected (shared by the stored states)."""
     try:
         d = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not a serialised threshold state: {exc}") from exc
+        raise ValueError(f"not a serialised {what}: {exc}") from exc
     if not isinstance(d, dict):
-        raise ValueError(f"not a serialised threshold state: expected a JSON object, got {type(d).__name__}")
-    return from_dict(d)
+        raise ValueError(f"not a serialised {what}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def loads(data: bytes | str) -> ThresholdState:
+    """Inverse of `dumps`; raises ValueError on bytes that are not a threshold state."""
+    return from_dict(json_object(data, "threshold state"))
 
 
 # ---------------------------------------------------------------- init / judge

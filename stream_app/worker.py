@@ -30,6 +30,7 @@ from stream_app.metrics import WorkerMetrics, serve_http
 from stream_app.model_manager import ModelManager
 from stream_app.model_updates import parse_update
 from stream_app.pipeline import InspectionPipeline
+from stream_app.processes import PORT_FILES
 from stream_app.registry import Registry
 from stream_app.settings import KafkaSettings, Settings
 from stream_app.threshold_store import ThresholdStore
@@ -226,7 +227,9 @@ class Worker:
             log.info("metrics and health on port %d", self.http_port)
             if s.state_dir:  # tests and tools find a port-0 server here
                 s.state_dir.mkdir(parents=True, exist_ok=True)
-                (s.state_dir / f"worker-{socket.gethostname()}-{id(self)}.port").write_text(str(self.http_port))
+                (s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")).write_text(
+                    str(self.http_port)
+                )
         self.ready.set()
 
     async def _follow_model_updates(self) -> None:
@@ -251,7 +254,7 @@ class Worker:
             await consumer.stop()
 
     def health(self) -> dict[str, Any]:
-        serving = {name: lm.version for name in self.models._serving if (lm := self.models.current(name))}
+        serving = self.models.versions()
         return {
             "ok": self.producer is not None,
             "app_id": self.settings.app_id,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -21,7 +19,7 @@ from models import RVAEScorer
 from stream_app.codecs import encode_vector
 from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
 from stream_app.model_updates import announce_version
-from stream_app.processes import running
+from stream_app.processes import running, worker_health, worker_ports
 from stream_app.registry import Registry
 from stream_app.retraining import RetrainAgent
 from stream_app.settings import Route, Settings
@@ -55,11 +53,10 @@ async def verdicts(settings: Settings, n: int, timeout_s: float = 120.0) -> list
 
 async def seconds_until_serving(settings: Settings, version: str, timeout_s: float = 30.0) -> float:
     """Poll the worker's /health until it serves `version` for `sensors`; returns the wait."""
-    port = int(next(Path(settings.state_dir).glob("worker-*.port")).read_text())
+    port = worker_ports(settings)[0]
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        health = await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/health", None, 5)
-        if orjson.loads(health.read())["models"].get("sensors") == version:
+        if (await asyncio.to_thread(worker_health, port))["models"].get("sensors") == version:
             return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the worker did not serve version {version} within {timeout_s} s")

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from models import RVAEScorer
 from stream_app.codecs import encode_image, encode_vector, frame_headers
 from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
-from stream_app.processes import running
+from stream_app.processes import running, worker_health, worker_ports
 from stream_app.registry import Registry
 from stream_app.settings import Route, Settings
 
@@ -87,12 +87,11 @@ async def test_worker_scores_every_event_alerts_on_anomalies_and_dead_letters_ba
         verdicts = await consume_all(settings, settings.topics.scores, lambda r: len(r) >= len(sent))
         dead = await consume_all(settings, settings.topics.deadletter, lambda r: len(r) >= len(bad))
         alerts = await consume_all(settings, settings.topics.alerts, lambda r: len(r) > 0, timeout_s=10)
-        port_files = list(Path(settings.state_dir).glob("worker-*.port"))
+        ports = worker_ports(settings)
         metrics = ""
-        if port_files:
-            port = int(port_files[0].read_text())
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            health = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+        if ports:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).read().decode()
+            health = worker_health(ports[0])
         assert proc.poll() is None, "the worker must survive bad input"
 
     # Every good event has exactly one verdict.
@@ -119,7 +118,7 @@ async def test_worker_scores_every_event_alerts_on_anomalies_and_dead_letters_ba
     assert alert["kind"] == "sensor" and alert["score"] > alert["threshold"]
     assert alert["explanation"]["top_features"][0]["feature"] == "f2"
 
-    assert port_files, "the worker writes its metrics port"
+    assert ports, "the worker writes its metrics port"
     assert 'linewatch_deadletters_total{reason="malformed_json"} 1.0' in metrics
     assert "linewatch_batch_size_bucket" in metrics and "linewatch_threshold" in metrics
     assert health["ok"] and health["models"] == {"sensors": "0001"}

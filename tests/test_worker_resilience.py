@@ -6,8 +6,6 @@ import asyncio
 import os
 import signal
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -20,7 +18,7 @@ from models import TransformalyScorer
 from stream_app.cli import app as cli
 from stream_app.codecs import encode_image, encode_vector
 from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client
-from stream_app.processes import running, spawn
+from stream_app.processes import running, spawn, worker_health, worker_ports
 from stream_app.registry import Registry
 from stream_app.settings import Route
 from stream_app.simulator import LineSimulator, normal_images
@@ -83,18 +81,15 @@ async def test_a_worker_killed_mid_stream_loses_no_verdict_and_keeps_its_thresho
     assert await absorbed(settings) >= before, "thresholds continue from Redis, not from scratch"
 
 
-def health(port: int) -> dict:
-    return orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
-
-
 async def both_consuming(settings, timeout_s: float = 90.0) -> list[int]:
     """Ports of the two workers once each holds a partition of the vectors topic."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ports = [int(p.read_text()) for p in Path(settings.state_dir).glob("worker-*.port")]
+        ports = worker_ports(settings)
         if len(ports) == 2:
             held = [
-                [tp for tp in health(port)["partitions"] if tp.startswith(settings.topics.vectors)] for port in ports
+                [tp for tp in worker_health(port)["partitions"] if tp.startswith(settings.topics.vectors)]
+                for port in ports
             ]
             if all(held) and len({tuple(h) for h in held}) == 2:
                 return ports
@@ -111,7 +106,7 @@ async def test_two_workers_share_partitions_and_thresholds_without_lost_updates(
         ports = await both_consuming(settings)  # the two workers split the input partitions
         await produce_vectors(settings, normal_vectors(np.random.default_rng(6), n))
         records = await consume_all(settings, settings.topics.scores, lambda r: len(by_offset(r)) >= n)
-        batches = [health(port)["batches"] for port in ports]
+        batches = [worker_health(port)["batches"] for port in ports]
     verdicts = by_offset(records)
     assert len(verdicts) == n
     assert len(ports) == 2 and all(b > 0 for b in batches), f"both workers scored batches: {batches}"

@@ -19,10 +19,11 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
 from stream_app.executor import InferenceExecutor
@@ -110,7 +111,7 @@ class Worker:
                     log.exception("batch of %d %s failed; stopping so it is redelivered", len(records), kind)
                     raise
                 self.batches += 1
-                self._observe_lag(app, records)
+                self._observe_lag(app.consumer.highwater, records)
                 log.debug("batch kind=%s events=%d scored=%d alerts=%d", kind, report.events, report.scored,
                           report.alerts)  # fmt: skip
 
@@ -191,21 +192,19 @@ class Worker:
                     continue
                 await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
                 self.batches += 1
-                for tp, msgs in polled.items():
-                    with contextlib.suppress(Exception):
-                        lag = (consumer.highwater(tp) or 0) - msgs[-1].offset - 1
-                        self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+                self._observe_lag(consumer.highwater, [r for recs in by_kind.values() for r in recs])
         finally:
             await consumer.stop()
 
-    def _observe_lag(self, app: faust.App, records: list[Record]) -> None:
+    def _observe_lag(self, highwater: Callable[[TopicPartition], int | None], records: list[Record]) -> None:
+        """Consumer lag per partition after a batch: the partition's highwater minus the next offset."""
         last: dict[tuple[str, int], int] = {}
         for r in records:
             last[(r.topic, r.partition)] = r.offset
         for (topic, partition), offset in last.items():
-            with contextlib.suppress(Exception):
-                tp = next(t for t in app.consumer.assignment() if t.topic == topic and t.partition == partition)
-                self.metrics.lag.labels(topic, str(partition)).set(max(0, app.consumer.highwater(tp) - offset - 1))
+            with contextlib.suppress(Exception):  # a partition revoked meanwhile has no highwater
+                lag = (highwater(TopicPartition(topic, partition)) or 0) - offset - 1
+                self.metrics.lag.labels(topic, str(partition)).set(max(0, lag))
 
     async def _start(self) -> None:
         """Create topics, start the producer, load production models, serve /metrics and /health."""

@@ -42,6 +42,7 @@ from stream_app.metrics import WorkerMetrics
 from stream_app.model_manager import ModelManager
 from stream_app.pipeline import InspectionPipeline
 from stream_app.processes import running
+from stream_app.publishing import Publisher, output_producer
 from stream_app.registry import Registry
 from stream_app.settings import Settings, TopicSettings
 from stream_app.simulator import normal_images, normal_vectors
@@ -118,15 +119,16 @@ async def in_process_rates(
     models = ModelManager(Registry(settings.registry_dir), device="cpu", executor=executor.pool)
     store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
     pipeline = InspectionPipeline(settings, models, store, executor, WorkerMetrics())
-    recs = [Record(r.topic, r.partition, r.offset, r.key, r.value, dict(r.headers or []), r.timestamp) for r in records]
+    recs = [Record.of(r, r.timestamp) for r in records]
     out: dict[str, Any] = {"raw_consume_per_s": raw_consume}
     try:
-        async with AIOKafkaProducer(acks="all", linger_ms=5, **aiokafka_kwargs(settings.kafka)) as producer:
-            await pipeline.handle(kind, recs[:8], producer)  # warm up: model load, Lua registration
+        async with output_producer(settings.kafka) as producer:
+            publisher = Publisher(producer)
+            await pipeline.handle(kind, recs[:8], publisher)  # warm up: model load, Lua registration
             b = settings.batching.max_batch
             started = time.perf_counter()
             for i in range(0, len(recs), b):
-                await pipeline.handle(kind, recs[i : i + b], producer)
+                await pipeline.handle(kind, recs[i : i + b], publisher)
             out["getmany_per_s"] = len(recs) / (time.perf_counter() - started)
             if sweep:  # throughput and batch time against max_batch, same records, same process
                 out["max_batch_sweep"] = []
@@ -134,7 +136,7 @@ async def in_process_rates(
                     times, started = [], time.perf_counter()
                     for i in range(0, len(recs), size):
                         t0 = time.perf_counter()
-                        await pipeline.handle(kind, recs[i : i + size], producer)
+                        await pipeline.handle(kind, recs[i : i + size], publisher)
                         times.append(time.perf_counter() - t0)
                     out["max_batch_sweep"].append({
                         "max_batch": size,
@@ -143,7 +145,7 @@ async def in_process_rates(
                     })  # fmt: skip
             started = time.perf_counter()
             for rec in recs[:naive_n]:
-                await pipeline.handle(kind, [rec], producer)
+                await pipeline.handle(kind, [rec], publisher)
             out["naive_per_s"] = naive_n / (time.perf_counter() - started)
     finally:
         executor.close()

@@ -5,15 +5,60 @@ Each worker gets its own CollectorRegistry so several pipelines (tests, benchmar
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class BatchHistogram:
+    """A labelled Prometheus histogram that takes a whole micro-batch of observations in one numpy call.
+
+    `Histogram.observe` costs microseconds per value (a lock and a Python loop over buckets); per-event
+    latencies at tens of thousands of events/s made it a visible share of the worker's CPU. The exposition
+    is the standard histogram (`_bucket{le=...}`, `_sum`, `_count`).
+
+    >>> r = CollectorRegistry()
+    >>> h = BatchHistogram("wait_seconds", "demo", ["kind"], (0.1, 1.0), registry=r)
+    >>> h.observe_many(("vectors",), [0.05, 0.1, 0.5, 7.0])
+    >>> [r.get_sample_value("wait_seconds_bucket", {"kind": "vectors", "le": le}) for le in ("0.1", "1.0", "+Inf")]
+    [2.0, 3.0, 4.0]
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float], registry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._bounds = np.array([*buckets, float("inf")])
+        self._counts: dict[tuple[str, ...], np.ndarray] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()  # the HTTP scrape reads while the event loop writes
+        registry.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: Sequence[float] | np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, v, side="left"), minlength=len(self._bounds))
+        with self._lock:
+            self._counts[labels] = self._counts.get(labels, 0) + counts
+            self._sums[labels] = self._sums.get(labels, 0.0) + float(v.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            for labels, counts in self._counts.items():
+                cumulative = np.cumsum(counts).astype(np.float64).tolist()
+                buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative, strict=True)]
+                family.add_metric(list(labels), buckets, self._sums[labels])
+        yield family
 
 
 class WorkerMetrics:
@@ -23,14 +68,14 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "linewatch_batch_size", "events per micro-batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_wait = Histogram(
-            "linewatch_queue_wait_seconds", "broker append to batch start", ["kind"], buckets=TIME_BUCKETS, registry=r
+        self.queue_wait = BatchHistogram(
+            "linewatch_queue_wait_seconds", "broker append to batch start", ["kind"], TIME_BUCKETS, registry=r
         )
         self.inference = Histogram(
             "linewatch_inference_seconds", "scorer time per batch", ["model"], buckets=TIME_BUCKETS, registry=r
         )
-        self.latency = Histogram(
-            "linewatch_e2e_latency_seconds", "event ts to verdict sent", ["kind"], buckets=TIME_BUCKETS, registry=r
+        self.latency = BatchHistogram(
+            "linewatch_e2e_latency_seconds", "event ts to verdict sent", ["kind"], TIME_BUCKETS, registry=r
         )
         self.threshold = Gauge("linewatch_threshold", "current alert threshold", ["model", "source"], registry=r)
         self.alerts = Counter("linewatch_alerts", "alerts published", ["model"], registry=r)

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 
-from stream_app.codecs import BadEvent, FrameEvent, VectorEvent, decode_frame, decode_vector
+from stream_app.codecs import BadEvent, FrameEvent, VectorEvent, decode_frame, decode_vectors
 from stream_app.executor import InferenceExecutor
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_manager import LoadedModel, ModelManager
+from stream_app.publishing import Publisher
 from stream_app.routing import Router
 from stream_app.settings import Settings
 from stream_app.threshold_store import ThresholdStore
@@ -74,16 +74,23 @@ class InspectionPipeline:
 
     # ------------------------------------------------------------------ decoding
 
-    def decode(self, kind: str, rec: Record) -> Event:
+    def decode(self, kind: str, records: Sequence[Record]) -> list[Event | BadEvent]:
+        """One event, or the reason it cannot be scored, per record (vectors decode as one batch)."""
         if kind == "vectors":
-            return decode_vector(rec.value)
-        return decode_frame(
-            rec.value,
-            rec.headers,
-            self.settings.max_image_bytes,
-            self.settings.claim_check_dirs,
-            default_source=rec.key.decode(errors="replace") if rec.key else None,
-        )
+            return decode_vectors([rec.value for rec in records])
+        return [self._decode_frame(rec) for rec in records]
+
+    def _decode_frame(self, rec: Record) -> FrameEvent | BadEvent:
+        try:
+            return decode_frame(
+                rec.value,
+                rec.headers,
+                self.settings.max_image_bytes,
+                self.settings.claim_check_dirs,
+                default_source=rec.key.decode(errors="replace") if rec.key else None,
+            )
+        except BadEvent as exc:
+            return exc
 
     # ------------------------------------------------------------------ the batch
 
@@ -100,11 +107,9 @@ class InspectionPipeline:
             self.metrics.deadletters.labels(reason).inc()
             log.warning("dead letter %s/%d@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, message)
 
-        for rec in records:
-            try:
-                event = self.decode(kind, rec)
-            except BadEvent as exc:
-                reject(rec, exc.reason, exc.message)
+        for rec, event in zip(records, self.decode(kind, records), strict=True):
+            if isinstance(event, BadEvent):
+                reject(rec, event.reason, event.message)
                 continue
             model = router.model_for(event.source)
             if model is None:
@@ -187,7 +192,6 @@ class InspectionPipeline:
                     j.incident_id,
                 )
             )
-            self.metrics.latency.labels(kind).observe(max(0.0, now - ev.ts))
             if j.incident_event:
                 self.metrics.incidents.labels(loaded.name, j.incident_event).inc()
             if j.anomalous:
@@ -209,6 +213,7 @@ class InspectionPipeline:
                     )
                 )
                 self.metrics.alerts.labels(loaded.name).inc()
+        self.metrics.latency.observe_many((kind,), np.maximum(0.0, now - np.array([ev.ts for _, ev in group])))
         for source in set(sources):
             last = next(j for j in reversed(judgements) if j.source == source)
             self.metrics.threshold.labels(loaded.name, source).set(last.threshold)
@@ -231,22 +236,25 @@ class InspectionPipeline:
 
     # ------------------------------------------------------------------ publishing
 
-    async def handle(self, kind: str, records: Sequence[Record], producer: AIOKafkaProducer) -> BatchReport:
-        """Process a batch and return once every output is acknowledged by the broker."""
+    async def submit(self, kind: str, records: Sequence[Record], publisher: Publisher) -> tuple[BatchReport, list]:
+        """Process a batch and queue its outputs; returns the report and the futures of the broker's acks."""
         started = time.time()
         self.metrics.batch_size.labels(kind).observe(len(records))
+        per_topic: dict[str, int] = {}
         for rec in records:
-            self.metrics.events.labels(rec.topic).inc()
-            if rec.timestamp_ms:
-                self.metrics.queue_wait.labels(kind).observe(max(0.0, started - rec.timestamp_ms / 1000))
+            per_topic[rec.topic] = per_topic.get(rec.topic, 0) + 1
+        for topic, count in per_topic.items():
+            self.metrics.events.labels(topic).inc(count)
+        stamps = np.array([rec.timestamp_ms for rec in records if rec.timestamp_ms], dtype=np.float64)
+        self.metrics.queue_wait.observe_many((kind,), np.maximum(0.0, started - stamps / 1000))
         outputs, report = await self.process(kind, records)
-        await publish(producer, outputs)
+        acks = await publisher.send(outputs)
         self.metrics.last_batch_at = time.time()
+        return report, acks
+
+    async def handle(self, kind: str, records: Sequence[Record], publisher: Publisher) -> BatchReport:
+        """Process a batch and return once every output is acknowledged by the broker."""
+        report, acks = await self.submit(kind, records, publisher)
+        if acks:
+            await asyncio.gather(*acks)
         return report
-
-
-async def publish(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
-    """Send all outputs (batched by the producer) and wait until the broker has acknowledged each one."""
-    futures = [await producer.send(o.topic, key=o.key, value=o.value, headers=o.headers or None) for o in outputs]
-    if futures:
-        await asyncio.gather(*futures)

@@ -177,8 +177,7 @@ async def read_range(
             end = todo.get(tp, (0, 0))[1]
             for m in msgs:
                 if m.offset < end:
-                    out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, dict(m.headers or ()),
-                                      m.timestamp))  # fmt: skip
+                    out.append(Record.of(m, m.timestamp))
         if batches:
             last_progress = time.monotonic()
         for tp in list(todo):

@@ -30,6 +30,12 @@ class Record:
     headers: dict[str, bytes] = field(default_factory=dict)
     timestamp_ms: int | None = None
 
+    @classmethod
+    def of(cls, message: Any, timestamp_ms: int | None) -> Record:
+        """From an aiokafka `ConsumerRecord` or a faust `Message` (they differ only in timestamp units)."""
+        headers = {k: (v or b"") for k, v in (message.headers or [])}
+        return cls(message.topic, message.partition, message.offset, message.key, message.value, headers, timestamp_ms)
+
 
 @dataclass(frozen=True)
 class Output:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from stream_app.model_manager import ModelManager
 from stream_app.model_updates import parse_update
 from stream_app.pipeline import InspectionPipeline
 from stream_app.processes import PORT_FILES
+from stream_app.publishing import Publisher, output_producer
 from stream_app.registry import Registry
 from stream_app.settings import KafkaSettings, Settings
 from stream_app.threshold_store import ThresholdStore
@@ -55,9 +57,9 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
 
 
 def to_record(event: Any) -> Record:
+    """A faust event's message as a pipeline `Record` (faust gives the timestamp in seconds)."""
     msg = event.message
-    headers = {k: (v or b"") for k, v in (msg.headers or [])}
-    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers, msg.timestamp)
+    return Record.of(msg, None if msg.timestamp is None else round(msg.timestamp * 1000))
 
 
 class Worker:
@@ -73,6 +75,7 @@ class Worker:
         self.store = ThresholdStore(self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
         self.producer: AIOKafkaProducer | None = None
+        self.publisher: Publisher | None = None
         self.http_port: int | None = None
         self.batches = 0
         self.ready = asyncio.Event()
@@ -104,7 +107,7 @@ class Worker:
             async for events in stream.take_events(s.batching.max_batch, within=within):
                 records = [to_record(e) for e in events]
                 try:
-                    report = await self.pipeline.handle(kind, records, self.producer)
+                    report = await self.pipeline.handle(kind, records, self.publisher)
                 except Exception:
                     # Outputs were not all acknowledged: stop rather than ack offsets of unsent verdicts;
                     # the group rebalances and the batch is redelivered (at-least-once).
@@ -151,8 +154,9 @@ class Worker:
 
     async def _getmany_loop(self) -> None:
         """The aiokafka path: `getmany` returns what is there (up to max_batch) as soon as anything is, so
-        batches grow with load and stay small (low latency) when traffic is light; offsets are committed
-        explicitly after the batch's outputs are acknowledged."""
+        batches grow with load and stay small (low latency) when traffic is light. While one batch's outputs
+        wait for the broker's acks, the next batch is fetched and scored; offsets are committed in order,
+        each only once its batch's outputs are all acknowledged (at-least-once)."""
         s = self.settings
         await self.ready.wait()
         kinds = {s.topics.vectors: "vectors", s.topics.frames: "images"}
@@ -165,6 +169,19 @@ class Worker:
             fetch_max_bytes=max(s.kafka.max_message_bytes, 52428800),
             **aiokafka_kwargs(s.kafka),
         )
+        unacked: deque[tuple[asyncio.Future, dict[TopicPartition, tuple[int, int]]]] = deque()
+
+        async def retry_from_oldest(failed: dict[TopicPartition, tuple[int, int]] | None) -> None:
+            """Rewind every partition to its oldest uncommitted offset and drop what is in flight."""
+            batches = [offsets for _, offsets in unacked] + ([failed] if failed else [])
+            for acked, _ in unacked:
+                with contextlib.suppress(Exception):
+                    await acked
+            unacked.clear()
+            for tp in {tp for offsets in batches for tp in offsets}:
+                consumer.seek(tp, min(offsets[tp][0] for offsets in batches if tp in offsets))
+            await asyncio.sleep(1.0)
+
         await consumer.start()
         try:
             while True:
@@ -172,27 +189,33 @@ class Worker:
                     timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch
                 )
                 self.partitions = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-                if not polled:
-                    continue
-                by_kind: dict[str, list[Record]] = {}
-                for tp, msgs in polled.items():
-                    kind = kinds[tp.topic]
-                    for m in msgs:
-                        headers = {k: (v or b"") for k, v in (m.headers or [])}
-                        by_kind.setdefault(kind, []).append(
-                            Record(m.topic, m.partition, m.offset, m.key, m.value, headers, m.timestamp)
-                        )
-                try:
-                    await asyncio.gather(*(self.pipeline.handle(k, recs, self.producer) for k, recs in by_kind.items()))
-                except Exception:  # outputs not all acknowledged: rewind and retry (at-least-once), keep running
-                    log.exception("batch failed; rewinding %d partitions to retry", len(polled))
+                if polled:
+                    offsets = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in polled.items()}
+                    by_kind: dict[str, list[Record]] = {}
                     for tp, msgs in polled.items():
-                        consumer.seek(tp, msgs[0].offset)
-                    await asyncio.sleep(1.0)
-                    continue
-                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
-                self.batches += 1
-                self._observe_lag(consumer.highwater, [r for recs in by_kind.values() for r in recs])
+                        by_kind.setdefault(kinds[tp.topic], []).extend(Record.of(m, m.timestamp) for m in msgs)
+                    try:
+                        submitted = await asyncio.gather(
+                            *(self.pipeline.submit(k, recs, self.publisher) for k, recs in by_kind.items())
+                        )
+                    except Exception:  # not scored or not sent: rewind and retry (at-least-once), keep running
+                        log.exception("batch failed; rewinding %d partitions to retry", len(polled))
+                        await retry_from_oldest(offsets)
+                        continue
+                    unacked.append((asyncio.gather(*(f for _, acks in submitted for f in acks)), offsets))
+                    self.batches += 1
+                    self._observe_lag(consumer.highwater, [r for recs in by_kind.values() for r in recs])
+                # Commit in order what the broker acknowledged; at most one batch waits behind the next.
+                while unacked and (unacked[0][0].done() or len(unacked) > 1 or not polled):
+                    acked, done_offsets = unacked[0]
+                    try:
+                        await acked
+                    except Exception:
+                        log.exception("outputs not acknowledged; rewinding to retry")
+                        await retry_from_oldest(None)
+                        break
+                    unacked.popleft()
+                    await consumer.commit({tp: end for tp, (_, end) in done_offsets.items()})
         finally:
             await consumer.stop()
 
@@ -210,10 +233,9 @@ class Worker:
         """Create topics, start the producer, load production models, serve /metrics and /health."""
         s = self.settings
         await ensure_topics(s)
-        self.producer = AIOKafkaProducer(
-            acks="all", linger_ms=5, max_request_size=s.kafka.max_message_bytes, **aiokafka_kwargs(s.kafka)
-        )
+        self.producer = output_producer(s.kafka)
         await self.producer.start()
+        self.publisher = Publisher(self.producer)
         for name in {r.model for r in s.routes} | {r.model for r in s.image_routes}:
             try:
                 loaded = await self.models.get(name)

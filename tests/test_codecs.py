@@ -9,6 +9,7 @@ from stream_app.codecs import (
     BadEvent,
     decode_frame,
     decode_vector,
+    decode_vectors,
     encode_image,
     encode_vector,
     frame_headers,
@@ -49,6 +50,37 @@ def test_iso_timestamps_are_accepted():
 )
 def test_bad_vectors_name_their_reason(payload, reason):
     assert reason_of(decode_vector, payload) == reason
+
+
+def test_a_batch_decodes_like_its_messages_one_by_one():
+    """Mixed widths and bad rows in one batch: each message gets exactly what it would alone, in order."""
+    batch = [
+        encode_vector("a", [1.0, 2.0], ts=1.0, seq=1),
+        b'{"source": "b", "values": [1, NaN]}',
+        encode_vector("c", [3.0, 4.0, 5.0], ts=2.0),
+        b'{"source": "d", "values": [1e39, 1.0]}',
+        b'{"source": "e", "values": [true, 1.0]}',
+        encode_vector("f", [6.0, 7.0], ts=3.0),
+    ]
+    decoded = decode_vectors(batch)
+    assert len(decoded) == len(batch)
+    for message, got in zip(batch, decoded, strict=True):
+        try:
+            alone = decode_vector(message)
+        except BadEvent as exc:
+            assert isinstance(got, BadEvent) and got.reason == exc.reason
+        else:
+            assert (got.source, got.ts, got.seq, got.values.tolist()) == (
+                alone.source, alone.ts, alone.seq, alone.values.tolist()
+            )  # fmt: skip
+    assert [getattr(d, "reason", None) for d in decoded] == [
+        None,
+        "malformed_json",
+        None,
+        "non_finite",
+        "bad_schema",
+        None,
+    ]
 
 
 def test_frame_round_trip_gray_and_rgb():

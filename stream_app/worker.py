@@ -21,6 +21,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -76,6 +77,7 @@ class Worker:
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
         self.producer: AIOKafkaProducer | None = None
         self.publisher: Publisher | None = None
+        self._port_file: Path | None = None
         self.http_port: int | None = None
         self.batches = 0
         self.ready = asyncio.Event()
@@ -246,11 +248,10 @@ class Worker:
         if s.metrics_port >= 0:
             self._http, self.http_port = await serve_http(self.metrics, "0.0.0.0", s.metrics_port, self.health)
             log.info("metrics and health on port %d", self.http_port)
-            if s.state_dir:  # tests and tools find a port-0 server here
+            if s.state_dir:  # tests and tools find a port-0 server here; removed again on close
                 s.state_dir.mkdir(parents=True, exist_ok=True)
-                (s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")).write_text(
-                    str(self.http_port)
-                )
+                self._port_file = s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")
+                self._port_file.write_text(str(self.http_port))
         self.ready.set()
 
     async def _follow_model_updates(self) -> None:
@@ -289,6 +290,8 @@ class Worker:
         }
 
     async def close(self) -> None:
+        if self._port_file is not None:
+            self._port_file.unlink(missing_ok=True)
         if self.producer is not None:
             await self.producer.stop()
         await self.redis.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,10 +240,7 @@ class InspectionPipeline:
         """Process a batch and queue its outputs; returns the report and the futures of the broker's acks."""
         started = time.time()
         self.metrics.batch_size.labels(kind).observe(len(records))
-        per_topic: dict[str, int] = {}
-        for rec in records:
-            per_topic[rec.topic] = per_topic.get(rec.topic, 0) + 1
-        for topic, count in per_topic.items():
+        for topic, count in Counter(rec.topic for rec in records).items():
             self.metrics.events.labels(topic).inc(count)
         stamps = np.array([rec.timestamp_ms for rec in records if rec.timestamp_ms], dtype=np.float64)
         self.metrics.queue_wait.observe_many((kind,), np.maximum(0.0, started - stamps / 1000))

@@ -4,8 +4,8 @@
 which at one verdict per event was the largest share of the vector path. Here the records of a batch are
 appended to one `BatchBuilder` per partition (the producer's own batch format) and handed over with
 `send_batch`: the same bytes on the wire, measured at about twice the records/s of `send` on the bench
-machine, and no linger: a closed batch leaves at once. Keys go to the partition the Java client and `send` would pick (murmur2), so per-source order and
-co-partitioning with other clients hold.
+machine, and no linger: a closed batch leaves at once. Keys go to the partition the Java client and `send`
+would pick (murmur2), so per-source order and co-partitioning with other clients hold.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def output_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
 
 
 class Publisher:
-    """Sends `Output`s through one producer; `send` queues and returns the ack futures, `publish` waits."""
+    """Sends `Output`s through one producer; `send` queues them and returns the futures of the acks."""
 
     def __init__(self, producer: AIOKafkaProducer):
         self.producer = producer
@@ -83,9 +83,3 @@ class Publisher:
     async def _send(self, builder: BatchBuilder, topic: str, partition: int) -> asyncio.Future:
         builder.close()  # complete: the sender takes it now instead of lingering for more records
         return await self.producer.send_batch(builder, topic, partition=partition)
-
-    async def publish(self, outputs: Sequence[Output]) -> None:
-        """Send all outputs and return once the broker has acknowledged every one (at-least-once)."""
-        futures = await self.send(outputs)
-        if futures:
-            await asyncio.gather(*futures)

@@ -246,10 +246,17 @@ def _check_port_free(port: int, what: str, setting: str) -> None:
 
 
 def _kraft_cluster_id() -> str:
-    # Same format as `StorageTool random-uuid`: a base64url UUID without padding.
+    """A base64url UUID without padding, like `StorageTool random-uuid`.
+
+    Like Kafka's `Uuid.randomUuid`, ids starting with '-' are drawn again: the
+    storage tool's argument parser would read one as an option (1 in 64 draws).
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ including values that came from code rather than the environment.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -25,10 +26,15 @@ PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port he
 
 
 def write_config(settings: Settings, directory: Path) -> Path:
+    """Write the settings as JSON named by their hash, so re-runs reuse one file instead of piling up."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"settings-{uuid.uuid4().hex[:8]}.json"
-    path.touch(mode=0o600)  # it may hold Kafka/Redis credentials
-    path.write_text(settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}))
+    content = settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}).encode()
+    path = directory / f"settings-{hashlib.sha256(content).hexdigest()[:12]}.json"
+    if not path.exists():
+        tmp = directory / f".{path.name}.{uuid.uuid4().hex[:6]}"
+        tmp.touch(mode=0o600)  # it may hold Kafka/Redis credentials
+        tmp.write_bytes(content)
+        tmp.replace(path)  # atomic: a child never reads a half-written file
     return path
 
 

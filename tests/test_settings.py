@@ -56,3 +56,18 @@ def test_invalid_values_are_rejected(monkeypatch):
     monkeypatch.setenv("LINEWATCH_THRESHOLDS__RISK", "2")
     with pytest.raises(ValueError, match="risk"):
         load_settings()
+
+
+def test_child_config_files_are_private_read_back_equal_and_reused(tmp_path: Path):
+    from stream_app.processes import write_config
+
+    settings = load_settings()
+    first = write_config(settings, tmp_path)
+    assert write_config(settings, tmp_path) == first  # same settings, same file: re-runs do not pile up
+    assert first.stat().st_mode & 0o777 == 0o600
+    assert load_settings(config_file=first).batching == settings.batching
+
+    changed = settings.model_copy(update={"batching": settings.batching.model_copy(update={"max_batch": 7})})
+    other = write_config(changed, tmp_path)
+    assert other != first and load_settings(config_file=other).batching.max_batch == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])  # no temp files left

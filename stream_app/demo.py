@@ -25,7 +25,7 @@ from rich.table import Table
 
 from stream_app.connections import ensure_topics, read_records
 from stream_app.evaluation import Verdict, evaluate
-from stream_app.processes import spawn, stop, worker_health, worker_ports
+from stream_app.processes import remove_config, spawn, stop, worker_health, worker_ports
 from stream_app.registry import Registry
 from stream_app.settings import RetrainSchedule, Settings, TopicSettings
 
@@ -229,6 +229,7 @@ async def run_demo(base: Settings, out_dir: Path, plan: DemoPlan) -> dict[str, A
     finally:
         for proc in (agent, worker):
             stop(proc)
+        remove_config(settings)
     verdicts = to_verdicts(records)
     is_vector = [orjson.loads(r.value)["topic"] == settings.topics.vectors for r in records]
     by_kind = {

@@ -25,17 +25,26 @@ from stream_app.settings import Settings
 PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port here, in settings.state_dir
 
 
-def write_config(settings: Settings, directory: Path) -> Path:
-    """Write the settings as JSON named by their hash, so re-runs reuse one file instead of piling up."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _config_content_and_path(settings: Settings, directory: Path) -> tuple[bytes, Path]:
     content = settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}).encode()
-    path = directory / f"settings-{hashlib.sha256(content).hexdigest()[:12]}.json"
+    return content, directory / f"settings-{hashlib.sha256(content).hexdigest()[:12]}.json"
+
+
+def write_config(settings: Settings, directory: Path) -> Path:
+    """Write the settings as JSON named by their hash: processes started with equal settings share one file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    content, path = _config_content_and_path(settings, directory)
     if not path.exists():
         tmp = directory / f".{path.name}.{uuid.uuid4().hex[:6]}"
         tmp.touch(mode=0o600)  # it may hold Kafka/Redis credentials
         tmp.write_bytes(content)
         tmp.replace(path)  # atomic: a child never reads a half-written file
     return path
+
+
+def remove_config(settings: Settings) -> None:
+    """Delete the file `spawn` wrote for these settings, once every process started with them has stopped."""
+    _config_content_and_path(settings, Path(settings.state_dir))[1].unlink(missing_ok=True)
 
 
 def spawn(settings: Settings, *command: str, log_file: Path | None = None) -> subprocess.Popen:

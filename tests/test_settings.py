@@ -58,12 +58,12 @@ def test_invalid_values_are_rejected(monkeypatch):
         load_settings()
 
 
-def test_child_config_files_are_private_read_back_equal_and_reused(tmp_path: Path):
-    from stream_app.processes import write_config
+def test_child_config_files_are_private_read_back_equal_reused_and_removed(tmp_path: Path):
+    from stream_app.processes import remove_config, write_config
 
-    settings = load_settings()
+    settings = load_settings(state_dir=tmp_path)
     first = write_config(settings, tmp_path)
-    assert write_config(settings, tmp_path) == first  # same settings, same file: re-runs do not pile up
+    assert write_config(settings, tmp_path) == first  # equal settings share one file: re-runs do not pile up
     assert first.stat().st_mode & 0o777 == 0o600
     assert load_settings(config_file=first).batching == settings.batching
 
@@ -71,3 +71,6 @@ def test_child_config_files_are_private_read_back_equal_and_reused(tmp_path: Pat
     other = write_config(changed, tmp_path)
     assert other != first and load_settings(config_file=other).batching.max_batch == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])  # no temp files left
+
+    remove_config(changed)
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]

@@ -86,11 +86,14 @@ class Worker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
+        datadir = Path(s.state_dir) / "faust" / s.app_id  # faust's default is the working directory
+        datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
         app = faust.App(
             s.app_id,
             broker=f"kafka://{s.kafka.bootstrap}",
             broker_credentials=faust_credentials(s.kafka),
             store="memory://",
+            datadir=datadir,
             web_enabled=False,
             topic_partitions=s.topics.partitions,
             broker_commit_interval=0.5,

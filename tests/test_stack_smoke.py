@@ -35,7 +35,7 @@ async def test_aiokafka_produce_consume_round_trip(make_settings):
     assert sorted(r.value for r in records) == sorted(f"v{i}".encode() for i in range(100))
 
 
-async def test_faust_worker_consumes_and_produces(make_settings):
+async def test_faust_worker_consumes_and_produces(make_settings, tmp_path):
     settings = make_settings()
     source, sink = settings.topics.vectors, settings.topics.scores
     await ensure_topics(settings, [source, sink], partitions=2)
@@ -49,6 +49,7 @@ async def test_faust_worker_consumes_and_produces(make_settings):
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/apps/faust_echo.py"), "worker", "-l", "info"],
         env=env,
+        cwd=tmp_path,  # faust's data dir goes to the working directory
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -166,7 +167,27 @@ def _vector_body(value: bytes | None) -> tuple[str, float, list, int | None]:
     return source, parse_ts(body.get("ts")), values, seq if type(seq) is int else None
 
 
-# ------------------------------------------------------------------ frames
+# ------------------------------------------------------------------ frames (and consumed records of either kind)
+
+
+def decode_records(
+    kind: str, records: Sequence[Any], max_image_bytes: int, claim_check_dirs: Sequence[Path] = ()
+) -> list[VectorEvent | FrameEvent | BadEvent]:
+    """One event, or the BadEvent saying why not, per consumed record (`.key`, `.value`, `.headers`), in order.
+
+    `kind` is "vectors" (decoded as one batch) or "images" (the record key is the source when no header says).
+    The worker and the retraining agent's training window read records through this one function.
+    """
+    if kind == "vectors":
+        return decode_vectors([rec.value for rec in records])
+    out: list[VectorEvent | FrameEvent | BadEvent] = []
+    for rec in records:
+        key = rec.key.decode(errors="replace") if rec.key else None
+        try:
+            out.append(decode_frame(rec.value, rec.headers, max_image_bytes, claim_check_dirs, default_source=key))
+        except BadEvent as exc:
+            out.append(exc)
+    return out
 
 
 def headers_dict(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[str, bytes]:

@@ -23,6 +23,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from stream_app.codecs import headers_dict
 from stream_app.connections import ensure_topics, read_records
 from stream_app.evaluation import Verdict, evaluate
 from stream_app.processes import remove_config, spawn, stop, worker_health, worker_ports
@@ -132,7 +133,7 @@ def to_verdicts(records: list[Any]) -> list[Verdict]:
     out = []
     for r in records:
         b = orjson.loads(r.value)
-        truth = dict(r.headers or []).get("truth", b"normal").decode()
+        truth = headers_dict(r.headers).get("truth", b"normal").decode()
         out.append(
             Verdict(
                 b["source"],

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.codecs import BadEvent, FrameEvent, VectorEvent, decode_frame, decode_vectors
+from stream_app.codecs import BadEvent, FrameEvent, VectorEvent, decode_records
 from stream_app.executor import InferenceExecutor
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_manager import LoadedModel, ModelManager
@@ -76,21 +76,7 @@ class InspectionPipeline:
 
     def decode(self, kind: str, records: Sequence[Record]) -> list[Event | BadEvent]:
         """One event, or the reason it cannot be scored, per record (vectors decode as one batch)."""
-        if kind == "vectors":
-            return decode_vectors([rec.value for rec in records])
-        return [self._decode_frame(rec) for rec in records]
-
-    def _decode_frame(self, rec: Record) -> FrameEvent | BadEvent:
-        try:
-            return decode_frame(
-                rec.value,
-                rec.headers,
-                self.settings.max_image_bytes,
-                self.settings.claim_check_dirs,
-                default_source=rec.key.decode(errors="replace") if rec.key else None,
-            )
-        except BadEvent as exc:
-            return exc
+        return decode_records(kind, records, self.settings.max_image_bytes, self.settings.claim_check_dirs)
 
     # ------------------------------------------------------------------ the batch
 
@@ -214,9 +200,8 @@ class InspectionPipeline:
                 )
                 self.metrics.alerts.labels(loaded.name).inc()
         self.metrics.latency.observe_many((kind,), np.maximum(0.0, now - np.array([ev.ts for _, ev in group])))
-        for source in set(sources):
-            last = next(j for j in reversed(judgements) if j.source == source)
-            self.metrics.threshold.labels(loaded.name, source).set(last.threshold)
+        for source, threshold in {j.source: j.threshold for j in judgements}.items():  # each source's last
+            self.metrics.threshold.labels(loaded.name, source).set(threshold)
         return outputs
 
     async def _explain(self, kind: str, loaded: LoadedModel, data: np.ndarray, rows: list[int]) -> dict[int, Any]:

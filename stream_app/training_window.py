@@ -34,10 +34,11 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.codecs import BadEvent, decode_frame, decode_vector
+from stream_app.codecs import BadEvent, VectorEvent, decode_records
 from stream_app.connections import aiokafka_kwargs
 from stream_app.routing import Router
 from stream_app.settings import Settings
+from stream_app.threshold_store import severity
 from stream_app.verdicts import Record
 
 # ----------------------------------------------------------------------------- pure selection
@@ -330,12 +331,11 @@ def select(
 
 
 def _severity(verdict: dict[str, Any] | None) -> float:
-    """score / threshold, as the worker's Judgement.severity (inf when the verdict lacks them)."""
+    """The worker's Judgement.severity of a verdict (inf when the verdict lacks its score or threshold)."""
     try:
-        score, threshold = float(verdict["score"]), float(verdict["threshold"])  # type: ignore[index]
+        return severity(float(verdict["score"]), float(verdict["threshold"]))  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         return float("inf")
-    return 1.0 + (score - threshold) / abs(threshold) if threshold else float("inf")
 
 
 def _decode(
@@ -344,16 +344,11 @@ def _decode(
     """Decoded arrays stacked in the given order; all of `shape` (default: the most common one), others count
     as `wrong_width`."""
     arrays = []
-    for rec in records:
-        try:
-            if kind == "vectors":
-                arrays.append(decode_vector(rec.value).values)
-            else:
-                key = rec.key.decode(errors="replace") if rec.key else None
-                arrays.append(decode_frame(rec.value, rec.headers, settings.max_image_bytes,
-                                           settings.claim_check_dirs, default_source=key).image)  # fmt: skip
-        except BadEvent as exc:
-            bad[exc.reason] += 1
+    for event in decode_records(kind, records, settings.max_image_bytes, settings.claim_check_dirs):
+        if isinstance(event, BadEvent):
+            bad[event.reason] += 1
+        else:
+            arrays.append(event.values if isinstance(event, VectorEvent) else event.image)
     if shape is None and arrays:
         shape = Counter(a.shape for a in arrays).most_common(1)[0][0]
     same = [a for a in arrays if a.shape == shape]

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream_app.codecs import headers_dict
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -33,7 +35,7 @@ class Record:
     @classmethod
     def of(cls, message: Any, timestamp_ms: int | None) -> Record:
         """From an aiokafka `ConsumerRecord` or a faust `Message` (they differ only in timestamp units)."""
-        headers = {k: (v or b"") for k, v in (message.headers or [])}
+        headers = headers_dict(message.headers)
         return cls(message.topic, message.partition, message.offset, message.key, message.value, headers, timestamp_ms)
 
 

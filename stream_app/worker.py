@@ -2,8 +2,8 @@
 
 - Micro-batches come from one of two consumers (`batching.consumer`): by default an aiokafka `getmany` loop run
   as a task of the faust app (measured faster than faust's per-event stream path on this machine, see
-  benchmarks/results/pipeline.json), committing offsets explicitly after `InspectionPipeline.handle` has every output acknowledged
-  by the broker; or faust agents with `take_events(max_batch, within=max_wait)`, whose offsets faust acks
+  benchmarks/results/pipeline.json), committing offsets explicitly once the broker acknowledged every output
+  `InspectionPipeline.submit` queued for them; or faust agents with `take_events(max_batch, within=max_wait)`, whose offsets faust acks
   when the agent loop resumes, i.e. also after the outputs are acknowledged. Either way delivery is
   at-least-once, and alert ids are deterministic so redeliveries de-duplicate.
 - Model announcements (`inspection.model-updates`) must reach *every* worker, so they are read by a plain
@@ -119,7 +119,9 @@ class Worker:
                     log.exception("batch of %d %s failed; stopping so it is redelivered", len(records), kind)
                     raise
                 self.batches += 1
-                self._observe_lag(app.consumer.highwater, records)
+                self._observe_lag(
+                    app.consumer.highwater, {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+                )
                 log.debug("batch kind=%s events=%d scored=%d alerts=%d", kind, report.events, report.scored,
                           report.alerts)  # fmt: skip
 
@@ -209,7 +211,7 @@ class Worker:
                         continue
                     unacked.append((asyncio.gather(*(f for _, acks in submitted for f in acks)), offsets))
                     self.batches += 1
-                    self._observe_lag(consumer.highwater, [r for recs in by_kind.values() for r in recs])
+                    self._observe_lag(consumer.highwater, {tp: end for tp, (_, end) in offsets.items()})
                 # Commit in order what the broker acknowledged; at most one batch waits behind the next.
                 while unacked and (unacked[0][0].done() or len(unacked) > 1 or not polled):
                     acked, done_offsets = unacked[0]
@@ -224,15 +226,14 @@ class Worker:
         finally:
             await consumer.stop()
 
-    def _observe_lag(self, highwater: Callable[[TopicPartition], int | None], records: list[Record]) -> None:
+    def _observe_lag(
+        self, highwater: Callable[[TopicPartition], int | None], next_offsets: dict[TopicPartition, int]
+    ) -> None:
         """Consumer lag per partition after a batch: the partition's highwater minus the next offset."""
-        last: dict[tuple[str, int], int] = {}
-        for r in records:
-            last[(r.topic, r.partition)] = r.offset
-        for (topic, partition), offset in last.items():
+        for tp, offset in next_offsets.items():
             with contextlib.suppress(Exception):  # a partition revoked meanwhile has no highwater
-                lag = (highwater(TopicPartition(topic, partition)) or 0) - offset - 1
-                self.metrics.lag.labels(topic, str(partition)).set(max(0, lag))
+                lag = (highwater(tp) or 0) - offset
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
 
     async def _start(self) -> None:
         """Create topics, start the producer, load production models, serve /metrics and /health."""
@@ -251,10 +252,10 @@ class Worker:
         if s.metrics_port >= 0:
             self._http, self.http_port = await serve_http(self.metrics, "0.0.0.0", s.metrics_port, self.health)
             log.info("metrics and health on port %d", self.http_port)
-            if s.state_dir:  # tests and tools find a port-0 server here; removed again on close
-                s.state_dir.mkdir(parents=True, exist_ok=True)
-                self._port_file = s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")
-                self._port_file.write_text(str(self.http_port))
+            # Tests and tools find a port-0 server here; removed again on close.
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+            self._port_file = s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")
+            self._port_file.write_text(str(self.http_port))
         self.ready.set()
 
     async def _follow_model_updates(self) -> None:

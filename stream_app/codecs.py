@@ -206,6 +206,11 @@ def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
+def image_array(img: Any) -> np.ndarray:
+    """A Pillow image as the uint8 array the scorers take: [H, W] for grey-like modes, else [H, W, 3] RGB."""
+    return np.asarray(img.convert("L") if img.mode in ("L", "I", "I;16", "1", "P", "LA") else img.convert("RGB"))
+
+
 def frame_headers(
     source: str,
     ts: float | None = None,
@@ -264,8 +269,7 @@ def decode_frame(
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > 64 * 1024 * 1024:  # decompression bomb guard
                 raise BadEvent("oversized_image", f"image is {img.width}x{img.height} pixels")
-            img = img.convert("L") if img.mode in ("L", "I", "I;16", "1", "P", "LA") else img.convert("RGB")
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = image_array(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         if isinstance(exc, BadEvent):
             raise

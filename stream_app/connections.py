@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -101,3 +102,32 @@ async def read_records(
     finally:
         await consumer.stop()
     return records
+
+
+async def send_json(settings: Settings, topic: str, key: str, message: Any) -> None:
+    """Produce one keyed JSON message on its own producer and wait for the broker's ack (tools, the agent)."""
+    await ensure_topics(settings, [topic])
+    async with AIOKafkaProducer(acks="all", **aiokafka_kwargs(settings.kafka)) as producer:
+        await producer.send_and_wait(topic, key=key.encode(), value=orjson.dumps(message))
+
+
+async def offset_ranges(
+    consumer: AIOKafkaConsumer, topic: str, since_ms: int | None, last_n: int | None
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition [start, end): end is the current end offset, start from time and/or count ({} if the
+    cluster does not know the topic yet)."""
+    # The consumer's own metadata covers only topics it already tracks; ask the cluster for all of them.
+    parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+    if not parts:
+        return {}
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+    start = dict(begin)
+    if since_ms is not None:
+        found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+        for tp in tps:
+            start[tp] = max(start[tp], found[tp].offset if found.get(tp) is not None else end[tp])
+    if last_n is not None:
+        for tp in tps:
+            start[tp] = max(start[tp], end[tp] - last_n)
+    return {tp: (start[tp], end[tp]) for tp in tps}

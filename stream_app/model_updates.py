@@ -10,33 +10,19 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.connections import send_json
 from stream_app.registry import ModelVersion, Registry, update_message
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def announce(settings: Settings, message: dict[str, Any], producer: AIOKafkaProducer | None = None) -> None:
-    """Send one model-updates message and wait for the broker's ack (own producer unless one is given)."""
-    topic = settings.topics.model_updates
-    key, value = message["model"].encode(), orjson.dumps(message)
-    if producer is not None:
-        await producer.send_and_wait(topic, key=key, value=value)
-    else:
-        await ensure_topics(settings, [topic])
-        async with AIOKafkaProducer(acks="all", **aiokafka_kwargs(settings.kafka)) as own:
-            await own.send_and_wait(topic, key=key, value=value)
-    log.info("announced %s version %s on %s", message["model"], message["version"], topic)
-
-
-async def announce_version(
-    settings: Settings, registry: Registry, mv: ModelVersion, producer: AIOKafkaProducer | None = None
-) -> dict[str, Any]:
+async def announce_version(settings: Settings, registry: Registry, mv: ModelVersion) -> dict[str, Any]:
+    """Send the model-updates message for `mv` and wait for the broker's ack; returns the message."""
     message = update_message(registry, mv)
-    await announce(settings, message, producer)
+    await send_json(settings, settings.topics.model_updates, message["model"], message)
+    log.info("announced %s version %s on %s", message["model"], message["version"], settings.topics.model_updates)
     return message
 
 

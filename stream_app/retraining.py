@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
 from stream_app.model_updates import announce_version
 from stream_app.registry import Registry
 from stream_app.settings import RetrainSchedule, Settings
@@ -89,9 +89,7 @@ def parse_control(value: bytes | None, now: float, max_age_s: float) -> str:
 async def send_trigger(settings: Settings, model: str) -> dict[str, Any]:
     """Produce an on-demand retrain request on the control topic (what `linewatch retrain trigger` does)."""
     message = control_message(model)
-    await ensure_topics(settings, [settings.topics.control])
-    async with AIOKafkaProducer(acks="all", **aiokafka_kwargs(settings.kafka)) as producer:
-        await producer.send_and_wait(settings.topics.control, key=model.encode(), value=orjson.dumps(message))
+    await send_json(settings, settings.topics.control, model, message)
     return message
 
 
@@ -113,8 +111,13 @@ def _scores(scorer: Any, data: np.ndarray) -> np.ndarray:
     return scorer.score(data) if len(data) else np.zeros(0, np.float32)
 
 
-def validate(settings: Settings, candidate: Any, current: Any, window: TrainingWindow) -> Decision:
-    """Score the held-back and incident events with both versions and apply `validation.decide`."""
+def validate(
+    settings: Settings, candidate: Any, current: Any, window: TrainingWindow, candidate_holdout: np.ndarray
+) -> Decision:
+    """Score the held-back and incident events with both versions and apply `validation.decide`.
+
+    `candidate_holdout` is the candidate's scores of `window.holdout`, which the caller reuses for calibration.
+    """
     thr = settings.thresholds
     try:
         cand_t = calibrated_threshold(thr, candidate.calibration_scores)
@@ -127,7 +130,7 @@ def validate(settings: Settings, candidate: Any, current: Any, window: TrainingW
     return decide(
         settings.retrain,
         cand_t,
-        _scores(candidate, window.holdout),
+        candidate_holdout,
         _scores(candidate, window.incidents),
         cur_t,
         _scores(current, window.holdout) if compare else None,
@@ -218,7 +221,8 @@ class RetrainAgent:
             return self._done(result, started)
         fit = fit_summary(history, time.monotonic() - fit_started)
 
-        decision = await asyncio.to_thread(validate, self.settings, candidate, current, window)
+        held = await asyncio.to_thread(_scores, candidate, window.holdout)
+        decision = await asyncio.to_thread(validate, self.settings, candidate, current, window, held)
         result.metrics = {"fit": fit, "validation": decision.metrics}
         result.decision, result.reason = decision.decision, decision.reason
         if not decision.passed and not cfg.keep_rejected:
@@ -234,7 +238,6 @@ class RetrainAgent:
         if decision.passed and len(window.holdout):
             # Serve with a threshold calibrated on more unseen normal data: the validated holdout joins the
             # fit's own held-out scores (validation above used the fit's scores alone, so no leakage).
-            held = await asyncio.to_thread(_scores, candidate, window.holdout)
             candidate.calibration_scores = np.concatenate([candidate.calibration_scores, held]).astype(np.float32)
             extra["calibration"] = {"fit_holdout": len(candidate.calibration_scores) - len(held), "window": len(held)}
         mv = await asyncio.to_thread(self.registry.publish, model, candidate, extra)
@@ -332,17 +335,15 @@ class RetrainAgent:
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **aiokafka_kwargs(s.kafka))
         await consumer.start()
         try:
-            parts = None
-            while not parts:  # the consumer tracks no topic yet: ask the cluster
-                parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(s.topics.control)
-                if not parts:
-                    await asyncio.sleep(0.5)
-            tps = [TopicPartition(s.topics.control, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            since = int((time.time() - s.retrain.control_max_age_s) * 1000)
-            found, ends = await consumer.offsets_for_times(dict.fromkeys(tps, since)), await consumer.end_offsets(tps)
-            for tp in tps:
-                consumer.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+            while not (
+                ranges := await offset_ranges(
+                    consumer, s.topics.control, int((time.time() - s.retrain.control_max_age_s) * 1000), None
+                )
+            ):
+                await asyncio.sleep(0.5)  # the topic is not in the cluster's metadata yet
+            consumer.assign(list(ranges))
+            for tp, (start, _) in ranges.items():
+                consumer.seek(tp, start)
             async for msg in consumer:
                 try:
                     model = parse_control(msg.value, time.time(), s.retrain.control_max_age_s)

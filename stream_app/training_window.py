@@ -35,7 +35,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.codecs import BadEvent, VectorEvent, decode_records
-from stream_app.connections import aiokafka_kwargs
+from stream_app.connections import aiokafka_kwargs, offset_ranges
 from stream_app.routing import Router
 from stream_app.settings import Settings
 from stream_app.threshold_store import severity
@@ -139,27 +139,6 @@ class TrainingWindow:
 # ----------------------------------------------------------------------------- Kafka reading
 
 
-async def _ranges(
-    consumer: AIOKafkaConsumer, topic: str, since_ms: int | None, last_n: int | None
-) -> dict[TopicPartition, tuple[int, int]]:
-    """Per partition [start, end): end is the current end offset, start from time and/or count."""
-    # The consumer's own metadata covers only topics it already tracks; ask the cluster for all of them.
-    parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-    if not parts:
-        return {}
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-    start = dict(begin)
-    if since_ms is not None:
-        found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-        for tp in tps:
-            start[tp] = max(start[tp], found[tp].offset if found.get(tp) is not None else end[tp])
-    if last_n is not None:
-        for tp in tps:
-            start[tp] = max(start[tp], end[tp] - last_n)
-    return {tp: (start[tp], end[tp]) for tp in tps}
-
-
 async def read_range(
     consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], stall_s: float = 30.0
 ) -> list[Record]:
@@ -230,7 +209,7 @@ async def read_window(
     )
     await consumer.start()
     try:
-        ranges = await _ranges(consumer, topic, since_ms, cfg.window_events)
+        ranges = await offset_ranges(consumer, topic, since_ms, cfg.window_events)
         records = await read_range(consumer, ranges)
         if cfg.window_events is not None and len(records) > cfg.window_events:
             records.sort(key=lambda r: (r.timestamp_ms or 0, r.partition, r.offset))
@@ -238,7 +217,7 @@ async def read_window(
         verdicts: dict[tuple[int, int], dict[str, Any]] = {}
         if records:
             first_ms = min(r.timestamp_ms or 0 for r in records)
-            score_ranges = await _ranges(consumer, settings.topics.scores, first_ms - 1000, None)
+            score_ranges = await offset_ranges(consumer, settings.topics.scores, first_ms - 1000, None)
             verdicts = _verdict_index(await read_range(consumer, score_ranges), topic)
     finally:
         await consumer.stop()

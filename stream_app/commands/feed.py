@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -69,10 +69,10 @@ def read_image_file(path: Path) -> Frame:
         return Frame(path.name, path=path, error=f"{path.name}: cannot read as an image ({why})")
     content_type = CONTENT_TYPES.get(fmt)
     if content_type is None:  # readable but not a type the worker expects on the wire: re-encode as PNG
-        from stream_app.codecs import encode_image
+        from stream_app.codecs import encode_image, image_array
 
         with Image.open(io.BytesIO(data)) as img:
-            data = encode_image(_as_array(img))
+            data = encode_image(image_array(img))
         return Frame(path.name, data, "image/png")
     return Frame(path.name, data, content_type, path=path)
 
@@ -82,39 +82,37 @@ def folder_frames(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _as_array(img):
-    import numpy as np
-
-    return np.asarray(img.convert("L") if img.mode in ("L", "I", "I;16", "1", "P", "LA") else img.convert("RGB"))
-
-
 def video_frames(path: Path) -> Iterator[Frame]:
     """Frames of a multi-frame image (animated GIF/PNG/WebP, multi-frame TIFF) as PNG bytes.
 
     Raises ValueError naming what is supported, at once (not on first iteration), when Pillow cannot read it.
     """
+    return _iter_frames(path, open_multiframe(path))
+
+
+def open_multiframe(path: Path) -> Any:
+    """The opened Pillow image, or a ValueError naming what --video supports."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(path)
+        return Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(
             f"cannot read {path} as a multi-frame image ({exc}). --video supports what Pillow reads: animated GIF, "
             "multi-frame TIFF, animated PNG or WebP. For MP4/AVI/MKV extract frames first, e.g. "
             f"`ffmpeg -i {path.name} frames/%05d.png`, then use --dir frames"
         ) from None
-    return _iter_frames(path, img)
 
 
 def _iter_frames(path: Path, img) -> Iterator[Frame]:
     from PIL import ImageSequence
 
-    from stream_app.codecs import encode_image
+    from stream_app.codecs import encode_image, image_array
 
     with img:
         for i, frame in enumerate(ImageSequence.Iterator(img)):
             try:
-                yield Frame(f"{path.name}#{i}", encode_image(_as_array(frame)), "image/png")
+                yield Frame(f"{path.name}#{i}", encode_image(image_array(frame)), "image/png")
             except Exception as exc:
                 yield Frame(f"{path.name}#{i}", error=f"{path.name} frame {i}: cannot decode ({exc})")
 
@@ -232,7 +230,7 @@ def camera(
     else:
         assert video is not None
         try:
-            video_frames(video).close()
+            open_multiframe(video).close()  # fail now, with the message, rather than after the stack connects
         except ValueError as exc:
             console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from None

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import machine, machine_info, save_figure, write_json
+from benchmarks._common import cpu_model, machine, machine_info, save_figure, write_json
 from models.device import autocast
 from models.transformaly import DEFAULT_BACKBONE, TransformalyScorer
 
@@ -153,9 +153,7 @@ def plot(runs: list[dict]) -> None:
     ax.set_xticks(ticks, labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("images / s")
-    ax.set_title(
-        f"TransformalyScorer ({runs[0]['device']}, {machine_info()['cpu'][:40]}); x = score / forward", fontsize=9
-    )
+    ax.set_title(f"TransformalyScorer ({runs[0]['device']}, {cpu_model()[:40]}); x = score / forward", fontsize=9)
     ax.legend()
     save_figure(fig, "transformaly")
 

@@ -315,7 +315,7 @@ class RVAEScorer:
             if patience is not None and len(Z_val) and stale >= patience:
                 break
 
-        if best_state is not None and patience is not None:
+        if best_state is not None:  # set only with early stopping
             self.net.load_state_dict(best_state)
         self.net.eval()
         grad = np.asarray(hist["grad_norm"], np.float64)

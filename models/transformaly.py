@@ -86,6 +86,10 @@ class TransformalyConfig:
             raise ValueError(f"expected epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
 
 
+# TransformalyScorer's warning when n_blocks is clipped to the backbone's depth - 1 (for warnings.filterwarnings).
+CLIP_WARNING = r".* has \d+ blocks: using the last \d+ \(n_blocks=\d+ clipped to depth - 1\)"
+
+
 # ----------------------------------------------------------------------------- backbone
 
 
@@ -278,14 +282,16 @@ class TransformalyScorer:
             for sl in batches(len(images), self.score_batch_size):
                 p, acts = self._teacher(images[sl])
                 pooled.append(p.float().cpu().numpy().astype(np.float64))
-                a = torch.stack(acts, dim=1)
-                if not decided:
+                if not decided:  # sized from the first batch's K + 1 activations [B, T, C]
                     decided = True
-                    need_gb = len(images) * a[0].numel() * torch.finfo(cache_dtype).bits / 8 / 2**30
+                    per_image = sum(act[0].numel() for act in acts)
+                    need_gb = len(images) * per_image * torch.finfo(cache_dtype).bits / 8 / 2**30
                     if need_gb <= cache_gb:
-                        cache = torch.empty((len(images), *a.shape[1:]), dtype=cache_dtype, device=self.device)
+                        shape = (len(images), len(acts), *acts[0].shape[1:])
+                        cache = torch.empty(shape, dtype=cache_dtype, device=self.device)
                 if cache is not None:
-                    cache[sl] = a.to(cache_dtype)
+                    for k, act in enumerate(acts):  # the assignment converts to cache_dtype
+                        cache[sl, k] = act
         return np.concatenate(pooled), cache
 
     def _acts(self, images: np.ndarray, cache: torch.Tensor | None, idx: np.ndarray) -> list[torch.Tensor]:
@@ -377,14 +383,15 @@ class TransformalyScorer:
             hist["val_loss"].append(val)
             if val < best:
                 best, best_epoch, stale = val, epoch, 0
-                best_state = copy.deepcopy(self.students.state_dict())
+                if patience is not None:  # only early stopping restores the best weights
+                    best_state = copy.deepcopy(self.students.state_dict())
             else:
                 stale += 1
             if progress:
                 epoch_iter.set_postfix(loss=f"{hist['train_loss'][-1]:.4g}", val=f"{val:.4g}")
             if patience is not None and stale >= patience:
                 break
-        if best_state is not None and patience is not None:
+        if best_state is not None:  # set only with early stopping
             self.students.load_state_dict(best_state)
         self.students.eval()
 
@@ -524,7 +531,8 @@ class TransformalyScorer:
                     f"{str(expected_sha)[:12]}…"
                 )
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the clipping warning was given when the scorer was made
+            # the clipping warning was given when the scorer was made
+            warnings.filterwarnings("ignore", message=CLIP_WARNING, category=UserWarning)
             scorer = cls(**cfg, device=device)
         scorer.students.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("students.")})
         arrays = {k: v.numpy() for k, v in tensors.items() if not k.startswith("students.")}

@@ -25,8 +25,8 @@ class InferenceExecutor:
     6
     """
 
-    def __init__(self, threads: int = 1):
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

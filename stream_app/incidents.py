@@ -84,8 +84,6 @@ def step(
     """
     if len(anomalous) != len(alert_ids):
         raise ValueError(f"need one alert id per event: {len(anomalous)} flags, {len(alert_ids)} ids")
-    if cfg.open_k > cfg.open_n:
-        raise ValueError(f"open_k ({cfg.open_k}) must not exceed open_n ({cfg.open_n})")
     mask = (1 << cfg.open_n) - 1
     recent, open_id, run = state.recent, state.open_id, state.normal_run
     out: list[tuple[str | None, IncidentEvent | None]] = []

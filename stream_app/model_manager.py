@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from stream_app.registry import Registry
@@ -25,7 +24,6 @@ class LoadedModel:
     name: str
     version: str
     scorer: Any  # models.Scorer
-    loaded_at: float = field(default_factory=time.time)
 
 
 class ModelManager:
@@ -34,8 +32,7 @@ class ModelManager:
         self.device = device
         self.executor = executor  # load off the event loop, ideally on the thread that owns the device
         self._serving: dict[str, LoadedModel] = {}
-        self._lock = asyncio.Lock()
-        self._swap_locks: dict[str, asyncio.Lock] = {}
+        self._lock = asyncio.Lock()  # first loads and swaps, one at a time; serving reads need no lock
         self.refused: list[tuple[str, str, str]] = []  # (name, version, reason), for metrics and tests
 
     def current(self, name: str) -> LoadedModel | None:
@@ -58,10 +55,10 @@ class ModelManager:
         """Load `version` in the background and serve it from the next batch; None if refused.
 
         `sha256` is the announced manifest digest (model-updates message); a mismatch is refused.
-        Swaps of one model are serialised, so announcements apply in the order they arrive.
+        Swaps are serialised with first loads, so announcements apply in the order they arrive and a
+        production load in `get` never overwrites a newer swap.
         """
-        lock = self._swap_locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._lock:
             current = self._serving.get(name)
             if current is not None and current.version == version:
                 return current

@@ -134,13 +134,7 @@ class Registry:
         """The manifest, after checking the directory holds only listed tensor/JSON files with matching hashes."""
         path = self.path(model, version)
         manifest = read_manifest(path)
-        listed = set(manifest.get("files", {}))
-        for file in path.iterdir():
-            if file.name != MANIFEST and file.name not in listed:
-                raise ModelIntegrityError(f"{path}: unexpected file {file.name} not listed in the manifest")
-        for name in listed:
-            if not name.endswith(ALLOWED_SUFFIXES) or "/" in name or name.startswith("."):
-                raise ModelIntegrityError(f"{path}: refusing file {name}: only {ALLOWED_SUFFIXES} files are loaded")
+        _check_listing(path, manifest)
         verify_files(path, manifest)
         return manifest
 
@@ -158,8 +152,8 @@ class Registry:
             raise ModelIntegrityError(
                 f"{mv.path}: manifest sha256 {actual[:12]}… does not match the announced {expected_sha256[:12]}…"
             )
-        self.check_contents(model, mv.version)
-        return mv, load_scorer(mv.path, device=device)
+        _check_listing(mv.path, read_manifest(mv.path))
+        return mv, load_scorer(mv.path, device=device)  # verifies every file's hash before reading it
 
     # ------------------------------------------------------------------ writing
 
@@ -251,3 +245,14 @@ def update_message(registry: Registry, mv: ModelVersion, promoted_at: float | No
         "path": str(mv.path.resolve()),
         "promoted_at": time.time() if promoted_at is None else promoted_at,
     }
+
+
+def _check_listing(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a version directory holding files its manifest does not list, or listed files of other types."""
+    listed = set(manifest.get("files", {}))
+    for file in path.iterdir():
+        if file.name != MANIFEST and file.name not in listed:
+            raise ModelIntegrityError(f"{path}: unexpected file {file.name} not listed in the manifest")
+    for name in listed:
+        if not name.endswith(ALLOWED_SUFFIXES) or "/" in name or name.startswith("."):
+            raise ModelIntegrityError(f"{path}: refusing file {name}: only {ALLOWED_SUFFIXES} files are loaded")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -75,6 +75,12 @@ class IncidentSettings(BaseModel):
     open_k: int = Field(3, ge=1, description="open an incident when k of the last n events are anomalous")
     open_n: int = Field(5, ge=1)
     close_m: int = Field(20, ge=1, description="close after m consecutive normal events")
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> IncidentSettings:
+        if self.open_k > self.open_n:  # refused at start-up, not by every batch of a running worker
+            raise ValueError(f"open_k ({self.open_k}) must not exceed open_n ({self.open_n})")
+        return self
 
 
 class StackSettings(BaseModel):

@@ -29,11 +29,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from _common import machine, save_figure, write_json
-
+from benchmarks._common import machine, save_figure, write_json
 from stream_app.codecs import encode_image, encode_vector, frame_headers
 from stream_app.connections import ensure_topics, read_records, redis_client
 from stream_app.executor import InferenceExecutor
@@ -53,11 +51,7 @@ SWEEP = (16, 64, 256, 1024, 4096)
 
 def bench_settings(tmp: Path) -> Settings:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    topics = TopicSettings(
-        **{f: f"{tag}.{getattr(TopicSettings(), f)}" for f in ("vectors", "frames", "alerts", "scores",
-                                                               "deadletter", "model_updates", "control")},
-        partitions=2,
-    )  # fmt: skip
+    topics = TopicSettings().prefixed(tag, partitions=2)
     s = Settings(app_id=tag, topics=topics, registry_dir=tmp / "registry", state_dir=tmp / "state", metrics_port=-1)
     s.redis.key_prefix = tag
     return s

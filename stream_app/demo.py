@@ -51,8 +51,7 @@ class DemoPlan:
 
 def demo_settings(base: Settings, out_dir: Path, plan: DemoPlan) -> Settings:
     tag = f"demo-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    names = ("vectors", "frames", "alerts", "scores", "deadletter", "model_updates", "control")
-    topics = TopicSettings(**{f: f"{tag}.{getattr(TopicSettings(), f)}" for f in names}, partitions=2)
+    topics = TopicSettings().prefixed(tag, partitions=2)
     s = base.model_copy(deep=True)
     s.app_id, s.topics = tag, topics
     s.registry_dir, s.state_dir = out_dir / "registry", out_dir / "state"

@@ -52,6 +52,15 @@ class TopicSettings(BaseModel):
     control: str = "inspection.control"
     partitions: int = 4
 
+    def prefixed(self, prefix: str, partitions: int | None = None) -> TopicSettings:
+        """Every topic renamed `<prefix>.<name>`: one run's own topics (demo, tests, benchmarks).
+
+        >>> TopicSettings().prefixed("run-1", partitions=2).alerts
+        'run-1.inspection.alerts'
+        """
+        names = {f: f"{prefix}.{getattr(self, f)}" for f in type(self).model_fields if f != "partitions"}
+        return TopicSettings(**names, partitions=self.partitions if partitions is None else partitions)
+
 
 class BatchSettings(BaseModel):
     """Micro-batching: `getmany` (aiokafka consumer under the faust app, the default, faster here; see

@@ -75,13 +75,7 @@ def make_settings(stack_urls: StackUrls, tmp_path: Path) -> Callable[..., Settin
 
     def build(**overrides: object) -> Settings:
         tag = unique_name()
-        topics = TopicSettings(
-            **{
-                field: f"{tag}.{getattr(TopicSettings(), field)}"
-                for field in ("vectors", "frames", "alerts", "scores", "deadletter", "model_updates", "control")
-            },
-            partitions=2,
-        )
+        topics = TopicSettings().prefixed(tag, partitions=2)
         base = Settings(
             app_id=f"lw-{tag}",
             topics=topics,

@@ -110,10 +110,10 @@ class SourceState:
 
     @classmethod
     def loads(cls, data: bytes | str) -> SourceState:
+        d = thresholds.json_object(data, "source state")
         try:
-            d = orjson.loads(data)
             return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
 
 

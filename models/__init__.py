@@ -3,21 +3,40 @@
 Pure PyTorch/numpy: nothing here knows about Kafka or Redis.
 """
 
-from models.factory import Scorer, load_scorer
+from typing import Any
+
+from models.factory import (
+    DEFAULT_OFFLINE_IMAGE_KIND,
+    IMAGE_KINDS,
+    VECTOR_KINDS,
+    create_scorer,
+    load_scorer,
+    scorer_class,
+)
 from models.persistence import ModelIntegrityError
+from models.protocols import DataKindName, ImageScorer, Scorer, VectorScorer
 
 
-def __getattr__(name: str):
-    # Lazy so `import models` stays cheap for tools that only need load_scorer.
+def __getattr__(name: str) -> Any:
+    # Lazy so `import models` stays cheap (no torch model code) for tools that only need the contract.
     if name == "RVAEScorer":
-        from models.rvae import RVAEScorer
-
-        return RVAEScorer
+        return scorer_class("rvae")
     if name == "TransformalyScorer":
-        from models.transformaly import TransformalyScorer
-
-        return TransformalyScorer
+        return scorer_class("transformaly")
     raise AttributeError(name)
 
 
-__all__ = ["ModelIntegrityError", "RVAEScorer", "Scorer", "TransformalyScorer", "load_scorer"]
+__all__ = [
+    "DEFAULT_OFFLINE_IMAGE_KIND",
+    "IMAGE_KINDS",
+    "VECTOR_KINDS",
+    "DataKindName",
+    "ImageScorer",
+    "ModelIntegrityError",
+    "RVAEScorer",
+    "Scorer",
+    "TransformalyScorer",
+    "VectorScorer",
+    "create_scorer",
+    "load_scorer",
+]

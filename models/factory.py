@@ -1,53 +1,72 @@
-"""Build any scorer from its saved directory, like timm's create_model builds any network by name."""
+"""Build any scorer by kind name, or from its saved directory, like timm's create_model.
+
+One-way imports: this table names each kind's class by module path, and model files never import
+this module, so adding a scorer means one line here and nothing in the model file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any, Final
 
 from models.persistence import read_manifest
+from models.protocols import ImageScorer, Scorer, VectorScorer
+
+# kind -> "module:Class". The classes' `load(path, device=)` inverts `save`.
+_VECTOR_CLASSES: Final = {kind: "models.rvae:RVAEScorer" for kind in ("ae", "vae", "rae", "rvae")}
+_IMAGE_CLASSES: Final = {"transformaly": "models.transformaly:TransformalyScorer"}
+
+VECTOR_KINDS: Final = tuple(_VECTOR_CLASSES)
+IMAGE_KINDS: Final = tuple(_IMAGE_CLASSES)
+# The image kind that fits with no weights to download (the contract's offline default).
+DEFAULT_OFFLINE_IMAGE_KIND: Final = "transformaly"
 
 
-@runtime_checkable
-class Scorer(Protocol):
-    """The verbs every scorer speaks. `data_kind` is "vectors" or "images"."""
-
-    data_kind: str
-    calibration_scores: np.ndarray | None
-
-    def fit(self, data: np.ndarray, **kwargs: Any) -> dict[str, Any]: ...
-    def score(self, data: np.ndarray) -> np.ndarray: ...
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path: ...
+def scorer_class(kind: str) -> type[Any]:
+    """The class that implements `kind`; ValueError naming the known kinds otherwise."""
+    target = _VECTOR_CLASSES.get(kind) or _IMAGE_CLASSES.get(kind)
+    if target is None:
+        raise ValueError(f"unknown scorer kind {kind!r}; known: {sorted(VECTOR_KINDS + IMAGE_KINDS)}")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
-_LOADERS: dict[str, Callable[..., Scorer]] = {}
+def create_scorer(kind: str, **kwargs: Any) -> Scorer:
+    """A new, unfitted scorer of `kind`; vector kinds take `n_features`.
 
-
-def register_loader(*kinds: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
-    """Class-method decorator target: `register_loader("rvae", "vae")(RVAEScorer.load)`."""
-
-    def wrap(fn: Callable[..., Scorer]) -> Callable[..., Scorer]:
-        for kind in kinds:
-            _LOADERS[kind] = fn
-        return fn
-
-    return wrap
+    >>> create_scorer("rae", n_features=3, device="cpu").kind
+    'rae'
+    """
+    if kind in _VECTOR_CLASSES:
+        kwargs.setdefault("kind", kind)
+    elif "kind" in kwargs and kwargs["kind"] != kind:
+        raise ValueError(f"kind given twice: {kind!r} and {kwargs['kind']!r}")
+    else:
+        kwargs.pop("kind", None)
+    scorer: Scorer = scorer_class(kind)(**kwargs)
+    return scorer
 
 
 def load_scorer(path: str | Path, device: str | None = None) -> Scorer:
     """Load a scorer directory (hashes verified, no pickle) with the class its manifest names."""
-    import models.rvae
-
-    try:
-        import models.transformaly  # noqa: F401
-    except ModuleNotFoundError as exc:  # a checkout without the image scorer can still load vector scorers
-        if exc.name != "models.transformaly":
-            raise
-
     kind = read_manifest(path)["kind"]
-    if kind not in _LOADERS:
-        raise ValueError(f"{path}: unknown scorer kind {kind!r}; known: {sorted(_LOADERS)}")
-    return _LOADERS[kind](path, device=device)
+    try:
+        cls = scorer_class(kind)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    scorer: Scorer = cls.load(path, device=device)
+    return scorer
+
+
+__all__ = [
+    "DEFAULT_OFFLINE_IMAGE_KIND",
+    "IMAGE_KINDS",
+    "VECTOR_KINDS",
+    "ImageScorer",
+    "Scorer",
+    "VectorScorer",
+    "create_scorer",
+    "load_scorer",
+    "scorer_class",
+]

@@ -27,14 +27,13 @@ import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
 from torch import nn
 
 from models.device import autocast, batches, pick_device
-from models.factory import register_loader
 from models.normalization import METHODS, Normalization, Standardize
 from models.persistence import load_scorer_dir, save_scorer_dir
 from models.validation import as_vectors
@@ -163,7 +162,7 @@ class RVAEScorer:
     True
     """
 
-    data_kind = "vectors"
+    data_kind: Final = "vectors"
 
     def __init__(
         self,
@@ -435,6 +434,3 @@ class RVAEScorer:
         if manifest.get("calibration_scores") is not None:
             scorer.calibration_scores = np.asarray(manifest["calibration_scores"], np.float32)
         return scorer
-
-
-register_loader(*KINDS)(RVAEScorer.load)

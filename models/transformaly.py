@@ -28,7 +28,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.device import autocast, batches, pick_device
-from models.factory import register_loader
 from models.gaussian import GaussianDensity
 from models.persistence import ModelIntegrityError, load_scorer_dir, save_scorer_dir, sha256_file
 from models.validation import as_images
@@ -187,7 +186,7 @@ class TransformalyScorer:
     ((3,), (3, 2, 2))
     """
 
-    data_kind = "images"
+    data_kind: Final = "images"
     kind = KIND
 
     def __init__(
@@ -542,6 +541,3 @@ class TransformalyScorer:
         if manifest.get("calibration_scores") is not None:
             scorer.calibration_scores = np.asarray(manifest["calibration_scores"], np.float32)
         return scorer
-
-
-register_loader(KIND)(TransformalyScorer.load)

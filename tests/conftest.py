@@ -1,13 +1,14 @@
 """Shared fixtures. Integration tests run against a real Kafka broker and Redis.
 
 The session fixture uses KAFKA_BOOTSTRAP and REDIS_URL when both are set (a running stack, e.g.
-`linewatch stack up`); otherwise it starts its own stack on test ports in a temporary directory and
+`linewatch stack up`); otherwise it starts its own stack on free ports (or LINEWATCH_TEST_*_PORT) in a temporary directory and
 stops it at the end. If a server cannot start, the run fails with the reason: never a silent skip.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,17 @@ class StackUrls:
     stack: object | None  # deploy.localstack.LocalStack when the fixture started it
 
 
+def free_port() -> int:
+    """A port nothing listens on now, so concurrent test sessions on one machine get their own stacks."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _test_port(env: str) -> int:
+    return int(os.environ.get(env) or free_port())
+
+
 @pytest.fixture(scope="session")
 def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
     bootstrap, redis_url = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("REDIS_URL")
@@ -39,9 +51,9 @@ def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
     stack = LocalStack(
         state_dir=tmp_path_factory.mktemp("stack"),
         cache_dir=Path(os.environ.get("LINEWATCH_STACK__CACHE_DIR", Path.home() / ".cache" / "linewatch")),
-        kafka_port=int(os.environ.get("LINEWATCH_TEST_KAFKA_PORT", 29092)),
-        controller_port=int(os.environ.get("LINEWATCH_TEST_CONTROLLER_PORT", 29093)),
-        redis_port=int(os.environ.get("LINEWATCH_TEST_REDIS_PORT", 26379)),
+        kafka_port=_test_port("LINEWATCH_TEST_KAFKA_PORT"),
+        controller_port=_test_port("LINEWATCH_TEST_CONTROLLER_PORT"),
+        redis_port=_test_port("LINEWATCH_TEST_REDIS_PORT"),
     )
     try:
         stack.up()

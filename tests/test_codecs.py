@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_app.codecs import (
+from stream_app.wire.codecs import (
     BadEvent,
     decode_frame,
     decode_vector,

@@ -202,7 +202,7 @@ def test_compose_simulator_and_alerts_commands_run_on_the_local_stack(make_setti
     assert result.exit_code == 0, result.output
     assert re.search(r"vectors\s*│\s*200\b", result.output), result.output
 
-    from stream_app.commands.alerts import tail
+    from stream_app.alerts.tail import tail
 
     tokens = [str(t) for t in SERVICES["alerts"]["command"]]
     result = CliRunner().invoke(app, ["--config", str(config), *tokens, "--idle-timeout", "1", "--from-beginning"])

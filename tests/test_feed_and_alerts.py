@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 from typer.testing import CliRunner
 
-from stream_app import codecs
-from stream_app.alerts_client import subscribe
+from stream_app.alerts.subscribe import subscribe
+from stream_app.alerts.tail import tail
 from stream_app.cli import app
-from stream_app.commands.alerts import tail
-from stream_app.commands.simulate import run_simulation
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
+from stream_app.sim.producer import run_simulation
+from stream_app.wire import codecs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

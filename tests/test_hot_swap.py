@@ -16,13 +16,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from models import RVAEScorer
-from stream_app.codecs import encode_vector
-from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
-from stream_app.model_updates import announce_version
-from stream_app.processes import running, worker_health, worker_ports
-from stream_app.registry import Registry
-from stream_app.retraining import RetrainAgent
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records
+from stream_app.ops.processes import running, worker_health, worker_ports
+from stream_app.registry.announcements import announce_version
+from stream_app.registry.versions import Registry
+from stream_app.retraining.agent import RetrainAgent
 from stream_app.settings import Route, Settings
+from stream_app.wire.codecs import encode_vector
 
 pytestmark = pytest.mark.integration
 F = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.incidents import IncidentState, incident_id, step
+from stream_app.judging.incidents import IncidentState, incident_id, step
 from stream_app.settings import IncidentSettings
 
 CFG = IncidentSettings(open_k=3, open_n=5, close_m=20)

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from stream_app.cli import app
-from stream_app.connections import read_records
-from stream_app.registry import Registry
+from stream_app.ops.connections import read_records
+from stream_app.registry.versions import Registry
 from stream_app.settings import Settings
 
 runner = CliRunner()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from stream_app.connections import ensure_topics, read_records
-from stream_app.publishing import Publisher, output_producer
-from stream_app.verdicts import Output
+from stream_app.ops.connections import ensure_topics, read_records
+from stream_app.scoring.publishing import Publisher, output_producer
+from stream_app.wire.outputs import Output
 
 
 def test_batches_keep_keyed_partitions_order_headers_and_split_when_full(make_settings):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models import ModelIntegrityError, RVAEScorer
-from stream_app.registry import Registry, update_message
+from stream_app.registry.versions import Registry, update_message
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_update_message_pins_the_manifest_digest(tmp_path: Path, scorer):
 
 
 async def test_model_manager_refuses_a_bad_version_and_keeps_serving(tmp_path: Path, scorer):
-    from stream_app.model_manager import ModelManager
+    from stream_app.scoring.model_manager import ModelManager
 
     reg = Registry(tmp_path)
     v1 = reg.promote("press", reg.publish("press", scorer).version)

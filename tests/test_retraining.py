@@ -11,12 +11,12 @@ import pytest
 from test_training_window import Event, produce_judged
 
 from models import ModelIntegrityError, RVAEScorer
-from stream_app.connections import read_records
-from stream_app.model_manager import ModelManager
-from stream_app.registry import Registry
-from stream_app.retraining import RetrainAgent, control_message, next_run, parse_control, send_trigger
+from stream_app.ops.connections import read_records
+from stream_app.registry.versions import Registry
+from stream_app.retraining.agent import RetrainAgent, control_message, next_run, parse_control, send_trigger
+from stream_app.retraining.decision import calibrated_threshold
+from stream_app.scoring.model_manager import ModelManager
 from stream_app.settings import RetrainSchedule, RetrainSettings, Settings
-from stream_app.validation import calibrated_threshold
 
 F = 4
 MODEL = "sensors"
@@ -176,7 +176,9 @@ async def test_too_little_clean_data_or_a_failed_fit_leaves_the_registry_unchang
         def fit(self, *args, **kwargs):
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr("stream_app.retraining.new_candidate", lambda prod, device=None: Exploding(F, device="cpu"))
+    monkeypatch.setattr(
+        "stream_app.retraining.agent.new_candidate", lambda prod, device=None: Exploding(F, device="cpu")
+    )
     failed = await agent.run_cycle(MODEL)
     assert failed.decision == "failed" and "out of memory" in failed.reason
     assert registry.versions(MODEL) == ["0001"] and registry.production(MODEL).version == "0001"
@@ -193,7 +195,7 @@ async def test_cancelled_fit_publishes_nothing(make_settings, monkeypatch, v1_sc
             time.sleep(1.5)
             return super().fit(*args, **kwargs)
 
-    monkeypatch.setattr("stream_app.retraining.new_candidate", lambda prod, device=None: Slow(F, device="cpu"))
+    monkeypatch.setattr("stream_app.retraining.agent.new_candidate", lambda prod, device=None: Slow(F, device="cpu"))
     task = asyncio.create_task(RetrainAgent(settings, progress=False).run_cycle(MODEL))
     await asyncio.sleep(1.0)
     task.cancel()

@@ -59,7 +59,7 @@ def test_invalid_values_are_rejected(monkeypatch):
 
 
 def test_child_config_files_are_private_read_back_equal_reused_and_removed(tmp_path: Path):
-    from stream_app.processes import remove_config, write_config
+    from stream_app.ops.processes import remove_config, write_config
 
     settings = load_settings(state_dir=tmp_path)
     first = write_config(settings, tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_app.simulator import (
+from stream_app.sim.simulator import (
     FRAME_DEFECTS,
     NORMAL,
     SENSOR_FAULTS,

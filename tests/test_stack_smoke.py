@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records, redis_client
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records, redis_client
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

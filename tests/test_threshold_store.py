@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-from stream_app.connections import redis_client
+from stream_app.judging.store import MAX_BOUNCES, ThresholdStore
+from stream_app.ops.connections import redis_client
 from stream_app.settings import Settings
-from stream_app.threshold_store import MAX_BOUNCES, ThresholdStore
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stream_app import thresholds as T
+from stream_app.judging import thresholds as T
 from stream_app.settings import ThresholdSettings
 
 MODES = ["spot", "quantile", "ewma"]

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_app.codecs import encode_vector
-from stream_app.connections import aiokafka_kwargs, ensure_topics
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
+from stream_app.retraining.window import evenly_spaced, guard_mask, read_window, select
 from stream_app.settings import RetrainSettings, Settings
-from stream_app.training_window import evenly_spaced, guard_mask, read_window, select
-from stream_app.verdicts import Record
+from stream_app.wire.codecs import encode_vector
+from stream_app.wire.outputs import Record
 
 
 @dataclass
@@ -189,7 +189,7 @@ async def test_read_window_by_count_reads_the_newest_events(make_settings):
 
 
 def test_select_decodes_camera_frames_for_image_models():
-    from stream_app.codecs import encode_image, frame_headers
+    from stream_app.wire.codecs import encode_image, frame_headers
 
     rng = np.random.default_rng(5)
     records, verdicts = [], {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stream_app.retraining.decision import calibrated_threshold, decide, detection_rate
 from stream_app.settings import RetrainSettings, ThresholdSettings
-from stream_app.validation import calibrated_threshold, decide, detection_rate
 
 CFG = RetrainSettings(max_false_alarm_rate=0.02, detection_tolerance=0.1, min_incident_events=5)
 NORMAL = np.linspace(0.0, 0.9, 200)  # all below a threshold of 1.0

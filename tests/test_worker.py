@@ -11,11 +11,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from models import RVAEScorer
-from stream_app.codecs import encode_image, encode_vector, frame_headers
-from stream_app.connections import aiokafka_kwargs, ensure_topics, read_records
-from stream_app.processes import running, worker_health, worker_ports
-from stream_app.registry import Registry
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records
+from stream_app.ops.processes import running, worker_health, worker_ports
+from stream_app.registry.versions import Registry
 from stream_app.settings import Route, Settings
+from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
 
 pytestmark = pytest.mark.integration
 F = 6

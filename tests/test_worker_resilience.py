@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from models import TransformalyScorer
 from stream_app.cli import app as cli
-from stream_app.codecs import encode_image, encode_vector
-from stream_app.connections import aiokafka_kwargs, ensure_topics, redis_client
-from stream_app.processes import running, spawn, worker_health, worker_ports
-from stream_app.registry import Registry
+from stream_app.judging.store import ThresholdStore
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_client
+from stream_app.ops.processes import running, spawn, worker_health, worker_ports
+from stream_app.registry.versions import Registry
 from stream_app.settings import Route
-from stream_app.simulator import LineSimulator, normal_images
-from stream_app.threshold_store import ThresholdStore
+from stream_app.sim.simulator import LineSimulator, normal_images
+from stream_app.wire.codecs import encode_image, encode_vector
 
 pytestmark = pytest.mark.integration
 

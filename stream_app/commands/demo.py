@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         """Stack up, fit models, run a worker + retraining agent + simulator, print precision/recall, write a PNG."""
         import logging
 
-        from stream_app.demo import DemoPlan, demo_main
+        from stream_app.sim.demo import DemoPlan, demo_main
 
         logging.basicConfig(level=logging.WARNING)
         plan = DemoPlan(duration_s=duration, rate=rate, fps=fps)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,8 +21,6 @@ from rich.table import Table
 console = Console()
 models_app = typer.Typer(help="Model registry: list, inspect, fit, promote, roll back.", no_args_is_help=True)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-VECTOR_KINDS = ("rvae", "vae", "rae", "ae")
 ANNOUNCE_TIMEOUT_S = 30.0
 
 
@@ -44,7 +41,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _registry(ctx: typer.Context):
-    from stream_app.registry import Registry
+    from stream_app.registry.versions import Registry
 
     return Registry(ctx.obj.registry_dir)
 
@@ -76,7 +73,7 @@ def _announce(ctx: typer.Context, registry, mv, announce: bool) -> None:
     if not announce:
         console.print("[yellow]not announced[/]: running workers keep their version until restarted")
         return
-    from stream_app.model_updates import announce_version
+    from stream_app.registry.announcements import announce_version
 
     try:
         message = asyncio.run(asyncio.wait_for(announce_version(ctx.obj, registry, mv), ANNOUNCE_TIMEOUT_S))
@@ -161,7 +158,7 @@ def _show_versions(registry, name: str) -> None:
 
 
 def _show_version(ctx: typer.Context, registry, name: str, version: str) -> None:
-    from stream_app.validation import calibrated_threshold
+    from stream_app.retraining.decision import calibrated_threshold
 
     m = registry.manifest(name, version)
     table = Table(title=f"{name} version {version}", show_header=False)
@@ -203,43 +200,6 @@ def _compact(value: Any) -> str:
 # ----------------------------------------------------------------------------- fit
 
 
-def load_vectors(path: Path) -> np.ndarray:
-    """A [N, F] float array of normal samples from a .npy file (no pickles)."""
-    try:
-        X = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{path}: not a plain numeric .npy array ({exc})") from None
-    if X.ndim != 2 or X.shape[0] < 2 or not np.issubdtype(X.dtype, np.number):
-        raise UserError(f"{path}: expected a numeric [N, F] array with N >= 2, got shape {X.shape} {X.dtype}")
-    X = X.astype(np.float32)
-    if not np.isfinite(X).all():
-        raise UserError(f"{path}: {int((~np.isfinite(X)).sum())} NaN/inf values; expected finite samples")
-    return X
-
-
-def load_images(folder: Path) -> np.ndarray:
-    """uint8 [N, H, W] (all grayscale) or [N, H, W, 3] images from a folder, resized to the most common size."""
-    from collections import Counter
-
-    from PIL import Image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except OSError as exc:
-            raise UserError(f"{f}: not a readable image ({exc})") from None
-    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in images) else "RGB"
-    size = Counter(im.size for im in images).most_common(1)[0][0]
-    return np.stack([np.asarray(im.convert(mode).resize(size) if im.size != size else im.convert(mode))
-                     for im in images]).astype(np.uint8)  # fmt: skip
-
-
 @models_app.command()
 def fit(
     ctx: typer.Context,
@@ -261,12 +221,12 @@ def fit(
     announce: Annotated[bool, typer.Option(help="announce a promotion on model-updates")] = True,
 ) -> None:
     """Fit a model on a file of normal samples and publish it as the next version."""
-    from stream_app.retraining import fit_summary
+    from models import IMAGE_KINDS, VECTOR_KINDS, create_scorer
+    from stream_app.retraining.datasets import load_images, load_vectors
+    from stream_app.retraining.fitting import fit_and_publish
 
     settings = ctx.obj
     registry = _registry(ctx)
-    device = device or settings.device
-    epochs = epochs or settings.retrain.epochs
     with user_errors():
         if not data.exists():
             raise UserError(f"{data} does not exist; expected a .npy file or a folder of images")
@@ -274,33 +234,18 @@ def fit(
         if not images and data.suffix != ".npy":
             raise UserError(f"{data}: expected a .npy file of [N, F] samples or a folder of images")
         kind = kind or ("transformaly" if images else "rvae")
-        if images != (kind == "transformaly") or kind not in (*VECTOR_KINDS, "transformaly"):
+        if kind not in (IMAGE_KINDS if images else VECTOR_KINDS):
             raise UserError(f"--kind {kind} does not fit {'images' if images else 'vectors'} "
-                            f"(vectors: {', '.join(VECTOR_KINDS)}; images: transformaly)")  # fmt: skip
+                            f"(vectors: {', '.join(VECTOR_KINDS)}; images: {', '.join(IMAGE_KINDS)})")  # fmt: skip
         X = load_images(data) if images else load_vectors(data)
+        options: dict[str, Any] = {"seed": seed, "device": device or settings.device}
         if images:
-            from models.transformaly import TransformalyScorer
-
-            scorer = TransformalyScorer(backbone, pretrained=pretrained, img_size=img_size, n_blocks=n_blocks,
-                                        seed=seed, device=device)  # fmt: skip
+            options |= {"backbone": backbone, "pretrained": pretrained, "img_size": img_size, "n_blocks": n_blocks}
         else:
-            from models.rvae import RVAEScorer
-
-            scorer = RVAEScorer(X.shape[1], kind=kind, n_layers=n_layers, hidden=hidden, latent=latent, seed=seed,
-                                device=device)  # fmt: skip
+            options |= {"n_features": X.shape[1], "n_layers": n_layers, "hidden": hidden, "latent": latent}
+        scorer = create_scorer(kind, **options)
         console.print(f"fitting {kind} on {len(X)} samples of shape {list(X.shape[1:])} from {data}")
-        started = time.monotonic()
-        fit_kwargs: dict[str, Any] = {"epochs": epochs, "progress": True}
-        if batch_size:
-            fit_kwargs["batch_size"] = batch_size
-        history = scorer.fit(X, **fit_kwargs)
-        extra = {
-            "parent": None,
-            "trained_by": "cli",
-            "training_data": {"path": str(data.resolve()), "samples": len(X), "shape": list(X.shape)},
-            "metrics": {"fit": fit_summary(history, time.monotonic() - started)},
-        }
-        mv = registry.publish(name, scorer, extra=extra)
+        mv = fit_and_publish(registry, name, scorer, X, data, epochs or settings.retrain.epochs, batch_size)
         console.print(f"published {name} version [bold]{mv.version}[/] at {mv.path}")
         if promote_:
             registry.promote(name, mv.version)

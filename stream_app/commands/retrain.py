@@ -40,7 +40,7 @@ def retrain(
         return
     from aiokafka.errors import KafkaError
 
-    from stream_app.retraining import RetrainAgent
+    from stream_app.retraining.agent import RetrainAgent
 
     _logging(loglevel)
     agent = RetrainAgent(ctx.obj, device=device)
@@ -67,7 +67,7 @@ def trigger(ctx: typer.Context, name: Annotated[str, typer.Argument(help="model 
     """Ask running agents to retrain NAME now (a message on the control topic)."""
     from aiokafka.errors import KafkaError
 
-    from stream_app.retraining import send_trigger
+    from stream_app.retraining.agent import send_trigger
 
     try:
         asyncio.run(asyncio.wait_for(send_trigger(ctx.obj, name), 30))

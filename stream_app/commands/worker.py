@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if available)")] = None,
     ) -> None:
         """Consume sensor vectors and camera frames, score them in micro-batches, publish verdicts and alerts."""
-        from stream_app.worker import run_worker
+        from stream_app.scoring.worker import run_worker
 
         settings = ctx.obj
         if device:

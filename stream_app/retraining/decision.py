@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from stream_app.judging.thresholds import current_threshold, initial_state
 from stream_app.settings import RetrainSettings, ThresholdSettings
-from stream_app.thresholds import current_threshold, initial_state
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from stream_app import incidents, thresholds
+from stream_app.judging import incidents, thresholds
 from stream_app.settings import IncidentSettings, ThresholdSettings
 
 log = logging.getLogger(__name__)

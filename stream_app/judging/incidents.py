@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
+from stream_app.judging.thresholds import json_object
 from stream_app.settings import IncidentSettings
-from stream_app.thresholds import json_object
 
 IncidentEvent = Literal["opened", "closed"]
 ID_HEX = 16  # 64 bits of sha1: collisions are irrelevant at incident rates

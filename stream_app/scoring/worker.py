@@ -27,18 +27,18 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
-from stream_app.executor import InferenceExecutor
-from stream_app.metrics import WorkerMetrics, serve_http
-from stream_app.model_manager import ModelManager
-from stream_app.model_updates import parse_update
-from stream_app.pipeline import InspectionPipeline
-from stream_app.processes import PORT_FILES
-from stream_app.publishing import Publisher, output_producer
-from stream_app.registry import Registry
+from stream_app.judging.store import ThresholdStore
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
+from stream_app.ops.metrics import WorkerMetrics, serve_http
+from stream_app.ops.processes import PORT_FILES
+from stream_app.registry.announcements import parse_update
+from stream_app.registry.versions import Registry
+from stream_app.scoring.executor import InferenceExecutor
+from stream_app.scoring.model_manager import ModelManager
+from stream_app.scoring.pipeline import InspectionPipeline
+from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import KafkaSettings, Settings
-from stream_app.threshold_store import ThresholdStore
-from stream_app.verdicts import Record
+from stream_app.wire.outputs import Record
 
 log = logging.getLogger(__name__)
 

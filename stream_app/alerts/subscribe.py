@@ -48,7 +48,7 @@ async def subscribe(
     """
     from aiokafka import AIOKafkaConsumer
 
-    from stream_app.connections import aiokafka_kwargs, ensure_topics
+    from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
 
     topic = settings.topics.alerts
     await ensure_topics(settings, [topic])

@@ -34,12 +34,13 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from stream_app.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
-from stream_app.model_updates import announce_version
-from stream_app.registry import Registry
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
+from stream_app.registry.announcements import announce_version
+from stream_app.registry.versions import Registry
+from stream_app.retraining.decision import Decision, calibrated_threshold, decide
+from stream_app.retraining.fitting import fit_summary
+from stream_app.retraining.window import TrainingWindow, read_window
 from stream_app.settings import RetrainSchedule, Settings
-from stream_app.training_window import TrainingWindow, read_window
-from stream_app.validation import Decision, calibrated_threshold, decide
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,6 @@ def validate(
         _scores(current, window.holdout) if compare else None,
         _scores(current, window.incidents) if compare else None,
     )
-
-
-def fit_summary(history: dict[str, Any], seconds: float) -> dict[str, Any]:
-    last = {k: float(v[-1]) for k, v in history.items() if k in ("train_loss", "val_loss") and v}
-    return {"seconds": round(seconds, 3), "epochs_run": history.get("epochs_run"),
-            "best_epoch": history.get("best_epoch"), **last}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the agent

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream_app.codecs import headers_dict
+from stream_app.wire.codecs import headers_dict
 
 Headers = list[tuple[str, bytes]]
 

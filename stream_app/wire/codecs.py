@@ -10,7 +10,7 @@ the simulator, the camera feeder and the tests write exactly what the worker rea
 >>> decode_vector(b'{"source": "a", "values": [1, NaN]}')  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-stream_app.codecs.BadEvent: malformed_json: not valid JSON (...)
+stream_app.wire.codecs.BadEvent: malformed_json: not valid JSON (...)
 """
 
 from __future__ import annotations

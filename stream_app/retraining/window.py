@@ -34,12 +34,12 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.codecs import BadEvent, VectorEvent, decode_records
-from stream_app.connections import aiokafka_kwargs, offset_ranges
-from stream_app.routing import Router
+from stream_app.judging.store import severity
+from stream_app.ops.connections import aiokafka_kwargs, offset_ranges
 from stream_app.settings import Settings
-from stream_app.threshold_store import severity
-from stream_app.verdicts import Record
+from stream_app.wire.codecs import BadEvent, VectorEvent, decode_records
+from stream_app.wire.outputs import Record
+from stream_app.wire.routing import Router
 
 # ----------------------------------------------------------------------------- pure selection
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from stream_app.connections import send_json
-from stream_app.registry import ModelVersion, Registry, update_message
+from stream_app.ops.connections import send_json
+from stream_app.registry.versions import ModelVersion, Registry, update_message
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)

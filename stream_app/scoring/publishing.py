@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from stream_app.connections import aiokafka_kwargs
+from stream_app.ops.connections import aiokafka_kwargs
 from stream_app.settings import KafkaSettings
-from stream_app.verdicts import Output
+from stream_app.wire.outputs import Output
 
 BATCH_BYTES = 512 * 1024  # one record batch per partition per micro-batch; under brokers' default 1 MB limit
 

@@ -23,12 +23,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from stream_app.codecs import headers_dict
-from stream_app.connections import ensure_topics, read_records
-from stream_app.evaluation import Verdict, evaluate
-from stream_app.processes import remove_config, spawn, stop, worker_health, worker_ports
-from stream_app.registry import Registry
+from stream_app.ops.connections import ensure_topics, read_records
+from stream_app.ops.processes import remove_config, spawn, stop, worker_health, worker_ports
+from stream_app.registry.versions import Registry
 from stream_app.settings import RetrainSchedule, Settings, TopicSettings
+from stream_app.sim.evaluation import Verdict, evaluate
+from stream_app.wire.codecs import headers_dict
 
 console = Console()
 
@@ -68,7 +68,7 @@ def demo_settings(base: Settings, out_dir: Path, plan: DemoPlan) -> Settings:
 def fit_initial_models(settings: Settings, plan: DemoPlan) -> None:
     """Fit and promote version 0001 of `sensors` and `camera` on simulated normal data (progress bars)."""
     from models import RVAEScorer, TransformalyScorer
-    from stream_app.simulator import training_samples
+    from stream_app.sim.simulator import training_samples
 
     vectors, images = training_samples(8000, 300, image_size=plan.image_size, seed=plan.seed, lines=plan.lines)
     registry = Registry(settings.registry_dir)
@@ -110,8 +110,8 @@ async def _consuming(settings: Settings) -> bool:
 
 async def show_alerts_live(settings: Settings, seen: list[dict], max_lines_per_s: float = 4.0) -> None:
     """Print alerts as they arrive (incident open/close always, others rate-limited) until cancelled."""
-    from stream_app.alerts_client import subscribe
-    from stream_app.commands.alerts import format_alert
+    from stream_app.alerts.format import format_alert
+    from stream_app.alerts.subscribe import subscribe
 
     budget, last = max_lines_per_s, time.monotonic()
     async for alert in subscribe(settings, "*", from_beginning=True):
@@ -202,7 +202,7 @@ def summary_table(results: dict[str, dict[str, Any]]) -> Table:
 
 
 async def run_demo(base: Settings, out_dir: Path, plan: DemoPlan) -> dict[str, Any]:
-    from stream_app.commands.simulate import run_simulation
+    from stream_app.sim.producer import run_simulation
 
     settings = demo_settings(base, out_dir, plan)
     await ensure_topics(settings)

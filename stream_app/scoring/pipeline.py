@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.codecs import BadEvent, FrameEvent, VectorEvent, decode_records
-from stream_app.executor import InferenceExecutor
-from stream_app.metrics import WorkerMetrics
-from stream_app.model_manager import LoadedModel, ModelManager
-from stream_app.publishing import Publisher
-from stream_app.routing import Router
+from stream_app.judging.store import ThresholdStore
+from stream_app.ops.metrics import WorkerMetrics
+from stream_app.scoring.executor import InferenceExecutor
+from stream_app.scoring.model_manager import LoadedModel, ModelManager
+from stream_app.scoring.publishing import Publisher
 from stream_app.settings import Settings
-from stream_app.threshold_store import ThresholdStore
-from stream_app.verdicts import (
+from stream_app.wire.codecs import BadEvent, FrameEvent, VectorEvent, decode_records
+from stream_app.wire.outputs import (
     Output,
     Record,
     alert_id,
@@ -36,6 +35,7 @@ from stream_app.verdicts import (
     top_features,
     verdict_output,
 )
+from stream_app.wire.routing import Router
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from stream_app.registry import Registry
+from stream_app.registry.versions import Registry
 
 log = logging.getLogger(__name__)
 

@@ -32,19 +32,20 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks._common import machine, save_figure, write_json
-from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
+from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import ensure_topics, read_records, redis_client
-from stream_app.scoring.executor import InferenceExecutor
 from stream_app.ops.metrics import WorkerMetrics
+from stream_app.ops.processes import running
+from stream_app.registry.versions import Registry
+from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
-from stream_app.ops.processes import running
 from stream_app.scoring.publishing import Publisher, output_producer
-from stream_app.registry.versions import Registry
 from stream_app.settings import Settings, TopicSettings
 from stream_app.sim.simulator import normal_images, normal_vectors
-from stream_app.judging.store import ThresholdStore
-from stream_app.wire.outputs import Output, Record
+from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
+from stream_app.wire.outputs import Output
+from stream_app.wire.records import Record
 
 SWEEP = (16, 64, 256, 1024, 4096)
 

@@ -15,7 +15,7 @@ from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
 from stream_app.retraining.window import evenly_spaced, guard_mask, read_window, select
 from stream_app.settings import RetrainSettings, Settings
 from stream_app.wire.codecs import encode_vector
-from stream_app.wire.outputs import Record
+from stream_app.wire.records import Record
 
 
 @dataclass

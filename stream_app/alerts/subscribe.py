@@ -1,6 +1,6 @@
 """A small Python client for alerts: `async for alert in subscribe(settings, "line-1/*"): ...`.
 
-Alerts are JSON objects on `settings.topics.alerts` (schema in DESIGN.md and the README). The generator owns
+Alerts are JSON objects on `settings.topics.alerts` (schema in docs/messages.md). The generator owns
 its Kafka consumer and closes it when the loop ends (break, return, exception or `aclose()`).
 """
 

@@ -38,7 +38,7 @@ from stream_app.judging.store import severity
 from stream_app.ops.connections import aiokafka_kwargs, offset_ranges
 from stream_app.settings import Settings
 from stream_app.wire.codecs import BadEvent, VectorEvent, decode_records
-from stream_app.wire.outputs import Record
+from stream_app.wire.records import Record
 from stream_app.wire.routing import Router
 
 # ----------------------------------------------------------------------------- pure selection

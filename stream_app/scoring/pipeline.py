@@ -27,7 +27,6 @@ from stream_app.settings import Settings
 from stream_app.wire.codecs import BadEvent, FrameEvent, VectorEvent, decode_records
 from stream_app.wire.outputs import (
     Output,
-    Record,
     alert_id,
     alert_output,
     coarse_grid,
@@ -35,6 +34,7 @@ from stream_app.wire.outputs import (
     top_features,
     verdict_output,
 )
+from stream_app.wire.records import Record
 from stream_app.wire.routing import Router
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import KafkaSettings, Settings
-from stream_app.wire.outputs import Record
+from stream_app.wire.records import Record
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The records a worker writes: verdicts, alerts and dead letters (pure builders, no I/O).
 
-Field names follow the contracts in DESIGN.md. Alert ids hash the origin topic/partition/offset, so a
+Field names follow the message contract in docs/messages.md. Alert ids hash the origin topic/partition/offset, so a
 redelivered event (at-least-once) yields the same id and subscribers can de-duplicate.
 """
 
@@ -9,34 +9,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from stream_app.wire.codecs import headers_dict
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed Kafka record, independent of the client that consumed it (faust or aiokafka)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes] = field(default_factory=dict)
-    timestamp_ms: int | None = None
-
-    @classmethod
-    def of(cls, message: Any, timestamp_ms: int | None) -> Record:
-        """From an aiokafka `ConsumerRecord` or a faust `Message` (they differ only in timestamp units)."""
-        headers = headers_dict(message.headers)
-        return cls(message.topic, message.partition, message.offset, message.key, message.value, headers, timestamp_ms)
+from stream_app.wire.records import Headers, Record
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from stream_app.retraining.decision import Decision, calibrated_threshold, decid
 from stream_app.retraining.fitting import fit_summary
 from stream_app.retraining.window import TrainingWindow, read_window
 from stream_app.settings import RetrainSchedule, Settings
+from stream_app.wire.kinds import data_kind
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,9 @@ class RetrainAgent:
         prod = self.registry.production(model)  # LookupError: nothing to retrain from
         log.info("retrain %s (trigger: %s): production version %s", model, trigger, prod.version)
         _, current = await asyncio.to_thread(self.registry.load, model, prod.version, self.device)
-        kind = getattr(current, "data_kind", "vectors")
-        topic = self.settings.topics.vectors if kind == "vectors" else self.settings.topics.frames
-        window = await read_window(self.settings, topic, kind, model, guard=guard)
+        kind = data_kind(current.data_kind)
+        topic = kind.input_topic(self.settings.topics)
+        window = await read_window(self.settings, topic, kind.name, model, guard=guard)
         result = CycleResult(model, "skipped", "", trigger, parent=prod.version, counts=window.counts)
         log.info("retrain %s: window of %s %s, counts %s, bad %s", model, topic,
                  _span(window), window.counts, window.bad or "none")  # fmt: skip

@@ -37,7 +37,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_app.judging.store import severity
 from stream_app.ops.connections import aiokafka_kwargs, offset_ranges
 from stream_app.settings import Settings
-from stream_app.wire.codecs import BadEvent, VectorEvent, decode_records
+from stream_app.wire.codecs import BadEvent
+from stream_app.wire.kinds import data_kind
 from stream_app.wire.records import Record
 from stream_app.wire.routing import Router
 
@@ -241,7 +242,7 @@ def select(
 ) -> TrainingWindow:
     """The pure part of `read_window`: join records with verdicts, guard, cap, decode, split."""
     cfg = settings.retrain
-    router = Router(settings.routes if kind == "vectors" else settings.image_routes)
+    router = Router(data_kind(kind).routes(settings))
     counts: dict[str, int] = {"records": len(records), "other_model": 0}
     rows: list[tuple[Record, str, float, dict[str, Any] | None]] = []
     for rec in records:
@@ -323,16 +324,17 @@ def _decode(
     """Decoded arrays stacked in the given order; all of `shape` (default: the most common one), others count
     as `wrong_width`."""
     arrays = []
-    for event in decode_records(kind, records, settings.max_image_bytes, settings.claim_check_dirs):
+    spec = data_kind(kind)
+    for event in spec.decode(records, settings):
         if isinstance(event, BadEvent):
             bad[event.reason] += 1
         else:
-            arrays.append(event.values if isinstance(event, VectorEvent) else event.image)
+            arrays.append(spec.stack([event])[0])
     if shape is None and arrays:
         shape = Counter(a.shape for a in arrays).most_common(1)[0][0]
     same = [a for a in arrays if a.shape == shape]
     if len(same) < len(arrays):
         bad["wrong_width"] += len(arrays) - len(same)
     if not same:
-        return np.zeros((0, *(shape or (0,))), np.float32 if kind == "vectors" else np.uint8)
+        return np.zeros((0, *(shape or (0,))), spec.dtype)
     return np.stack(same)

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
+from models import Scorer
 from stream_app.registry.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     name: str
     version: str
-    scorer: Any  # models.Scorer
+    scorer: Scorer
 
 
 class ModelManager:

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from models import ImageScorer, VectorScorer
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.metrics import WorkerMetrics
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import LoadedModel, ModelManager
 from stream_app.scoring.publishing import Publisher
 from stream_app.settings import Settings
-from stream_app.wire.codecs import BadEvent, FrameEvent, VectorEvent, decode_records
+from stream_app.wire.codecs import BadEvent, Event
+from stream_app.wire.kinds import DATA_KINDS, DataKind, data_kind
 from stream_app.wire.outputs import (
     Output,
     alert_id,
@@ -39,8 +41,6 @@ from stream_app.wire.routing import Router
 
 log = logging.getLogger(__name__)
 
-Event = VectorEvent | FrameEvent
-
 
 @dataclass
 class BatchReport:
@@ -51,6 +51,44 @@ class BatchReport:
     alerts: int = 0
     deadletters: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutputs:
+    """The outputs of one batch as they accumulate, and its report; `reject` dead-letters one record."""
+
+    deadletter_topic: str
+    metrics: WorkerMetrics
+    report: BatchReport
+    outputs: list[Output] = field(default_factory=list)
+
+    def reject(self, rec: Record, reason: str, message: str) -> None:
+        self.outputs.append(deadletter_output(self.deadletter_topic, rec, reason, message))
+        self.report.deadletters[reason] = self.report.deadletters.get(reason, 0) + 1
+        self.metrics.deadletters.labels(reason).inc()
+        log.warning("dead letter %s/%d@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, message)
+
+
+@dataclass
+class Routed:
+    """Records of one batch routed to one model, each with its decoded event."""
+
+    records: list[Record] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def add(self, rec: Record, event: Event) -> None:
+        self.records.append(rec)
+        self.events.append(event)
+
+
+@dataclass
+class ScoredGroup:
+    """Events scored together in one tensor: records, events, the model's input and its scores."""
+
+    records: list[Record]
+    events: list[Event]
+    data: np.ndarray
+    scores: np.ndarray
 
 
 class InspectionPipeline:
@@ -69,150 +107,112 @@ class InspectionPipeline:
         self.store = store
         self.executor = executor
         self.metrics = metrics
-        self.vector_router = Router(settings.routes)
-        self.image_router = Router(settings.image_routes)
+        self.routers = {name: Router(kind.routes(settings)) for name, kind in DATA_KINDS.items()}
 
     # ------------------------------------------------------------------ decoding
 
     def decode(self, kind: str, records: Sequence[Record]) -> list[Event | BadEvent]:
         """One event, or the reason it cannot be scored, per record (vectors decode as one batch)."""
-        return decode_records(kind, records, self.settings.max_image_bytes, self.settings.claim_check_dirs)
+        return data_kind(kind).decode(records, self.settings)
 
     # ------------------------------------------------------------------ the batch
 
-    async def process(self, kind: str, records: Sequence[Record]) -> tuple[list[Output], BatchReport]:
-        topics = self.settings.topics
-        report = BatchReport(events=len(records))
-        outputs: list[Output] = []
-        router = self.vector_router if kind == "vectors" else self.image_router
-        by_model: dict[str, list[tuple[Record, Event]]] = defaultdict(list)
-
-        def reject(rec: Record, reason: str, message: str) -> None:
-            outputs.append(deadletter_output(topics.deadletter, rec, reason, message))
-            report.deadletters[reason] = report.deadletters.get(reason, 0) + 1
-            self.metrics.deadletters.labels(reason).inc()
-            log.warning("dead letter %s/%d@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, message)
-
-        for rec, event in zip(records, self.decode(kind, records), strict=True):
+    async def process(self, kind_name: str, records: Sequence[Record]) -> tuple[list[Output], BatchReport]:
+        kind = data_kind(kind_name)
+        batch = BatchOutputs(self.settings.topics.deadletter, self.metrics, BatchReport(events=len(records)))
+        router = self.routers[kind.name]
+        by_model: dict[str, Routed] = defaultdict(Routed)
+        for rec, event in zip(records, kind.decode(records, self.settings), strict=True):
             if isinstance(event, BadEvent):
-                reject(rec, event.reason, event.message)
+                batch.reject(rec, event.reason, event.message)
                 continue
             model = router.model_for(event.source)
             if model is None:
-                reject(rec, "unknown_source", f"no route matches source {event.source!r}")
+                batch.reject(rec, "unknown_source", f"no route matches source {event.source!r}")
                 continue
-            by_model[model].append((rec, event))
+            by_model[model].add(rec, event)
 
-        for model_name, items in by_model.items():
+        for model_name, routed in by_model.items():
             try:
                 loaded = await self.models.get(model_name)
             except Exception as exc:  # no production version, unreadable registry: the events are kept, not lost
-                for rec, _ in items:
-                    reject(rec, "model_unavailable", f"model {model_name!r}: {exc}")
+                for rec in routed.records:
+                    batch.reject(rec, "model_unavailable", f"model {model_name!r}: {exc}")
                 continue
-            report.versions[model_name] = loaded.version
-            outputs += await self._score_model(kind, loaded, items, reject, report)
-        return outputs, report
+            batch.report.versions[model_name] = loaded.version
+            await self._score_model(kind, loaded, routed, batch)
+        batch.report.alerts = sum(1 for o in batch.outputs if o.topic == self.settings.topics.alerts)
+        return batch.outputs, batch.report
 
-    async def _score_model(self, kind, loaded: LoadedModel, items, reject, report: BatchReport) -> list[Output]:
+    def _groups(self, kind: DataKind, loaded: LoadedModel, routed: Routed, batch: BatchOutputs) -> list[Routed]:
+        """Events the model can take as one tensor each: vectors of its width; images by shape."""
         scorer = loaded.scorer
-        if getattr(scorer, "data_kind", kind) != kind:  # a route points a camera at a vector model or back
-            for rec, _ in items:
-                reject(rec, "rejected_by_model", f"model {loaded.name} scores {scorer.data_kind}, not {kind}")
+        if scorer.data_kind != kind.name:  # a route points a camera at a vector model or back
+            for rec in routed.records:
+                batch.reject(
+                    rec, "rejected_by_model", f"model {loaded.name} scores {scorer.data_kind}, not {kind.name}"
+                )
             return []
-        if kind == "vectors":
-            width = scorer.n_features
-            good = []
-            for rec, ev in items:
-                if ev.values.shape[0] != width:
-                    reject(rec, "wrong_width", f"model {loaded.name} expects {width} values, got {ev.values.shape[0]}")
-                else:
-                    good.append((rec, ev))
-            groups = [good] if good else []
-        else:  # one tensor per image shape (cameras usually send one size)
-            shapes: dict[tuple[int, ...], list] = defaultdict(list)
-            for rec, ev in items:
-                shapes[ev.image.shape].append((rec, ev))
-            groups = list(shapes.values())
+        groups: dict[tuple[int, ...], Routed] = defaultdict(Routed)
+        for rec, ev in zip(routed.records, routed.events, strict=True):
+            shape = kind.stack([ev]).shape[1:]
+            if isinstance(scorer, VectorScorer) and shape != (scorer.n_features,):
+                batch.reject(
+                    rec, "wrong_width", f"model {loaded.name} expects {scorer.n_features} values, got {shape[0]}"
+                )
+            else:
+                groups[shape].add(rec, ev)
+        return list(groups.values())
 
-        outputs: list[Output] = []
-        for group in groups:
-            data = np.stack([ev.values if kind == "vectors" else ev.image for _, ev in group])
+    async def _score_model(self, kind: DataKind, loaded: LoadedModel, routed: Routed, batch: BatchOutputs) -> None:
+        for group in self._groups(kind, loaded, routed, batch):
+            data = kind.stack(group.events)
             started = time.perf_counter()
             try:
-                scores = await self.executor.run(scorer.score, data)
+                scores = await self.executor.run(loaded.scorer.score, data)
             except ValueError as exc:  # the scorer's own input check: dead-letter the group, keep running
-                for rec, _ in group:
-                    reject(rec, "rejected_by_model", str(exc))
+                for rec in group.records:
+                    batch.reject(rec, "rejected_by_model", str(exc))
                 continue
             self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
-            outputs += await self._judge_and_emit(kind, loaded, group, data, scores)
-            report.scored += len(group)
-        report.alerts += sum(1 for o in outputs if o.topic == self.settings.topics.alerts)
-        return outputs
+            scored = ScoredGroup(group.records, group.events, data, scores)
+            batch.outputs += await self._judge_and_emit(kind, loaded, scored)
+            batch.report.scored += len(group.records)
 
-    async def _judge_and_emit(self, kind, loaded: LoadedModel, group, data: np.ndarray, scores) -> list[Output]:
+    async def _judge_and_emit(self, kind: DataKind, loaded: LoadedModel, group: ScoredGroup) -> list[Output]:
         topics = self.settings.topics
-        sources = [ev.source for _, ev in group]
-        keys = [alert_id(rec.topic, rec.partition, rec.offset) for rec, _ in group]
+        sources = [ev.source for ev in group.events]
+        keys = [alert_id(rec.topic, rec.partition, rec.offset) for rec in group.records]
         calibration = loaded.scorer.calibration_scores
-        judgements = await self.store.judge(loaded.name, loaded.version, calibration, sources, scores, keys)
+        judgements = await self.store.judge(loaded.name, loaded.version, calibration, sources, group.scores, keys)
 
         anomalous = [i for i, j in enumerate(judgements) if j.anomalous]
-        explanations = await self._explain(kind, loaded, data, anomalous) if anomalous else {}
+        explanations = await self._explain(loaded, group.data, anomalous) if anomalous else {}
 
         outputs = []
         now = time.time()
-        for i, ((rec, ev), j) in enumerate(zip(group, judgements, strict=True)):
-            outputs.append(
-                verdict_output(
-                    topics.scores,
-                    rec,
-                    ev.source,
-                    ev.ts,
-                    float(j.score),
-                    float(j.threshold),
-                    bool(j.anomalous),
-                    loaded.name,
-                    loaded.version,
-                    j.incident_id,
-                )
-            )
+        for i, (rec, ev, j) in enumerate(zip(group.records, group.events, judgements, strict=True)):
+            outputs.append(verdict_output(topics.scores, rec, ev, loaded, j))
             if j.incident_event:
                 self.metrics.incidents.labels(loaded.name, j.incident_event).inc()
             if j.anomalous:
                 outputs.append(
-                    alert_output(
-                        topics.alerts,
-                        rec,
-                        source=ev.source,
-                        kind="sensor" if kind == "vectors" else "image",
-                        ts=ev.ts,
-                        score=float(j.score),
-                        threshold=float(j.threshold),
-                        severity=float(j.severity),
-                        model=loaded.name,
-                        version=loaded.version,
-                        incident_id=j.incident_id,
-                        incident_event=j.incident_event,
-                        explanation=explanations.get(i, {}),
-                    )
+                    alert_output(topics.alerts, rec, ev, loaded, j, kind.alert_kind, explanations.get(i, {}))
                 )
                 self.metrics.alerts.labels(loaded.name).inc()
-        self.metrics.latency.observe_many((kind,), np.maximum(0.0, now - np.array([ev.ts for _, ev in group])))
+        self.metrics.latency.observe_many((kind.name,), np.maximum(0.0, now - np.array([ev.ts for ev in group.events])))
         for source, threshold in {j.source: j.threshold for j in judgements}.items():  # each source's last
             self.metrics.threshold.labels(loaded.name, source).set(threshold)
         return outputs
 
-    async def _explain(self, kind: str, loaded: LoadedModel, data: np.ndarray, rows: list[int]) -> dict[int, Any]:
+    async def _explain(self, loaded: LoadedModel, data: np.ndarray, rows: list[int]) -> dict[int, Any]:
         """Top sensors (vectors) or a coarse heatmap (images) for the anomalous rows only."""
         scorer = loaded.scorer
         try:
-            if kind == "vectors":
+            if isinstance(scorer, VectorScorer):
                 contrib = await self.executor.run(scorer.explain, data[rows])
-                names = getattr(scorer, "feature_names", [f"f{i}" for i in range(data.shape[1])])
-                return {r: top_features(contrib[n], data[r], names) for n, r in enumerate(rows)}
-            if hasattr(scorer, "heatmap"):
+                return {r: top_features(contrib[n], data[r], scorer.feature_names) for n, r in enumerate(rows)}
+            if isinstance(scorer, ImageScorer):
                 maps = await self.executor.run(scorer.heatmap, data[rows])
                 return {r: coarse_grid(maps[n]) for n, r in enumerate(rows)}
         except Exception:  # an explanation is a courtesy: the alert goes out without it

@@ -66,6 +66,9 @@ class FrameEvent:
     image: np.ndarray  # uint8 [H, W] or [H, W, 3]
 
 
+Event = VectorEvent | FrameEvent
+
+
 def parse_ts(ts: float | int | str | None, default: float | None = None) -> float:
     """Epoch seconds from epoch seconds (number or numeric string) or ISO-8601; `default` (now) when absent.
 
@@ -170,17 +173,14 @@ def _vector_body(value: bytes | None) -> tuple[str, float, list, int | None]:
 # ------------------------------------------------------------------ frames (and consumed records of either kind)
 
 
-def decode_records(
-    kind: str, records: Sequence[Any], max_image_bytes: int, claim_check_dirs: Sequence[Path] = ()
-) -> list[VectorEvent | FrameEvent | BadEvent]:
-    """One event, or the BadEvent saying why not, per consumed record (`.key`, `.value`, `.headers`), in order.
+def decode_frame_records(
+    records: Sequence[Any], max_image_bytes: int, claim_check_dirs: Sequence[Path] = ()
+) -> list[FrameEvent | BadEvent]:
+    """One frame, or the BadEvent saying why not, per consumed record (`.key`, `.value`, `.headers`), in order.
 
-    `kind` is "vectors" (decoded as one batch) or "images" (the record key is the source when no header says).
-    The worker and the retraining agent's training window read records through this one function.
+    The record key is the source when no header says.
     """
-    if kind == "vectors":
-        return decode_vectors([rec.value for rec in records])
-    out: list[VectorEvent | FrameEvent | BadEvent] = []
+    out: list[FrameEvent | BadEvent] = []
     for rec in records:
         key = rec.key.decode(errors="replace") if rec.key else None
         try:
@@ -188,6 +188,11 @@ def decode_records(
         except BadEvent as exc:
             out.append(exc)
     return out
+
+
+def decode_vector_records(records: Sequence[Any]) -> list[VectorEvent | BadEvent]:
+    """One vector, or the BadEvent saying why not, per consumed record, decoded as one batch."""
+    return decode_vectors([rec.value for rec in records])
 
 
 def headers_dict(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[str, bytes]:

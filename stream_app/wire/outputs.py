@@ -10,11 +10,12 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
+from stream_app.wire.codecs import Event
 from stream_app.wire.records import Headers, Record
 
 
@@ -44,39 +45,62 @@ def _passthrough(headers: Mapping[str, bytes]) -> Headers:
     return [(k, v) for k, v in headers.items() if k not in ("uri", "content-type")]
 
 
-def verdict_output(
-    topic: str, rec: Record, source: str, ts: float, score: float, threshold: float, anomalous: bool,
-    model: str, version: str, incident_id: str | None,
-) -> Output:  # fmt: skip
+class ModelId(Protocol):
+    """The served model version a verdict names."""
+
+    name: str
+    version: str
+
+
+class JudgementLike(Protocol):
+    """What the threshold store says about one score."""
+
+    score: float
+    threshold: float
+    anomalous: bool
+    severity: float
+    incident_id: str | None
+    incident_event: str | None
+
+
+def verdict_output(topic: str, rec: Record, event: Event, model: ModelId, judgement: JudgementLike) -> Output:
+    """The verdict record every scored event gets on the scores topic."""
     body = {
-        "source": source, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset, "ts": ts,
-        "score": score, "threshold": threshold, "anomalous": anomalous, "model": model, "version": version,
-        "incident_id": incident_id,
+        "source": event.source, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+        "ts": event.ts, "score": float(judgement.score), "threshold": float(judgement.threshold),
+        "anomalous": bool(judgement.anomalous), "model": model.name, "version": model.version,
+        "incident_id": judgement.incident_id,
     }  # fmt: skip
-    return Output(topic, source.encode(), _json(body), _passthrough(rec.headers))
+    return Output(topic, event.source.encode(), _json(body), _passthrough(rec.headers))
 
 
 def alert_output(
-    topic: str, rec: Record, *, source: str, kind: str, ts: float, score: float, threshold: float, severity: float,
-    model: str, version: str, incident_id: str | None, incident_event: str | None, explanation: dict[str, Any],
-) -> Output:  # fmt: skip
+    topic: str,
+    rec: Record,
+    event: Event,
+    model: ModelId,
+    judgement: JudgementLike,
+    kind: str,
+    explanation: dict[str, Any],
+) -> Output:
+    """The alert an anomalous event raises; `kind` is the wire label ("sensor" or "image")."""
     body = {
         "alert_id": alert_id(rec.topic, rec.partition, rec.offset),
-        "incident_id": incident_id,
-        "incident_event": incident_event,
-        "source": source,
+        "incident_id": judgement.incident_id,
+        "incident_event": judgement.incident_event,
+        "source": event.source,
         "kind": kind,
-        "ts": ts,
+        "ts": event.ts,
         "detected_at": time.time(),
-        "score": score,
-        "threshold": threshold,
-        "severity": severity,
-        "model": model,
-        "version": version,
+        "score": float(judgement.score),
+        "threshold": float(judgement.threshold),
+        "severity": float(judgement.severity),
+        "model": model.name,
+        "version": model.version,
         "explanation": explanation,
         "origin": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
     }
-    return Output(topic, source.encode(), _json(body), _passthrough(rec.headers))
+    return Output(topic, event.source.encode(), _json(body), _passthrough(rec.headers))
 
 
 def deadletter_output(topic: str, rec: Record, reason: str, message: str) -> Output:

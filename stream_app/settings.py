@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, SerializationInfo, field_serializer, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -21,25 +21,40 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+REVEAL_SECRETS = "reveal_secrets"  # serialisation context key: a child process's settings file needs them
+
+
+def _secret_json(value: SecretStr | None, info: SerializationInfo) -> str | None:
+    """Secrets dump masked ("**********") unless the caller passes context {REVEAL_SECRETS: True}."""
+    if value is None:
+        return None
+    return value.get_secret_value() if (info.context or {}).get(REVEAL_SECRETS) else str(value)
+
 
 class KafkaSettings(BaseModel):
     bootstrap: str = "127.0.0.1:19092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     max_message_bytes: int = 8 * 1024 * 1024
 
+    _dump_password = field_serializer("sasl_password", when_used="json")(_secret_json)
+
 
 class RedisSettings(BaseModel):
-    """`url` carries AUTH and TLS: redis://user:pass@host:port/db or rediss:// for TLS."""
+    """`url` says where (rediss:// for TLS); `username`/`password` (ACL user, AUTH) override any in the URL."""
 
     url: str = "redis://127.0.0.1:16379/0"
+    username: str | None = None
+    password: SecretStr | None = None
     ssl_ca_certs: str | None = None
     key_prefix: str = "lw"
+
+    _dump_password = field_serializer("password", when_used="json")(_secret_json)
 
 
 class TopicSettings(BaseModel):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from stream_app.settings import load_settings
+from stream_app.settings import Settings, load_settings
 
 
 def test_defaults_match_the_topic_contract():
@@ -74,3 +75,16 @@ def test_child_config_files_are_private_read_back_equal_reused_and_removed(tmp_p
 
     remove_config(changed)
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_passwords_are_secret_in_dumps_but_reach_child_settings_files(tmp_path):
+    from stream_app.ops.processes import write_config
+    from stream_app.settings import load_settings
+
+    s = Settings()
+    s.kafka.sasl_password = SecretStr("kafka-pw")
+    s.redis.password = SecretStr("redis-pw")
+    assert "kafka-pw" not in repr(s) and "redis-pw" not in s.model_dump_json()
+    child = load_settings(write_config(s, tmp_path))
+    assert child.kafka.sasl_password.get_secret_value() == "kafka-pw"
+    assert child.redis.password.get_secret_value() == "redis-pw"

@@ -38,14 +38,18 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password,
+            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
         )
     return kwargs
 
 
 def redis_client(cfg: RedisSettings) -> aioredis.Redis:
-    """An asyncio Redis client; `rediss://` URLs get TLS, credentials ride in the URL."""
+    """An asyncio Redis client; `rediss://` URLs get TLS; credentials from settings or the URL."""
     kwargs: dict[str, Any] = {}
+    if cfg.username:
+        kwargs["username"] = cfg.username
+    if cfg.password is not None:
+        kwargs["password"] = cfg.password.get_secret_value()
     if cfg.ssl_ca_certs and cfg.url.startswith("rediss://"):
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     return aioredis.Redis.from_url(cfg.url, **kwargs)

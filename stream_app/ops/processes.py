@@ -20,13 +20,15 @@ from typing import Any
 
 import orjson
 
-from stream_app.settings import Settings
+from stream_app.settings import REVEAL_SECRETS, Settings
 
 PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port here, in settings.state_dir
 
 
 def _config_content_and_path(settings: Settings, directory: Path) -> tuple[bytes, Path]:
-    content = settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}).encode()
+    content = settings.model_dump_json(
+        exclude={"kafka_bootstrap", "redis_url"}, context={REVEAL_SECRETS: True}
+    ).encode()
     return content, directory / f"settings-{hashlib.sha256(content).hexdigest()[:12]}.json"
 
 

@@ -48,7 +48,7 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     if kafka.sasl_mechanism:
         return faust.SASLCredentials(
             username=kafka.sasl_username,
-            password=kafka.sasl_password,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
             mechanism=kafka.sasl_mechanism,
             ssl_context=kafka_ssl_context(kafka),
         )

@@ -54,6 +54,7 @@ def bench_settings(tmp: Path) -> Settings:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     topics = TopicSettings().prefixed(tag, partitions=2)
     s = Settings(app_id=tag, topics=topics, registry_dir=tmp / "registry", state_dir=tmp / "state", metrics_port=-1)
+    s.worker_processes = 1
     s.redis.key_prefix = tag
     return s
 

@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     registry_dir: Path = Path("registry")
     state_dir: Path = Path(".state")
     device: str | None = None
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads of a worker (None: torch's default)")
+    worker_processes: int | None = Field(
+        None,
+        ge=1,
+        description="inference processes per `linewatch worker` (None: one per physical core, capped by partitions)",
+    )
     web_port: int = 6066
     metrics_port: int = 9108
     max_image_bytes: int = 8 * 1024 * 1024

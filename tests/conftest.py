@@ -95,6 +95,7 @@ def make_settings(stack_urls: StackUrls, tmp_path: Path) -> Callable[..., Settin
             state_dir=tmp_path / "state",
             web_port=0,
             metrics_port=0,
+            worker_processes=1,  # tests that want more start more workers
         )
         base.kafka.bootstrap = stack_urls.kafka_bootstrap
         base.redis.url = stack_urls.redis_url

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from stream_app.scoring.fleet import run
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -13,11 +15,13 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning")] = "info",
         device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if available)")] = None,
+        processes: Annotated[
+            int | None,
+            typer.Option(min=1, help="inference processes (default: settings worker_processes, else one per core)"),
+        ] = None,
     ) -> None:
         """Consume sensor vectors and camera frames, score them in micro-batches, publish verdicts and alerts."""
-        from stream_app.scoring.worker import run_worker
-
         settings = ctx.obj
         if device:
             settings.device = device
-        run_worker(settings, loglevel=loglevel)
+        raise typer.Exit(run(settings, processes, loglevel))

@@ -57,6 +57,7 @@ def demo_settings(base: Settings, out_dir: Path, plan: DemoPlan) -> Settings:
     s.registry_dir, s.state_dir = out_dir / "registry", out_dir / "state"
     s.redis.key_prefix = tag
     s.metrics_port = 0
+    s.worker_processes = s.worker_processes or 1  # the demo shares its cores with the agent and the simulator
     s.thresholds.risk = plan.risk
     s.retrain.schedules = [RetrainSchedule(model="sensors", interval_s=plan.retrain_every_s)]
     s.retrain.window_s = 600.0

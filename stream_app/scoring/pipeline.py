@@ -153,13 +153,12 @@ class InspectionPipeline:
                     rec, "rejected_by_model", f"model {loaded.name} scores {scorer.data_kind}, not {kind.name}"
                 )
             return []
+        width = (scorer.n_features,) if isinstance(scorer, VectorScorer) else None  # (a Protocol check is slow)
         groups: dict[tuple[int, ...], Routed] = defaultdict(Routed)
         for rec, ev in zip(routed.records, routed.events, strict=True):
-            shape = kind.stack([ev]).shape[1:]
-            if isinstance(scorer, VectorScorer) and shape != (scorer.n_features,):
-                batch.reject(
-                    rec, "wrong_width", f"model {loaded.name} expects {scorer.n_features} values, got {shape[0]}"
-                )
+            shape = kind.shape(ev)
+            if width is not None and shape != width:
+                batch.reject(rec, "wrong_width", f"model {loaded.name} expects {width[0]} values, got {shape[0]}")
             else:
                 groups[shape].add(rec, ev)
         return list(groups.values())

@@ -40,6 +40,10 @@ class DataKind:
         """One event, or the reason it cannot be scored, per record, in order."""
         return list(self._decode(records, settings))
 
+    def shape(self, event: Event) -> tuple[int, ...]:
+        """The shape of one event's array: (F,) or (H, W(, 3))."""
+        return tuple(self._array(event).shape)
+
     def stack(self, events: Sequence[Event]) -> np.ndarray:
         """The scorer's input for these events: [N, F] floats or [N, H, W(, 3)] pixels."""
         return np.stack([self._array(ev) for ev in events])

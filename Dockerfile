@@ -1,7 +1,7 @@
 # linewatch: one image for the worker, the retraining agent, the simulator and the alert tail.
 #   docker build -t linewatch .                                   # CPU-only torch (small image)
 #   docker build -t linewatch:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
-# Every setting is an environment variable: LINEWATCH_<SECTION>__<FIELD> (see README, "Configuration").
+# Every setting is an environment variable: LINEWATCH_<SECTION>__<FIELD> (docs/configuration.md).
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu

@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit lint format stack-up stack-down stack-status bench clean
+.PHONY: install demo test test-unit lint lint-k8s format stack-up stack-down stack-status bench clean
 
 install:  ## install the package and dev tools (editable)
 	$(PIP) install -e ".[dev]"
@@ -20,6 +20,9 @@ test-unit:  ## tests that need no servers
 lint:
 	ruff check .
 	ruff format --check .
+
+lint-k8s:  ## render deploy/k8s offline and validate it (schemas, settings, CLI, references); no cluster needed
+	$(PYTHON) -m pytest tests/unit/test_k8s_manifests.py $(PYTEST_ARGS)
 
 format:
 	ruff check --fix .

@@ -89,6 +89,7 @@ class ScoredGroup:
     events: list[Event]
     data: np.ndarray
     scores: np.ndarray
+    alerts: int = 0  # anomalous events (closing records on the alerts topic are not alerts)
 
 
 class InspectionPipeline:
@@ -141,7 +142,6 @@ class InspectionPipeline:
                 continue
             batch.report.versions[model_name] = loaded.version
             await self._score_model(kind, loaded, routed, batch)
-        batch.report.alerts = sum(1 for o in batch.outputs if o.topic == self.settings.topics.alerts)
         return batch.outputs, batch.report
 
     def _groups(self, kind: DataKind, loaded: LoadedModel, routed: Routed, batch: BatchOutputs) -> list[Routed]:
@@ -177,6 +177,7 @@ class InspectionPipeline:
             scored = ScoredGroup(group.records, group.events, data, scores)
             batch.outputs += await self._judge_and_emit(kind, loaded, scored)
             batch.report.scored += len(group.records)
+            batch.report.alerts += scored.alerts
 
     async def _judge_and_emit(self, kind: DataKind, loaded: LoadedModel, group: ScoredGroup) -> list[Output]:
         topics = self.settings.topics
@@ -189,19 +190,23 @@ class InspectionPipeline:
         explanations = await self._explain(loaded, group.data, anomalous) if anomalous else {}
 
         outputs = []
+        batch_alerts = 0
         now = time.time()
         for i, (rec, ev, j) in enumerate(zip(group.records, group.events, judgements, strict=True)):
             outputs.append(verdict_output(topics.scores, rec, ev, loaded, j))
             if j.incident_event:
                 self.metrics.incidents.labels(loaded.name, j.incident_event).inc()
-            if j.anomalous:
+            if j.anomalous or j.incident_event == "closed":  # subscribers see an incident close, too
                 outputs.append(
                     alert_output(topics.alerts, rec, ev, loaded, j, kind.alert_kind, explanations.get(i, {}))
                 )
+            if j.anomalous:
                 self.metrics.alerts.labels(loaded.name).inc()
+                batch_alerts += 1
         self.metrics.latency.observe_many((kind.name,), np.maximum(0.0, now - np.array([ev.ts for ev in group.events])))
         for source, threshold in {j.source: j.threshold for j in judgements}.items():  # each source's last
             self.metrics.threshold.labels(loaded.name, source).set(threshold)
+        group.alerts = batch_alerts
         return outputs
 
     async def _explain(self, loaded: LoadedModel, data: np.ndarray, rows: list[int]) -> dict[int, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, SerializationInfo, field_serializer, model_validator
 from pydantic_settings import (
@@ -219,13 +219,15 @@ def load_settings(config_file: str | Path | None = None, **overrides: object) ->
     """Settings from defaults < TOML or JSON file (`config_file` or $LINEWATCH_CONFIG) < environment < overrides."""
     path = config_file or os.environ.get("LINEWATCH_CONFIG")
     if not path:
-        return Settings(**overrides)
+        return Settings(**overrides)  # type: ignore[arg-type]  # (overrides are validated by pydantic)
     if not Path(path).is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
 
     source = "json_file" if str(path).endswith(".json") else "toml_file"
 
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, source: path})
+    config: dict[str, Any] = {**Settings.model_config, source: path}
 
-    return FileSettings(**overrides)
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**config)  # type: ignore[typeddict-item]
+
+    return FileSettings(**overrides)  # type: ignore[arg-type]

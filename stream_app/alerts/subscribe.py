@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import orjson
 
@@ -39,7 +39,7 @@ async def subscribe(
     source_pattern: str = "*",
     group_id: str | None = None,
     from_beginning: bool = False,
-) -> AsyncIterator[dict]:
+) -> AsyncGenerator[dict, None]:
     """Yield decoded alerts whose source matches `source_pattern`, as they arrive.
 
     `group_id` None: an independent reader (no committed offsets; every subscriber sees every alert); a

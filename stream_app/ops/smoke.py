@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -16,7 +17,7 @@ from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_cli
 from stream_app.settings import Settings
 
 
-async def run_smoke(settings: Settings, events: int) -> dict[str, float]:
+async def run_smoke(settings: Settings, events: int) -> dict[str, Any]:
     """Produce `events` to a fresh topic, consume them and count per source in Redis; the rates."""
     topic = f"linewatch.smoke.{uuid.uuid4().hex[:8]}"
     await ensure_topics(settings, [topic])
@@ -62,5 +63,5 @@ async def run_smoke(settings: Settings, events: int) -> dict[str, float]:
         "events": events,
         "produce_per_s": events / produced_s,
         "consume_and_count_per_s": seen / consumed_s,
-        "per_source": {k.decode(): int(v) for k, v in per_source.items()},
+        "per_source": {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in per_source.items()},
     }

@@ -48,19 +48,27 @@ def _passthrough(headers: Mapping[str, bytes]) -> Headers:
 class ModelId(Protocol):
     """The served model version a verdict names."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
 
 
 class JudgementLike(Protocol):
     """What the threshold store says about one score."""
 
-    score: float
-    threshold: float
-    anomalous: bool
-    severity: float
-    incident_id: str | None
-    incident_event: str | None
+    @property
+    def score(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def anomalous(self) -> bool: ...
+    @property
+    def severity(self) -> float: ...
+    @property
+    def incident_id(self) -> str | None: ...
+    @property
+    def incident_event(self) -> str | None: ...
 
 
 def verdict_output(topic: str, rec: Record, event: Event, model: ModelId, judgement: JudgementLike) -> Output:

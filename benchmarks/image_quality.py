@@ -152,9 +152,7 @@ def summarize(per_surface: dict[str, dict]) -> dict:
     out = {
         "image_auroc": {d: float(np.mean([per_surface[s]["image_auroc"][d] for s in surfaces])) for d in DEFECTS},
         "pixel_auroc": {d: float(np.mean([per_surface[s]["pixel_auroc"][d] for s in surfaces])) for d in DEFECTS},
-        "image_auroc_by_surface": {
-            s: float(np.mean(list(per_surface[s]["image_auroc"].values()))) for s in surfaces
-        },
+        "image_auroc_by_surface": {s: float(np.mean(list(per_surface[s]["image_auroc"].values()))) for s in surfaces},
         "pixel_auroc_all_by_surface": {s: per_surface[s]["pixel_auroc_all"] for s in surfaces},
         "fit_seconds": float(np.mean([per_surface[s]["fit_seconds"] for s in surfaces])),
         "score_images_per_s": float(np.median([per_surface[s]["score_images_per_s"] for s in surfaces])),

@@ -19,11 +19,19 @@ each term is z-scored on held-out normal images first (the paper adds them raw; 
 
 The teacher runs once per fit over the training images: every block input the students need is
 cached (when it fits in `cache_gb`), so an epoch only runs the K small student blocks.
+
+Pinned backbones: the teacher's weights are referenced, not copied, so the manifest pins them by
+`backbone_sha256`, a sha256 over the loaded backbone's state dict (sorted names, dtype, shape, bytes;
+see `state_dict_sha256`). One digest for every source -- timm hub or its cache, a local weights file
+(whose file sha256 is also kept), or a seeded random init -- and it hashes what actually runs (after
+timm's checkpoint filters), so an upstream re-upload, a swapped cache entry or a changed file is refused
+at load with ModelIntegrityError. `backbone_source` says "random-backbone", "timm-hub" or "file".
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -90,6 +98,63 @@ CLIP_WARNING = r".* has \d+ blocks: using the last \d+ \(n_blocks=\d+ clipped to
 
 
 # ----------------------------------------------------------------------------- backbone
+
+RANDOM_BACKBONE = "random-backbone"  # backbone_source of a seeded random init (no trained weights)
+
+
+def state_dict_sha256(module_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: for each name in sorted order, the name, dtype, shape and raw bytes.
+
+    Independent of file format and of the device the tensors live on, so a hub download, its cache
+    and a safetensors copy of the same weights agree.
+    """
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_backbone_file(path: str | Path, arch: str) -> str:
+    """The file's sha256 once a safetensors file is shown to load into timm `arch` (strict names and shapes).
+
+    The classifier head (timm's `classifier` names) may be present or not, since the teacher drops it;
+    every other tensor must match the architecture exactly. ValueError names the missing, unexpected
+    and mis-shaped tensors; FileNotFoundError if there is no file. Nothing is pickled.
+    """
+    import timm
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"expected a .safetensors weights file, got {path.name}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # truncated or not safetensors at all
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    with torch.device("meta"):  # shapes only, no memory or init cost
+        model = timm.create_model(arch, pretrained=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    heads = model.pretrained_cfg.get("classifier") or "head"
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
+    missing = sorted(k for k in expected if k not in state and not is_head(k))
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} != {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k] and not is_head(k)
+    )
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path} does not fit timm {arch}: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}, shapes {shapes[:5]}"
+        )
+    return sha256_file(path)
 
 
 def build_backbone(cfg: TransformalyConfig) -> nn.Module:
@@ -218,6 +283,7 @@ class TransformalyScorer:
         self.score_batch_size = int(score_batch_size)
         backbone_net = build_backbone(self.config)  # (a missing weights file is reported here)
         self.weights_sha256 = sha256_file(Path(pretrained)) if isinstance(pretrained, str) else None
+        self.backbone_sha256 = state_dict_sha256(backbone_net)  # what runs, whatever the source
         depth = len(backbone_net.blocks)
         self.n_blocks = min(self.config.n_blocks, depth - 1)
         if self.n_blocks < 1:
@@ -465,6 +531,13 @@ class TransformalyScorer:
 
     # --------------------------------------------------------------------- persistence
 
+    @property
+    def backbone_source(self) -> str:
+        """ "random-backbone" (seeded random init, pretrained=False), "timm-hub" (pretrained=True) or "file"."""
+        if isinstance(self.config.pretrained, str):
+            return "file"
+        return "timm-hub" if self.config.pretrained else RANDOM_BACKBONE
+
     def _pretrained_source(self) -> str:
         """Where the teacher's weights came from, in words a person can follow up."""
         if isinstance(self.config.pretrained, str):
@@ -479,7 +552,8 @@ class TransformalyScorer:
 
         Manifest config: every constructor argument, plus how to get the backbone back: timm name, the
         pretrained source (True = timm hub/cache, False = random init from `backbone_init_seed`, else a
-        file path with its `weights_sha256`, verified at load).
+        file path with its `weights_sha256`, verified at load), `backbone_source` and `backbone_sha256`
+        (the rebuilt backbone must match it at load).
         """
         self._check_fitted()
         config = {
@@ -487,6 +561,8 @@ class TransformalyScorer:
             "score_batch_size": self.score_batch_size,
             "backbone_init_seed": self.config.seed if self.config.pretrained is False else None,
             "weights_sha256": self.weights_sha256,
+            "backbone_sha256": self.backbone_sha256,
+            "backbone_source": self.backbone_source,
             "pretrained_source": self._pretrained_source(),
             "n_blocks_used": self.n_blocks,
             "input_size": list(self.input_size),
@@ -511,9 +587,11 @@ class TransformalyScorer:
         manifest, tensors = load_scorer_dir(path)
         cfg = dict(manifest["config"])
         expected_sha = cfg.pop("weights_sha256")
+        expected_backbone = cfg.pop("backbone_sha256", None)  # absent in manifests saved before pinning
         for derived in (
             "backbone_init_seed",
             "pretrained_source",
+            "backbone_source",
             "n_blocks_used",
             "input_size",
             "grid_size",
@@ -533,6 +611,11 @@ class TransformalyScorer:
             # the clipping warning was given when the scorer was made
             warnings.filterwarnings("ignore", message=CLIP_WARNING, category=UserWarning)
             scorer = cls(**cfg, device=device)
+        if expected_backbone is not None and scorer.backbone_sha256 != expected_backbone:
+            raise ModelIntegrityError(
+                f"{path}: backbone {cfg['backbone']} ({scorer.backbone_source}) loaded with state-dict sha256 "
+                f"{scorer.backbone_sha256[:12]}…, manifest pins {expected_backbone[:12]}…"
+            )
         scorer.students.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("students.")})
         arrays = {k: v.numpy() for k, v in tensors.items() if not k.startswith("students.")}
         scorer.pretrained_density = GaussianDensity.from_arrays(arrays, "pretrained")

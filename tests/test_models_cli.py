@@ -93,6 +93,7 @@ def test_fit_on_a_folder_of_images_publishes_a_transformaly_version(tmp_path: Pa
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, size=(32, 32), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     args = ["--data", str(folder), "--epochs", "1", "--img-size", "32", "--n-blocks", "2", "--device", "cpu"]
+    args += ["--backbone", "vit_tiny_patch16_224", "--random-backbone"]
     result = lw(config_file(settings, tmp_path), "models", "fit", "camera", *args)
     assert result.exit_code == 0, result.output
     manifest = Registry(settings.registry_dir).manifest("camera", "0001")

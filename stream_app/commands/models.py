@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+DEFAULT_BACKBONE = "vit_base_patch16_384.orig_in21k_ft_in1k"  # the paper's ViT (= models.transformaly's)
 console = Console()
 models_app = typer.Typer(help="Model registry: list, inspect, fit, promote, roll back.", no_args_is_help=True)
 
@@ -33,9 +34,11 @@ def user_errors() -> Iterator[None]:
     """Turn expected failures (unknown model, bad file, integrity, broker down) into one line and exit 1."""
     from aiokafka.errors import KafkaError
 
+    from models.backbones import BackboneUnavailable
+
     try:
         yield
-    except (UserError, LookupError, ValueError, OSError, KafkaError, TimeoutError) as exc:
+    except (UserError, LookupError, ValueError, OSError, KafkaError, TimeoutError, BackboneUnavailable) as exc:
         console.print(f"[red]error:[/] {exc or type(exc).__name__}")
         raise typer.Exit(1) from None
 
@@ -89,6 +92,14 @@ def _announce(ctx: typer.Context, registry, mv, announce: bool) -> None:
 # ----------------------------------------------------------------------------- list / show
 
 
+def _kind(manifest: dict[str, Any]) -> str:
+    """The kind, with the version's warnings in red (e.g. an untrained camera backbone)."""
+    from stream_app.registry.backbones import model_flags
+
+    flags = " ".join(f"[bold red]{flag}[/]" for flag in model_flags(manifest))
+    return f"{manifest.get('kind', '-')} {flags}".strip()
+
+
 def _decision(manifest: dict[str, Any]) -> str:
     return (manifest.get("validation") or {}).get("decision", "-")
 
@@ -111,13 +122,13 @@ def list_models(ctx: typer.Context) -> None:
         return
     table = Table(title=f"models in {registry.root}")
     for col in ("model", "production", "latest", "versions", "kind", "latest decision", "latest created"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in names:
         versions = registry.versions(name)
         latest = registry.manifest(name, versions[-1]) if versions else {}
         table.add_row(
             name, _production_or_none(registry, name) or "[yellow]none[/]", versions[-1] if versions else "-",
-            str(len(versions)), latest.get("kind", "-"), _decision(latest), str(latest.get("created_at", "-"))[:19],
+            str(len(versions)), _kind(latest), _decision(latest), str(latest.get("created_at", "-"))[:19],
         )  # fmt: skip
     console.print(table)
 
@@ -147,7 +158,7 @@ def _show_versions(registry, name: str) -> None:
     for v in registry.versions(name):
         m = registry.manifest(name, v)
         table.add_row(
-            "[green]*[/]" if v == production else "", v, str(m.get("created_at", "-"))[:19], m.get("kind", "-"),
+            "[green]*[/]" if v == production else "", v, str(m.get("created_at", "-"))[:19], _kind(m),
             str(m.get("parent") or "-"), str(m.get("trained_by", "-")), _samples(m), _decision(m),
             (m.get("validation") or {}).get("reason", ""),
         )  # fmt: skip
@@ -166,7 +177,8 @@ def _show_version(ctx: typer.Context, registry, name: str, version: str) -> None
     table.add_column("value", overflow="fold")
     table.add_row("production", "yes" if _production_or_none(registry, name) == version else "no")
     table.add_row("manifest sha256", registry.digest(name, version))
-    for key in ("kind", "created_at", "parent", "trained_by", "trigger"):
+    table.add_row("kind", _kind(m))
+    for key in ("created_at", "parent", "trained_by", "trigger"):
         if key in m:
             table.add_row(key, str(m[key]))
     table.add_row("files", "\n".join(f"{f}  {h}" for f, h in m.get("files", {}).items()))
@@ -211,8 +223,14 @@ def fit(
     hidden: Annotated[int, typer.Option(help="autoencoder hidden width")] = 64,
     latent: Annotated[int, typer.Option(help="autoencoder latent width")] = 8,
     batch_size: Annotated[int | None, typer.Option()] = None,
-    backbone: Annotated[str, typer.Option(help="timm ViT for transformaly")] = "vit_tiny_patch16_224",
-    pretrained: Annotated[bool, typer.Option(help="download pretrained backbone weights (needs network)")] = False,
+    backbone: Annotated[str, typer.Option(help="timm ViT for transformaly")] = DEFAULT_BACKBONE,
+    weights: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="transformaly: backbone weights (.safetensors) for air-gapped sites"),
+    ] = None,
+    random_backbone: Annotated[
+        bool, typer.Option("--random-backbone", help="transformaly: untrained backbone (tests and demos only)")
+    ] = False,
     img_size: Annotated[int | None, typer.Option(help="transformaly input size (default: the backbone's)")] = None,
     n_blocks: Annotated[int, typer.Option(help="transformaly: last N blocks get students")] = 10,
     seed: Annotated[int, typer.Option()] = 0,
@@ -223,7 +241,7 @@ def fit(
     """Fit a model on a file of normal samples and publish it as the next version."""
     from models import IMAGE_KINDS, VECTOR_KINDS, create_scorer
     from stream_app.retraining.datasets import load_images, load_vectors
-    from stream_app.retraining.fitting import fit_and_publish
+    from stream_app.retraining.fitting import backbone_weights, fit_and_publish
 
     settings = ctx.obj
     registry = _registry(ctx)
@@ -240,6 +258,7 @@ def fit(
         X = load_images(data) if images else load_vectors(data)
         options: dict[str, Any] = {"seed": seed, "device": device or settings.device}
         if images:
+            pretrained = backbone_weights(registry.root, backbone, weights, random_backbone)
             options |= {"backbone": backbone, "pretrained": pretrained, "img_size": img_size, "n_blocks": n_blocks}
         else:
             options |= {"n_features": X.shape[1], "n_layers": n_layers, "hidden": hidden, "latent": latent}
@@ -289,6 +308,25 @@ def rollback(
         mv = registry.rollback(name)
         console.print(f"{name} production: {previous} -> {mv.version} (rolled back)")
         _announce(ctx, registry, mv, announce)
+
+
+backbone_app = typer.Typer(help="Pretrained backbones kept in the registry by hash.", no_args_is_help=True)
+models_app.add_typer(backbone_app, name="backbone")
+
+
+@backbone_app.command("import")
+def backbone_import(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(dir_okay=False, help="a .safetensors file of the architecture's weights")],
+    arch: Annotated[str, typer.Option("--arch", help="timm architecture the file must load into")] = DEFAULT_BACKBONE,
+) -> None:
+    """Check FILE loads into ARCH and keep it in the registry by sha256, for every worker to load the same bytes."""
+    from stream_app.registry.backbones import BackboneStore
+
+    with user_errors():
+        stored = BackboneStore(ctx.obj.registry_dir).import_file(file, arch)
+    console.print(f"stored {arch} weights sha256 [bold]{stored.stem}[/] at {stored}")
+    console.print(f"fit with: linewatch models fit NAME --data FOLDER --backbone {arch} --weights {stored}")
 
 
 def register(app: typer.Typer) -> None:

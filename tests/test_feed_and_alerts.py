@@ -243,3 +243,12 @@ def test_alerts_tail_json_prints_one_object_per_line(make_settings, tmp_path):
     assert proc.returncode == 0, proc.stderr
     objects = [json.loads(line) for line in proc.stdout.splitlines()]
     assert objects == [ALERTS[1]]
+
+
+async def test_run_simulation_can_send_binary_vectors_that_decode_like_json(make_settings):
+    settings = make_settings()
+    result = await run_simulation(settings, lines=1, machines=2, cameras=0, rate=100, duration=0.5, encoding="binary")
+    vectors = await consume(settings, settings.topics.vectors, result["vectors"])
+    assert all(codecs.headers_dict(r.headers)["content-type"] == b"application/vnd.linewatch.vector" for r in vectors)
+    events = codecs.decode_vectors([r.value for r in vectors])
+    assert all(isinstance(e, codecs.VectorEvent) and e.values.shape == (8,) for e in events)

@@ -36,6 +36,7 @@ def simulate(
     features: Annotated[int, typer.Option(min=2, help="channels per sensor vector")] = 8,
     image_size: Annotated[int, typer.Option(min=16, help="frame width and height in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="same seed, same line (and same training data)")] = 0,
+    encoding: Annotated[str, typer.Option(help="sensor vectors as 'json' or compact 'binary' (float32)")] = "json",
 ) -> None:
     """Simulate production lines: sensor vectors and camera frames with labelled faults, in real time."""
     from tqdm import tqdm
@@ -54,7 +55,7 @@ def simulate(
         task = asyncio.create_task(
             run_simulation(
                 settings, lines, machines, cameras, rate, fps, duration, fault_rate, defect_rate,
-                drift, features, image_size, seed, stop_event=stop, on_progress=progress,
+                drift, features, image_size, seed, encoding, stop_event=stop, on_progress=progress,
             )
         )  # fmt: skip
         try:

@@ -31,6 +31,7 @@ async def run_simulation(
     n_features: int = 8,
     image_size: int = 64,
     seed: int = 0,
+    encoding: str = "json",
     stop_event: asyncio.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -41,7 +42,13 @@ async def run_simulation(
     from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
     from stream_app.sim.simulator import LineSimulator
     from stream_app.wire import codecs
+    from stream_app.wire.binary_vectors import CONTENT_TYPE as BINARY_CONTENT_TYPE
+    from stream_app.wire.binary_vectors import encode_vector_binary
 
+    if encoding not in ("json", "binary"):
+        raise ValueError(f"expected encoding 'json' or 'binary', got {encoding!r}")
+    encode = codecs.encode_vector if encoding == "json" else encode_vector_binary
+    vector_headers = [] if encoding == "json" else [("content-type", BINARY_CONTENT_TYPE.encode())]
     sim = LineSimulator(lines, machines, cameras, n_features, fault_rate, defect_rate, drift, image_size, seed)
     topics = settings.topics
     await ensure_topics(settings, [topics.vectors, topics.frames])
@@ -69,8 +76,8 @@ async def run_simulation(
             acks = []
             while sent_v < due_v:
                 sample = sim.machines[sent_v % len(sim.machines)].next(time.time())
-                value = codecs.encode_vector(sample.source, sample.values.tolist(), sample.ts, seq=sent_v)
-                headers = [("truth", sample.truth.encode())]
+                value = encode(sample.source, sample.values, sample.ts, seq=sent_v)
+                headers = [("truth", sample.truth.encode()), *vector_headers]
                 acks.append(await producer.send(topics.vectors, value, key=sample.source.encode(), headers=headers))
                 truth_v[sample.truth] += 1
                 sent_v += 1

@@ -28,6 +28,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import orjson
 
+from stream_app.wire.binary_vectors import BinaryVectorError, is_binary_vector, parse_vector_binary
+
 REASONS = (
     "malformed_json",
     "bad_schema",
@@ -123,7 +125,7 @@ def decode_vectors(values: Sequence[bytes | None]) -> list[VectorEvent | BadEven
     ([1.0, 2.0], 'bad_schema')
     """
     out: list[VectorEvent | BadEvent | None] = [None] * len(values)
-    bodies: dict[int, tuple[str, float, list, int | None]] = {}
+    bodies: dict[int, tuple[str, float, list | np.ndarray, int | None]] = {}
     by_width: dict[int, list[int]] = {}
     for i, value in enumerate(values):
         try:
@@ -149,10 +151,15 @@ def decode_vectors(values: Sequence[bytes | None]) -> list[VectorEvent | BadEven
 _NUMBER_TYPES = {float, int}
 
 
-def _vector_body(value: bytes | None) -> tuple[str, float, list, int | None]:
-    """The checked fields of one vector message: source, ts, values (numbers), seq."""
+def _vector_body(value: bytes | None) -> tuple[str, float, list | np.ndarray, int | None]:
+    """The checked fields of one vector message (JSON, or the binary layout): source, ts, values, seq."""
     if not value:
         raise BadEvent("malformed_json", "empty message value, expected a JSON object")
+    if is_binary_vector(value):
+        try:
+            return parse_vector_binary(value)
+        except BinaryVectorError as exc:
+            raise BadEvent("bad_schema", str(exc)) from None
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

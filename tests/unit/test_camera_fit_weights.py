@@ -87,7 +87,7 @@ def test_weights_file_is_checked_kept_by_hash_and_pinned_so_a_changed_file_is_re
 
 
 def test_a_file_of_another_architecture_is_refused_before_anything_is_fitted(site, tmp_path):
-    config, folder, registry = site
+    config, _, registry = site
     import timm
 
     save_file(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), str(tmp_path / "s.st"))

@@ -1,0 +1,151 @@
+"""A real Redis Cluster on loopback for tests and benchmarks: 3 masters and 3 replicas, no Docker.
+
+Six `redis-server --cluster-enabled yes` processes (AOF on, their own dirs under `state_dir`), joined by
+`redis-cli --cluster create ... --cluster-replicas 1`. `kill_master(slot)` SIGKILLs the master serving a
+slot so a test can watch its replica take over (`cluster-node-timeout` is short for that reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NODE_TIMEOUT_MS = 2000
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be formed; the message says why."""
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (+10000) is free too, so both stay below 65536."""
+    for port in random.sample(range(20000, 30000), 500):
+        if port not in taken and _bindable(port) and _bindable(port + 10000):
+            return port
+    raise ClusterError("no free port pair (p, p + 10000) in 20000-40000 for a Redis Cluster node")
+
+
+def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
+                         timeout=timeout)  # fmt: skip
+    return out.stdout.strip()
+
+
+@dataclass
+class RedisCluster:
+    state_dir: Path
+    ports: list[int] = field(default_factory=list)
+    procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """A seed URL for clients; they discover the other nodes."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def up(self, nodes: int = 6, timeout_s: float = 60.0) -> RedisCluster:
+        for tool in ("redis-server", "redis-cli"):
+            if shutil.which(tool) is None:
+                raise ClusterError(f"`{tool}` not found on PATH; apt-get install redis-server redis-tools")
+        if not self.ports:
+            for _ in range(nodes):
+                self.ports.append(_free_cluster_port(set(self.ports)))
+        for port in self.ports:
+            self._start(port)
+        deadline = time.monotonic() + timeout_s
+        for port in self.ports:
+            while _cli(port, "PING") != "PONG":
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"redis node on port {port} did not answer PING; see {self._dir(port)}/log")
+                time.sleep(0.1)
+        addrs = [f"127.0.0.1:{p}" for p in self.ports]
+        created = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "1",
+                                  "--cluster-yes"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        if created.returncode != 0:
+            raise ClusterError(f"redis-cli --cluster create failed: {created.stdout[-800:]} {created.stderr[-400:]}")
+        self.wait_ok(deadline - time.monotonic())
+        return self
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every live node reports cluster_state:ok with all 16384 slots served, and every replica is in
+        sync with its master (a replica that never synced cannot take over)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            live = [p for p in self.ports if self.procs[p].poll() is None]
+            infos = [_cli(p, "CLUSTER", "INFO") for p in live]
+            links = [_cli(p, "INFO", "replication") for p in live]
+            synced = all("role:master" in r or "master_link_status:up" in r for r in links)
+            if infos and synced and all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cluster not ok after {timeout_s:.0f} s: {infos[:1]}")
+            time.sleep(0.2)
+
+    def master_of_slot(self, slot: int) -> int:
+        """The port of the master serving `slot` now."""
+        for line in _cli(self._live_port(), "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2] and "disconnected" not in parts[7:8]:
+                for rng in parts[8:]:
+                    lo, _, hi = rng.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return int(parts[1].split("@")[0].rsplit(":", 1)[1])
+        raise ClusterError(f"no master serves slot {slot}")
+
+    def kill_master(self, slot: int) -> int:
+        """SIGKILL the master of `slot`; returns its port. Its replica is promoted after NODE_TIMEOUT_MS."""
+        port = self.master_of_slot(slot)
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait()
+        return port
+
+    def wait_failover(self, slot: int, old_master: int, timeout_s: float = 30.0) -> float:
+        """Seconds until a live node masters `slot` again and the cluster is ok."""
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(ClusterError):
+                if self.master_of_slot(slot) != old_master:
+                    self.wait_ok(max(1.0, timeout_s - (time.monotonic() - started)))
+                    return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise ClusterError(f"no replica took over slot {slot} from port {old_master} in {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def down(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def _live_port(self) -> int:
+        return next(p for p in self.ports if self.procs[p].poll() is None)
+
+    def _dir(self, port: int) -> Path:
+        return Path(self.state_dir) / f"node-{port}"
+
+    def _start(self, port: int) -> None:
+        node = self._dir(port)
+        node.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--save", "",
+                "--protected-mode", "yes", "--logfile", str(node / "log")]  # fmt: skip
+        self.procs[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)  # fmt: skip

@@ -176,9 +176,8 @@ class ConsoleSettings(BaseModel):
     @field_serializer("users", "token_hash", "session_secret", when_used="json")
     def _hashes_in_files(self, value: object) -> object:
         """Config files handed to child processes keep the hashes (a masked value would lock everyone out)."""
-        if isinstance(value, dict):
-            return {k: v.get_secret_value() for k, v in value.items()}
-        return value.get_secret_value() if isinstance(value, SecretStr) else value
+        reveal = lambda v: v.get_secret_value() if isinstance(v, SecretStr) else v  # noqa: E731
+        return {k: reveal(v) for k, v in value.items()} if isinstance(value, dict) else reveal(value)
 
 
 class Settings(BaseSettings):

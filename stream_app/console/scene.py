@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from stream_app.judging.incidents import incident_id as make_incident_id
 from stream_app.registry.versions import ModelVersion, Registry
 from stream_app.settings import Settings
-from stream_app.wire.codecs import encode_image, frame_headers
+from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
 from stream_app.wire.outputs import Output, alert_id, alert_output, coarse_grid, top_features, verdict_output
 from stream_app.wire.records import Record
 
@@ -51,22 +51,27 @@ def verdicts(
     return out
 
 
-def vector_alert(
-    settings: Settings, source: str, offset: int, score: float, threshold: float, model: str, version: str,
-    event: str | None = "opened", incident: str | None = None,
-) -> tuple[Output, dict[str, Any]]:  # fmt: skip
-    """An alert on a sensor vector whose `vibration_mm_s` and `temp_c` broke away (top sensors explained)."""
-    rng = np.random.default_rng(offset)
+async def vector_alert(
+    producer: AIOKafkaProducer, settings: Settings, source: str, score: float, threshold: float, model: str,
+    version: str, event: str | None = "opened", seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Publish a sensor vector whose `vibration_mm_s` and `temp_c` broke away, then the alert a worker would
+    raise on it (top sensors explained); returns the alert."""
+    rng = np.random.default_rng(seed)
     values = np.array([61.5, 4.1, 9.8, 12.2, 1480.0, 33.0]) + rng.normal(0, 0.2, 6)
     contributions = np.array([2.1, 0.2, 7.4, 0.6, 0.1, 0.9]) * (score / max(threshold, 1e-9))
-    rec = Record(settings.topics.vectors, 0, offset, source.encode(), b"")
-    inc = incident or make_incident_id(source, alert_id(settings.topics.vectors, 0, offset))
+    meta = await (
+        await producer.send(settings.topics.vectors, key=source.encode(), value=encode_vector(source, values.tolist()))
+    )
+    rec = Record(meta.topic, meta.partition, meta.offset, source.encode(), b"")
+    inc = make_incident_id(source, alert_id(meta.topic, meta.partition, meta.offset))
     out = alert_output(
         settings.topics.alerts, rec, source=source, kind="sensor", ts=time.time(), score=score, threshold=threshold,
         severity=score / threshold, model=model, version=version, incident_id=inc, incident_event=event,
         explanation=top_features(contributions, values, FEATURES, k=4),
     )  # fmt: skip
-    return out, orjson.loads(out.value)
+    await send(producer, [out])
+    return orjson.loads(out.value)
 
 
 def defect_frame(size: int = 192, peak: tuple[int, int] = (5, 2), cells: int = 8, seed: int = 0):

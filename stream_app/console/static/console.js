@@ -41,11 +41,18 @@ function live(url, onData) {
 // ------------------------------------------------------------------ overview
 
 function tileNode(t) {
-  const a = el("a", { class: "tile " + t.status, href: "/source/" + t.source, "data-source": t.source, "data-status": t.status });
-  a.append(el("span", { class: "name" }, t.source));
-  a.append(el("span", { class: "detail" }, t.detail));
-  a.append(el("span", { class: "nums" }, "score " + fmt(t.score) + " / thr " + fmt(t.threshold)));
+  const a = el("a", { href: "/source/" + t.source, "data-source": t.source });
+  a.append(el("span", { class: "name" }, t.source), el("span", { class: "detail" }), el("span", { class: "nums" }));
   return a;
+}
+
+function updateTile(a, t) {
+  // in place: the same element lives as long as its source, so nothing holding it goes stale
+  const cls = "tile " + t.status;
+  if (a.className !== cls) a.className = cls;
+  a.dataset.status = t.status;
+  a.children[1].textContent = t.detail;
+  a.children[2].textContent = "score " + fmt(t.score) + " / thr " + fmt(t.threshold);
 }
 
 function renderOverview(payload) {
@@ -57,23 +64,26 @@ function renderOverview(payload) {
     el("span", { class: "chip stale" }, counts.stale + " no data"), document.createTextNode(" "),
     el("span", { class: "chip deadletters" }, counts.deadletters + " dead letters rising"),
   );
-  const groups = new Map();
-  for (const t of payload.tiles) {
-    const line = t.line;
-    if (!groups.has(line)) groups.set(line, []);
-    groups.get(line).push(t);
-  }
   const lines = document.getElementById("lines");
-  const sections = [];
-  for (const line of [...groups.keys()].sort()) {
-    const section = el("section", { class: "line", "data-line": line });
-    section.append(el("h2", {}, line));
-    const grid = el("div", { class: "tiles" });
-    for (const t of groups.get(line)) grid.append(tileNode(t));
-    section.append(grid);
-    sections.push(section);
+  const empty = document.getElementById("empty");
+  if (empty && payload.tiles.length) empty.remove();
+  for (const t of payload.tiles) {
+    let section = lines.querySelector('section.line[data-line="' + CSS.escape(t.line) + '"]');
+    if (!section) {
+      section = el("section", { class: "line", "data-line": t.line });
+      section.append(el("h2", {}, t.line), el("div", { class: "tiles" }));
+      const after = [...lines.children].find((s) => s.dataset.line > t.line);
+      lines.insertBefore(section, after || null);
+    }
+    const grid = section.querySelector(".tiles");
+    let a = grid.querySelector('a[data-source="' + CSS.escape(t.source) + '"]');
+    if (!a) {
+      a = tileNode(t);
+      const after = [...grid.children].find((n) => n.dataset.source > t.source);
+      grid.insertBefore(a, after || null);
+    }
+    updateTile(a, t);
   }
-  if (sections.length) lines.replaceChildren(...sections);
 }
 
 // ------------------------------------------------------------------ source timeline
@@ -106,12 +116,19 @@ function drawTimeline(svg, data) {
     tick.textContent = "-" + Math.round(t1 - t) + " s";
     nodes.push(tick);
   }
-  if (pts.length) {
-    const upper = pts.map((p) => x(p[0]) + "," + y(p[3]));
-    const lower = pts.slice().reverse().map((p) => x(p[0]) + "," + y(p[2]));
+  // one run per stretch without gaps, so silence shows as silence rather than a straight line across it
+  const runs = [];
+  for (const p of pts) {
+    const run = runs[runs.length - 1];
+    if (run && p[0] - run[run.length - 1][0] <= 2.5 * data.bucket_s) run.push(p); else runs.push([p]);
+  }
+  const w = (x(t0 + data.bucket_s) - x(t0)) / 2;
+  for (const run of runs) {
+    const upper = run.flatMap((p) => [(x(p[0]) - w) + "," + y(p[3]), (x(p[0]) + w) + "," + y(p[3])]);
+    const lower = run.slice().reverse().flatMap((p) => [(x(p[0]) + w) + "," + y(p[2]), (x(p[0]) - w) + "," + y(p[2])]);
     nodes.push(svgEl("polygon", { class: "band", points: upper.concat(lower).join(" ") }));
-    nodes.push(svgEl("polyline", { class: "mean", points: pts.map((p) => x(p[0]) + "," + y(p[4])).join(" ") }));
-    nodes.push(svgEl("polyline", { class: "thr", id: "threshold-line", points: pts.map((p) => x(p[0]) + "," + y(p[5])).join(" ") }));
+    nodes.push(svgEl("polyline", { class: "mean", points: run.map((p) => x(p[0]) + "," + y(p[4])).join(" ") }));
+    nodes.push(svgEl("polyline", { class: "thr", points: run.map((p) => (x(p[0]) - w) + "," + y(p[5]) + " " + (x(p[0]) + w) + "," + y(p[5])).join(" ") }));
   }
   for (const a of data.alerts) {
     if (a[0] < t0 || a[1] === null) continue;
@@ -158,7 +175,7 @@ function heatColor(v) {
   const [a, ca] = stops[i], [b, cb] = stops[i + 1];
   const f = Math.min(1, Math.max(0, (v - a) / (b - a)));
   const rgb = ca.map((c, k) => Math.round(c + f * (cb[k] - c)));
-  return "rgba(" + rgb.join(",") + "," + (0.15 + 0.55 * v).toFixed(3) + ")";
+  return "rgba(" + rgb.join(",") + "," + (0.7 * Math.pow(v, 1.5)).toFixed(3) + ")"; // cold cells leave the frame visible
 }
 
 function drawHeatmap(img, canvas, explanation) {

@@ -32,21 +32,22 @@ def _unb64(text: str) -> bytes:
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> str:
-    """`scrypt$n$r$p$salt$hash` of a password or token (what goes into the settings).
+    """`scrypt:n:r:p:salt:hash` of a password or token (what goes into the settings; no `$`, so it survives
+    shells, .env files and compose interpolation unquoted).
 
     >>> h = hash_secret("s3cret", salt=b"0123456789abcdef")
-    >>> h.split("$")[:4], verify_secret("s3cret", h), verify_secret("guess", h)
+    >>> h.split(":")[:4], verify_secret("s3cret", h), verify_secret("guess", h)
     (['scrypt', '16384', '8', '1'], True, False)
     """
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(secret.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return f"scrypt:{SCRYPT_N}:{SCRYPT_R}:{SCRYPT_P}:{_b64(salt)}:{_b64(digest)}"
 
 
 def verify_secret(secret: str, stored: str) -> bool:
     """True when `secret` hashes to `stored`; a malformed stored hash never matches (ValueError would leak)."""
     try:
-        scheme, n, r, p, salt, digest = stored.split("$")
+        scheme, n, r, p, salt, digest = stored.split(":")
         if scheme != "scrypt":
             return False
         expected = _unb64(digest)

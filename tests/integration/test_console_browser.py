@@ -260,9 +260,12 @@ def test_image_alert_page_shows_the_frame_with_its_heatmap(console, browser):
     rendered = np.asarray(Image.open(io.BytesIO(wrap.screenshot_as_png)).convert("RGB")).astype(int)
     h, w, _ = rendered.shape
     assert w > 300 and abs(h - w) < 8, f"frame rendered at {w}x{h}"
-    cell = lambda r, c: rendered[
-        int((r + 0.3) * h / 8) : int((r + 0.7) * h / 8), int((c + 0.3) * w / 8) : int((c + 0.7) * w / 8)
-    ]  # noqa: E731
+
+    def cell(r: int, c: int) -> np.ndarray:  # the middle of grid cell (r, c) of 8 x 8, as rendered
+        return rendered[
+            int((r + 0.3) * h / 8) : int((r + 0.7) * h / 8), int((c + 0.3) * w / 8) : int((c + 0.7) * w / 8)
+        ]
+
     hot = cell(*peak).reshape(-1, 3).mean(0)
     cold = cell(0, 7).reshape(-1, 3).mean(0)
     assert hot[0] > hot[1] + 40 and hot[0] > hot[2] + 40, f"peak cell not red: {hot}"

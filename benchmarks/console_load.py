@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import socket
@@ -123,7 +124,7 @@ async def listen(url: str, stop_at: float) -> list[float]:
 
 def gaps(stamps: list[float], start: float, end: float) -> float:
     points = [start, *stamps, end]
-    return max(b - a for a, b in zip(points, points[1:], strict=False))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 async def phase(settings: Settings, base: str, pid: int, rate: float, seconds: float) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_app.console.labels import Label, false_alarms, confirmed_anomalies, latest_per_alert, precision
+from stream_app.console.labels import Label, confirmed_anomalies, false_alarms, latest_per_alert, precision
 from stream_app.console.live import LiveState
 from stream_app.console.pages import feature_bars, grouped_tiles, overview_payload
 
@@ -23,7 +23,7 @@ def test_a_burst_of_verdicts_becomes_one_point_per_bucket():
         s.add_verdict(verdict("l1/a", float(i % 7)), 1000.0 + i / 2000)
     tl = s.timeline("l1/a", now=1010.0)
     assert len(tl["points"]) == 10 and sum(p[1] for p in tl["points"]) == 20_000
-    t, n, lo, hi, mean, thr, anomalies = tl["points"][0]
+    t, n, lo, hi, _mean, thr, anomalies = tl["points"][0]
     assert (t, n, lo, hi, thr) == (1000.0, 2000, 0.0, 6.0, 4.0) and anomalies == sum(
         1 for i in range(2000) if i % 7 > 4
     )
@@ -70,7 +70,7 @@ def test_alerts_are_bounded_and_listed_per_incident():
     s = state(max_alerts=10)
     for i in range(25):
         s.add_alert({"alert_id": f"a{i}", "source": "l1/a", "incident_id": "inc", "ts": float(i), "severity": 1.0})
-    assert len(s.alerts) == 10 and [a["alert_id"] for a in s.incident_alerts("inc")][0] == "a15"
+    assert len(s.alerts) == 10 and next(a["alert_id"] for a in s.incident_alerts("inc")) == "a15"
 
 
 def lab(alert: str, kind: str, at: float, source: str = "s") -> Label:

@@ -161,6 +161,8 @@ async def alert_page(request: Request) -> Response:
 
 async def alert_frame(request: Request) -> Response:
     c = _c(request)
+    if not _readable(c, request):
+        return Response("log in to see frames", status_code=401)
     alert = c.feed.state.alerts.get(request.path_params["alert_id"])
     if alert is None or alert.get("kind") != "image":
         return Response("no image alert with this id", status_code=404, media_type="text/plain")
@@ -346,23 +348,14 @@ async def healthz(request: Request) -> Response:
 # -------------------------------------------------------------------- the app
 
 
-async def _security_headers(app: Any, scope: dict, receive: Any, send: Any) -> None:
-    async def send_with_headers(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", []))
-            headers += [
-                (b"content-security-policy", CSP.encode()),
-                (b"x-content-type-options", b"nosniff"),
-                (b"referrer-policy", b"same-origin"),
-            ]
-            message = {**message, "headers": headers}
-        await send(message)
-
-    await app(scope, receive, send_with_headers)
-
-
 class SecurityHeaders:
     """ASGI middleware adding CSP and friends to every HTTP response."""
+
+    HEADERS = (
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
 
     def __init__(self, app: Any):
         self.app = app
@@ -371,7 +364,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await _security_headers(self.app, scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(settings: Settings) -> Starlette:

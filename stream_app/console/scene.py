@@ -26,9 +26,12 @@ from stream_app.wire.records import Record
 FEATURES = ["temp_c", "pressure_bar", "vibration_mm_s", "current_a", "speed_rpm", "torque_nm"]
 
 
-async def send(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
-    """Send outputs and wait for every ack."""
-    futures = [await producer.send(o.topic, key=o.key, value=o.value, headers=o.headers) for o in outputs]
+async def send(producer: AIOKafkaProducer, outputs: Sequence[Output], timestamp_ms: int | None = None) -> None:
+    """Send outputs (stamped `timestamp_ms`, default now) and wait for every ack."""
+    futures = [
+        await producer.send(o.topic, key=o.key, value=o.value, headers=o.headers, timestamp_ms=timestamp_ms)
+        for o in outputs
+    ]
     for f in futures:
         await f
 

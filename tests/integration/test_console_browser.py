@@ -67,9 +67,23 @@ class Plant:
         self._stop.set()
         self._thread.join(10)
 
+    async def _history(self, producer: AIOKafkaProducer, rng: np.random.Generator, seconds: int = 240) -> None:
+        """The last few minutes, stamped in the past: the timeline has history, press-2 a closed incident."""
+        s, now = self.settings, time.time()
+        for back in range(seconds, 0, -1):
+            outputs = []
+            for source in SOURCES:
+                past_fault = source == "line-1/press-2" and 150 >= back > 130
+                scores = rng.gamma(2.0, 0.45, 8) + (5.0 if past_fault else 0.0)
+                model = "camera" if "cam" in source else "sensors"
+                incident = "past-incident-1" if past_fault else None
+                outputs += scene.verdicts(s, source, scores, THRESHOLD, model, "0001", incident)
+            await scene.send(producer, outputs, timestamp_ms=int((now - back) * 1000))
+
     async def _run(self) -> None:
         s, rng, k = self.settings, np.random.default_rng(0), 0
         async with AIOKafkaProducer(linger_ms=5, **aiokafka_kwargs(s.kafka)) as producer:
+            await self._history(producer, rng)
             await scene.send(producer, scene.verdicts(s, SILENT, [1.0], THRESHOLD, "sensors", "0001"))
             while not self._stop.is_set():
                 outputs = []
@@ -95,13 +109,8 @@ def _settings(stack_urls, tmp: Path, port: int) -> Settings:
     s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack_urls.kafka_bootstrap, stack_urls.redis_url, tag
     s.retrain.schedules = [RetrainSchedule(model="sensors", cron="0 3 * * *")]
     c = s.console
-    c.port, c.users, c.stale_after_s, c.update_interval_s, c.replay_s = (
-        port,
-        {"op": SecretStr(hash_secret("pw"))},
-        5,
-        0.25,
-        60,
-    )
+    c.port, c.users, c.stale_after_s = port, {"op": SecretStr(hash_secret("pw"))}, 5
+    c.update_interval_s, c.replay_s = 0.25, 300
     return s
 
 

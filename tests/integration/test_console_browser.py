@@ -35,10 +35,10 @@ from stream_app.console import scene
 from stream_app.console.auth import hash_secret
 from stream_app.console.labels import labelled_records, read_labels
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records
-from stream_app.ops.processes import spawn, stop
+from stream_app.ops.processes import running, spawn, stop, worker_health, worker_ports
 from stream_app.registry.versions import Registry
 from stream_app.settings import RetrainSchedule, Settings, TopicSettings
-from stream_app.wire.codecs import decode_vector
+from stream_app.wire.codecs import decode_vector, encode_vector
 
 pytestmark = pytest.mark.integration
 
@@ -362,10 +362,43 @@ def test_promote_needs_a_login_and_a_csrf_token(console, browser):
     assert registry.production("sensors").version == "0001"
 
 
+def test_fleet_and_models_pages_show_a_running_worker(console, browser):
+    """A real worker (subprocess, production model from the registry): found by its port file, scraped."""
+    settings, base, _ = console
+    with running(settings, "worker", "-l", "warning"):
+        ports = wait_for(lambda: worker_ports(settings), 90, 0.5)
+        assert ports, "the worker never wrote its port file"
+        assert wait_for(lambda: _health_ok(ports[0]), 60, 0.5), "the worker never became healthy"
+
+        async def vectors(producer):
+            rng = np.random.default_rng(3)
+            for _ in range(300):
+                await producer.send(settings.topics.vectors, key=b"line-1/press-1",
+                                    value=encode_vector("line-1/press-1", rng.normal(size=6).tolist()))  # fmt: skip
+            await producer.flush()
+
+        asyncio.run(_publish(settings, vectors))
+        browser.get(base + "/fleet")  # the page reloads itself every 5 s
+        wait_text(browser, "workers", "sensors v0001", 30)
+        wait_text(browser, "workers", " s ago", 30)  # it has scored a batch: /metrics now has latencies and lag
+        row = browser.find_element(By.CSS_SELECTOR, "#workers tbody tr").text
+        assert f"127.0.0.1:{ports[0]}" in row and "/" in row  # its address and the partitions it holds
+        shot(browser, "fleet")
+        browser.get(base + "/models")
+        served = browser.find_element(By.CSS_SELECTOR, '#model-sensors tr[data-version="0001"]').text
+        assert f"127.0.0.1:{ports[0]}" in served
+
+
+def _health_ok(port: int) -> bool:
+    try:
+        return bool(worker_health(port, 2.0).get("ok"))
+    except OSError:
+        return False
+
+
 def test_fleet_page_shows_the_retraining_schedule_and_the_console_itself(console, browser):
     _, base, _ = console
     browser.get(base + "/fleet")
     schedule = browser.find_element(By.ID, "schedules").text
     assert "sensors" in schedule and "0 3 * * *" in schedule
     assert "verdicts read" in browser.find_element(By.ID, "console-stats").text
-    shot(browser, "fleet")

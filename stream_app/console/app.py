@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -308,7 +309,8 @@ async def _sse(request: Request, snapshot: Any) -> AsyncIterator[bytes]:
     c = _c(request)
     interval = c.settings.console.update_interval_s
     last_change, last_sent = -1, 0.0
-    while not await request.is_disconnected():
+    closing = request.app.state.closing
+    while not closing.is_set() and not await request.is_disconnected():
         state = c.feed.state
         now = time.monotonic()
         if state.changed != last_change or now - last_sent >= 1.0:  # ages and "no data" move on their own too
@@ -373,7 +375,9 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, closing: threading.Event | None = None) -> Starlette:
+    """The app; `closing` (set when the server is asked to stop) ends the live streams so shutdown is prompt."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         console = Console(settings)
@@ -402,6 +406,7 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.closing = closing or threading.Event()
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -414,5 +419,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     port = settings.console.port if port is None else port
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.console.users and not settings.console.token_hash:
         log.warning("console bound to %s with no login configured: pages are public, actions impossible", host)
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
-    uvicorn.Server(config).run()
+    closing = threading.Event()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            closing.set()  # live streams end at their next tick instead of holding the shutdown
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        create_app(settings, closing), host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
+    Server(config).run()

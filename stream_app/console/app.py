@@ -344,7 +344,9 @@ async def overview_json(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     c = _c(request)
-    return JSONResponse({"ok": True, "ready": c.feed.ready.is_set(), "verdicts_seen": c.feed.state.verdicts_seen})
+    feed = c.feed
+    body = {"ok": feed.error is None, "ready": feed.ready.is_set(), "verdicts_seen": feed.state.verdicts_seen}
+    return JSONResponse({**body, "error": feed.error}, status_code=200 if feed.error is None else 503)
 
 
 # -------------------------------------------------------------------- the app

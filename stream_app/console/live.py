@@ -290,6 +290,7 @@ class LiveFeed:
         self.state = LiveState(c.bucket_s, c.timeline_s, c.stale_after_s, c.deadletter_window_s, c.max_alerts)
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()  # set once the start-up replay is read
+        self.error: str | None = None  # why the feed is reconnecting, if it is
 
     async def __aenter__(self) -> LiveFeed:
         self._tasks = [
@@ -305,7 +306,7 @@ class LiveFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _start_consumer(self) -> AIOKafkaConsumer:
+    async def _start_consumer(self, replay: bool = True) -> AIOKafkaConsumer:
         s, c = self.settings, self.settings.console
         topics = s.topics
         await ensure_topics(s, [topics.scores, topics.alerts, topics.deadletter, topics.labels])
@@ -332,7 +333,9 @@ class LiveFeed:
         begins = await consumer.beginning_offsets(tps)
         self._replay_ends = dict(ends)
         for tp in tps:
-            if back[tp.topic] is None:
+            if not replay:
+                consumer.seek(tp, ends[tp])
+            elif back[tp.topic] is None:
                 consumer.seek(tp, begins[tp])
             else:
                 found = starts.get(tp)
@@ -340,8 +343,23 @@ class LiveFeed:
         return consumer
 
     async def _consume(self) -> None:
+        """Keep reading; a failed consumer is replaced (from the topics' ends: nothing is counted twice)."""
+        replay = True
+        while True:
+            try:
+                await self._consume_once(replay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("console feed failed; reconnecting in 2 s")
+                replay = False
+                await asyncio.sleep(2.0)
+
+    async def _consume_once(self, replay: bool) -> None:
         s = self.settings
-        consumer = await self._start_consumer()
+        consumer = await self._start_consumer(replay)
+        self.error = None
         state, topics = self.state, s.topics
         try:
             while True:

@@ -21,6 +21,11 @@ function fmt(x, digits) {
   return Number(x).toPrecision(digits || 3).replace(/\.?0+(e|$)/, "$1");
 }
 
+function path(text) {
+  // a source id such as "line-1/press 2#b" as a URL path: each segment encoded, the slashes kept
+  return String(text).split("/").map(encodeURIComponent).join("/");
+}
+
 function when(t) {
   return t ? new Date(t * 1000).toLocaleString() : "-";
 }
@@ -41,7 +46,7 @@ function live(url, onData) {
 // ------------------------------------------------------------------ overview
 
 function tileNode(t) {
-  const a = el("a", { href: "/source/" + t.source, "data-source": t.source });
+  const a = el("a", { href: "/source/" + path(t.source), "data-source": t.source });
   a.append(el("span", { class: "name" }, t.source), el("span", { class: "detail" }), el("span", { class: "nums" }));
   return a;
 }
@@ -132,7 +137,7 @@ function drawTimeline(svg, data) {
   }
   for (const a of data.alerts) {
     if (a[0] < t0 || a[1] === null) continue;
-    const link = svgEl("a", { href: "/alert/" + a[2] });
+    const link = svgEl("a", { href: "/alert/" + path(a[2]) });
     const dot = svgEl("circle", { class: "alert", cx: x(a[0]), cy: y(a[1]), r: 5, "data-alert": a[2] });
     const title = svgEl("title", {});
     title.textContent = "alert " + a[2] + " score " + fmt(a[1]);
@@ -150,7 +155,7 @@ function renderIncidents(rows) {
   if (!rows.length) return;
   body.replaceChildren(...rows.map((i) => {
     const tr = el("tr");
-    const id = el("td"); id.append(el("a", { href: "/incident/" + i.incident_id }, i.incident_id));
+    const id = el("td"); id.append(el("a", { href: "/incident/" + path(i.incident_id) }, i.incident_id));
     tr.append(id, el("td", {}, when(i.opened_at)), el("td", {}, when(i.last_at)),
       el("td", {}, i.closed_at ? when(i.closed_at) : "open"), el("td", {}, String(i.alerts)),
       el("td", {}, fmt(i.max_severity)), el("td", {}, (i.model || "-") + " v" + (i.version || "-")));
@@ -217,7 +222,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const svg = document.getElementById("timeline");
     const initial = JSON.parse(document.getElementById("initial").textContent);
     drawTimeline(svg, initial);
-    live("/events/source/" + encodeURI(svg.dataset.source), (data) => {
+    live("/events/source/" + path(svg.dataset.source), (data) => {
       drawTimeline(svg, data);
       renderIncidents(data.incidents);
       renderStatus(data.tile);

@@ -92,6 +92,7 @@ class Console:
             "csrf": self.auth.csrf_token(session) if session else "",
             "can_login": self.auth.can_login,
             "msg": request.query_params.get("msg", ""),
+            "feed_error": self.feed.error,
             "settings": self.settings,
         }
         return templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -182,7 +182,9 @@ async def incident_page(request: Request) -> Response:
     if incident is None:
         return c.page(request, "missing.html", status_code=404, what=f"incident {incident_id}")
     alerts = c.feed.state.incident_alerts(incident_id)
-    return c.page(request, "incident.html", incident=incident, alerts=alerts, labels=c.feed.state.labels)
+    return c.page(
+        request, "incident.html", incident=incident, alerts=alerts, labels=c.feed.state.labels, label_kinds=LABELS
+    )
 
 
 async def models_page(request: Request) -> Response:
@@ -218,7 +220,29 @@ async def label_action(request: Request) -> Response:
     await publish_label(c.settings, label)
     c.feed.state.add_labels([label])  # shown at once; the topic copy arrives through the feed as well
     log.info("label %s on alert %s by %s", label.label, alert_id, label.user)
-    return _back(f"/alert/{alert_id}", f"labelled {label.label.replace('_', ' ')}")
+    return _back(f"/alert/{quote(alert_id)}", f"labelled {label.label.replace('_', ' ')}")
+
+
+async def incident_label_action(request: Request) -> Response:
+    """One label per alert of the incident that the console holds (the incident's verdict, alert by alert)."""
+    c = _c(request)
+    form = await c.form(request)
+    session, refused = c.actor(request, form)
+    if refused:
+        return refused
+    incident_id = request.path_params["incident_id"]
+    alerts = c.feed.state.incident_alerts(incident_id)
+    if not alerts:
+        return Response(f"no alert of incident {incident_id} is in the console's memory", status_code=404)
+    try:
+        labels = [label_for_alert(a, form.get("label", ""), form.get("note", ""), session.user) for a in alerts]  # type: ignore[union-attr]
+    except ValueError as exc:
+        return Response(str(exc), status_code=400, media_type="text/plain")
+    for label in labels:
+        await publish_label(c.settings, label)
+    c.feed.state.add_labels(labels)
+    kind = labels[0].label.replace("_", " ")
+    return _back(f"/incident/{quote(incident_id)}", f"labelled {len(labels)} alert(s) {kind}")
 
 
 async def promote_action(request: Request) -> Response:
@@ -395,6 +419,7 @@ def create_app(settings: Settings, closing: threading.Event | None = None) -> St
         Route("/alert/{alert_id}/frame.png", alert_frame),
         Route("/alert/{alert_id}/label", label_action, methods=["POST"]),
         Route("/incident/{incident_id}", incident_page),
+        Route("/incident/{incident_id}/label", incident_label_action, methods=["POST"]),
         Route("/models", models_page),
         Route("/models/{model}/promote", promote_action, methods=["POST"]),
         Route("/models/{model}/rollback", rollback_action, methods=["POST"]),

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -21,6 +22,7 @@ from stream_app.settings import ConsoleSettings
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # ~16 MiB and tens of ms per check: slow for guessers
 COOKIE = "lw_session"
+MAX_FAILURES, FAILURE_WINDOW_S = 10, 60.0  # per user name (the token counts as user ""): then refused a while
 
 
 def _b64(data: bytes) -> str:
@@ -82,13 +84,31 @@ class Authority:
         self.cfg = cfg
         secret = cfg.session_secret.get_secret_value() if cfg.session_secret else secrets.token_hex(32)
         self._key = hashlib.sha256(b"linewatch-console\x00" + secret.encode()).digest()
+        self._failures: dict[str, deque[float]] = {}
 
     @property
     def can_login(self) -> bool:
         return bool(self.cfg.users or self.cfg.token_hash)
 
     def login(self, user: str, password: str) -> str | None:
-        """The user name on success; with an empty user name the password is checked as the token."""
+        """The user name on success; with an empty user name the password is checked as the token.
+
+        After MAX_FAILURES wrong tries for a name within FAILURE_WINDOW_S, that name is refused unchecked
+        until the window passes (guessing costs the guesser time, not the console CPU)."""
+        now = time.monotonic()
+        fails = self._failures.get(user)
+        while fails and now - fails[0] > FAILURE_WINDOW_S:
+            fails.popleft()
+        if fails and len(fails) >= MAX_FAILURES:
+            return None
+        found = self._check(user, password)
+        if found is None:
+            self._failures.setdefault(user, deque()).append(now)
+            if len(self._failures) > 10_000:  # many names tried: forget those whose window has passed
+                self._failures = {u: f for u, f in self._failures.items() if f and now - f[-1] <= FAILURE_WINDOW_S}
+        return found
+
+    def _check(self, user: str, password: str) -> str | None:
         if not user:
             if self.cfg.token_hash and verify_secret(password, self.cfg.token_hash.get_secret_value()):
                 return "token"

@@ -319,6 +319,13 @@ def test_false_alarm_label_lands_on_the_labels_topic_and_in_model_precision(cons
     assert {lab.alert_id for lab, _ in pairs} == set(mine)
     assert all(decode_vector(rec.value).source == lab.source for lab, rec in pairs)
 
+    # the whole incident of the real defect, from its page: one label per alert, the newest wins
+    browser.get(f"{base}/incident/{real['incident_id']}")
+    browser.find_element(By.ID, "incident-real").click()
+    wait_text(browser, "flash", "labelled 1 alert(s) real defect")
+    again = asyncio.run(read_labels(settings, model="sensors"))
+    assert len(again) == 2 and {lab.alert_id: lab.label for lab in again}[real["alert_id"]] == "real_defect"
+
     browser.get(base + "/models")
     precision = browser.find_element(By.ID, "precision-sensors").text
     assert "50.0%" in precision and "1 false alarms" in precision, precision

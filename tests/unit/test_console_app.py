@@ -76,7 +76,7 @@ def test_login_sets_a_strict_http_only_cookie_and_refuses_wrong_passwords(tmp_pa
 
 def test_actions_need_a_session_a_csrf_token_and_our_own_origin(tmp_path, pw_hash):
     client = make_client(tmp_path, pw_hash)
-    for path in ("/models/sensors/promote", "/models/sensors/rollback", "/alert/a1/label"):
+    for path in ("/models/sensors/promote", "/models/sensors/rollback", "/alert/a1/label", "/incident/i1/label"):
         assert client.post(path, data={"version": "0001"}).status_code == 403, path
     csrf = login(client)
     assert client.post("/models/sensors/promote", data={"version": "0001"}).status_code == 403

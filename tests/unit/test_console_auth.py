@@ -57,3 +57,11 @@ def test_settings_keep_hashes_secret_in_repr_but_in_child_config_files():
     assert dumped.console.users["op"].get_secret_value() == "scrypt:1:2:3:a:b"
     assert dumped.console.token_hash.get_secret_value() == "scrypt:t"
     assert s.console.host == "127.0.0.1" and s.console.port == 8080
+
+
+def test_repeated_wrong_passwords_lock_that_name_for_a_while():
+    a = authority(users={"op": hash_secret("pw"), "other": hash_secret("pw2")})
+    for _ in range(10):
+        assert a.login("op", "guess") is None
+    assert a.login("op", "pw") is None  # locked, even with the right password
+    assert a.login("other", "pw2") == "other"  # other names are not

@@ -431,6 +431,7 @@ def create_app(settings: Settings, closing: threading.Event | None = None) -> St
         Route("/events/source/{source:path}", source_events),
         Route("/api/overview", overview_json),
         Route("/healthz", healthz),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

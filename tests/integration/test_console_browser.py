@@ -193,6 +193,12 @@ def wait_text(driver, element_id: str, text: str, timeout_s: float = 10.0) -> No
     )
 
 
+def assert_no_browser_errors(driver) -> None:
+    """No script error, CSP violation or failed request was logged since the last call."""
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
 def login(driver, base: str) -> None:
     driver.get(base + "/login?next=/")
     driver.find_element(By.ID, "user-field").send_keys("op")
@@ -240,6 +246,7 @@ def test_overview_turns_a_source_red_within_seconds_of_an_injected_fault(console
     time.sleep(2.0)
     assert browser.execute_script("return window.lwUpdates || 0") - updates >= 2, "the page stopped updating"
     shot(browser, "source")
+    assert_no_browser_errors(browser)
     plant.faults.pop(target)
 
 
@@ -280,6 +287,7 @@ def test_image_alert_page_shows_the_frame_with_its_heatmap(console, browser):
     assert hot[0] > hot[1] + 40 and hot[0] > hot[2] + 40, f"peak cell not red: {hot}"
     assert abs(cold[0] - cold[2]) < 30 and 90 < cold.mean() < 220, f"far cell does not show the grey frame: {cold}"
     shot(browser, "alert-image")
+    assert_no_browser_errors(browser)
 
 
 def test_false_alarm_label_lands_on_the_labels_topic_and_in_model_precision(console, browser):
@@ -332,6 +340,7 @@ def test_false_alarm_label_lands_on_the_labels_topic_and_in_model_precision(cons
     row = browser.find_element(By.CSS_SELECTOR, '#model-sensors tr[data-source="line-1/robot-1"]')
     assert "0.0%" in row.text
     shot(browser, "models")
+    assert_no_browser_errors(browser)
 
 
 def test_promote_needs_a_login_and_a_csrf_token(console, browser):

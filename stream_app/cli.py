@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-COMMAND_MODULES = ("stack", "smoke", "worker", "models", "retrain", "simulate", "feed", "alerts", "demo")
+COMMAND_MODULES = ("stack", "smoke", "worker", "models", "retrain", "simulate", "feed", "alerts", "demo", "console")
 
 
 @app.callback()

@@ -65,6 +65,7 @@ class TopicSettings(BaseModel):
     deadletter: str = "inspection.deadletter"
     model_updates: str = "inspection.model-updates"
     control: str = "inspection.control"
+    labels: str = "inspection.labels"
     partitions: int = 4
 
     def prefixed(self, prefix: str, partitions: int | None = None) -> TopicSettings:
@@ -159,6 +160,42 @@ class Route(BaseModel):
     model: str
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (`linewatch console`): where it listens, who may act, how much it remembers.
+
+    Passwords and the token are stored as scrypt hashes (`linewatch console hash-password`), never in clear.
+    Pages are readable without a login when `anonymous_read` is on; promote, rollback and labels always
+    need one, and nobody can log in until `users` or `token_hash` is set.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    users: dict[str, SecretStr] = Field(default_factory=dict, description="user name -> scrypt hash")
+    token_hash: SecretStr | None = Field(None, description="scrypt hash of an operator token (login by token)")
+    anonymous_read: bool = Field(True, description="pages readable without a login (actions never are)")
+    session_secret: SecretStr | None = Field(None, description="signs session cookies; None: random per process")
+    session_max_age_s: float = Field(8 * 3600.0, gt=0)
+    stale_after_s: float = Field(10.0, gt=0, description="a source with no verdict for this long shows 'no data'")
+    deadletter_window_s: float = Field(
+        30.0, gt=0, description="dead letters 'rising': more in this window than the last"
+    )
+    bucket_s: float = Field(1.0, gt=0, description="timeline resolution: one min/max/mean point per bucket")
+    timeline_s: float = Field(300.0, gt=0, description="timeline length kept per source")
+    replay_s: float = Field(10.0, ge=0, description="verdicts re-read from the scores topic at start")
+    alert_history_s: float = Field(6 * 3600.0, ge=0, description="alerts re-read from the alerts topic at start")
+    max_alerts: int = Field(5000, ge=10, description="alerts kept in memory for the alert and incident pages")
+    update_interval_s: float = Field(0.5, gt=0, description="live pages get at most one update per interval")
+    redis_poll_s: float = Field(2.0, gt=0, description="thresholds and open incidents re-read from Redis")
+    workers: list[str] = Field(default_factory=list, description="extra worker host:port for /health and /metrics")
+
+    @field_serializer("users", "token_hash", "session_secret", when_used="json")
+    def _secrets_in_files(self, value: object, info: SerializationInfo) -> object:
+        """Masked in dumps; revealed only in the settings file handed to a child process (context REVEAL_SECRETS)."""
+        if isinstance(value, dict):
+            return {k: _secret_json(v, info) for k, v in value.items()}
+        return _secret_json(value, info) if isinstance(value, SecretStr) else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINEWATCH_", env_nested_delimiter="__", extra="ignore", toml_file=None
@@ -173,6 +210,7 @@ class Settings(BaseSettings):
     incidents: IncidentSettings = IncidentSettings()
     stack: StackSettings = StackSettings()
     retrain: RetrainSettings = RetrainSettings()
+    console: ConsoleSettings = ConsoleSettings()
     routes: list[Route] = [Route(pattern="*", model="sensors")]
     image_routes: list[Route] = [Route(pattern="*", model="camera")]
     registry_dir: Path = Path("registry")

@@ -58,7 +58,7 @@ def test_services_and_profiles():
         assert "profiles" not in SERVICES[name], f"{name} must start with a plain `docker compose up`"
     assert SERVICES["simulator"]["profiles"] == ["demo"]
     assert SERVICES["alerts"]["profiles"] == ["demo"]
-    assert set(LINEWATCH_SERVICES) == {"worker", "worker-gpu", "retrain", "simulator", "alerts"}
+    assert set(LINEWATCH_SERVICES) == {"worker", "worker-gpu", "retrain", "simulator", "alerts", "console"}
 
 
 def test_kafka_is_a_single_kraft_node_with_a_volume_and_the_local_port():
@@ -208,3 +208,84 @@ def test_compose_simulator_and_alerts_commands_run_on_the_local_stack(make_setti
     result = CliRunner().invoke(app, ["--config", str(config), *tokens, "--idle-timeout", "1", "--from-beginning"])
     assert result.exit_code == 0, result.output  # no alerts without a worker: it waits, then exits cleanly
     assert asyncio.run(tail(settings, idle_timeout=0.5, emit=lambda _: None)) == 0
+
+
+# ---------------------------------------------------------------- monitoring profile (Prometheus, Grafana, console)
+
+DEPLOY = ROOT / "deploy"
+
+
+def _mounts(service: str) -> dict[str, Path]:
+    """Container path -> repository path of a service's bind mounts (./ sources)."""
+    out = {}
+    for volume in SERVICES[service].get("volumes", []):
+        src, dst = volume.split(":")[:2]
+        if src.startswith("./"):
+            out[dst] = ROOT / src
+    return out
+
+
+def test_monitoring_profile_runs_prometheus_grafana_and_the_console_on_loopback(monkeypatch):
+    for name in ("prometheus", "grafana", "console"):
+        assert SERVICES[name]["profiles"] == ["monitoring"], name
+        for port in SERVICES[name]["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    assert SERVICES["prometheus"]["image"].startswith("prom/prometheus:v")
+    assert SERVICES["grafana"]["image"].startswith("grafana/grafana:")
+    console = SERVICES["console"]
+    assert console["command"][:1] == ["console"] and "--host" in console["command"]
+    assert "registry:/data/registry" in console["volumes"]  # promote/rollback write the pointer there
+    assert env_of("console")["LINEWATCH_CONSOLE__WORKERS"] == '["worker:9108"]'
+    for var in ("KAFKA_BOOTSTRAP", "REDIS_URL", "LINEWATCH_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in env_of("console").items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.console.users == {} and settings.console.workers == ["worker:9108"]
+
+
+def test_prometheus_scrapes_the_workers_metrics_port():
+    mounts = _mounts("prometheus")
+    config_path = SERVICES["prometheus"]["command"][0].split("=", 1)[1]
+    config = yaml.safe_load(mounts[config_path].read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "linewatch-worker"]
+    (sd,) = job["dns_sd_configs"]
+    assert "worker" in sd["names"] and set(sd["names"]) <= set(SERVICES)
+    assert sd["port"] == int(env_of("worker")["LINEWATCH_METRICS_PORT"]) == Settings().metrics_port
+    assert "9108" in [str(p) for p in SERVICES["worker"]["ports"]]
+
+
+def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboard():
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "linewatch.yml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / "linewatch.json").is_file()
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"]) and (dashboards / Path(home).name).is_file()
+
+
+def test_dashboard_queries_only_metrics_the_workers_export():
+    import json
+
+    from stream_app.ops.metrics import WorkerMetrics
+
+    exported = set()
+    for family in WorkerMetrics().registry.collect():
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+        }.get(family.type, ("",))
+        exported |= {family.name + s for s in suffixes}
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "linewatch.json").read_text())
+    panels = dashboard["panels"]
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\blinewatch_\w+", e)}
+    assert used and used <= exported, f"not exported by workers: {sorted(used - exported)}"
+    for required in ("linewatch_events_total", "linewatch_consumer_lag", "linewatch_e2e_latency_seconds_bucket",
+                     "linewatch_deadletters_total", "linewatch_alerts_total"):  # fmt: skip
+        assert required in used, required
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)) and all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in panels)

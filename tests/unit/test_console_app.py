@@ -1,0 +1,95 @@
+"""The console's routes without servers: access rules, CSRF, security headers (the live feed is not started).
+
+Starlette's TestClient without its lifespan: the app gets a `Console` whose feed never connects, so pages
+render from an empty state. What needs Kafka (labels landing, promote announcing) is in
+tests/integration/test_console_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from stream_app.console.app import Console, create_app
+from stream_app.console.auth import COOKIE, hash_secret
+from stream_app.settings import ConsoleSettings, Settings
+
+BASE = "http://127.0.0.1:8080"
+
+
+@pytest.fixture(scope="module")
+def pw_hash() -> str:
+    return hash_secret("pw")
+
+
+def make_client(tmp_path, pw_hash: str, **console: object) -> TestClient:
+    s = Settings(registry_dir=tmp_path / "registry", state_dir=tmp_path / "state")
+    s.console = ConsoleSettings(session_secret="k", users={"op": pw_hash}, **console)
+    app = create_app(s)
+    app.state.console = Console(s)
+    return TestClient(app, base_url=BASE, follow_redirects=False)
+
+
+def login(client: TestClient) -> str:
+    r = client.post("/login", data={"user": "op", "password": "pw", "next": "/models"})
+    assert r.status_code == 303 and r.headers["location"] == "/models"
+    page = client.get("/models").text
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def test_pages_are_readable_anonymously_with_strict_security_headers(tmp_path, pw_hash):
+    client = make_client(tmp_path, pw_hash)
+    for path in ("/", "/models", "/fleet", "/login"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert (
+            "script-src 'self'" in r.headers["content-security-policy"]
+            and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        )
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/alert/nope").status_code == 404 and client.get("/source/line-9/x").status_code == 404
+    assert client.get("/api/overview").json()["tiles"] == []
+
+
+def test_without_anonymous_read_everything_needs_a_login(tmp_path, pw_hash):
+    client = make_client(tmp_path, pw_hash, anonymous_read=False)
+    r = client.get("/models")
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/models"
+    assert client.get("/api/overview").status_code == 401 and client.get("/events/overview").status_code == 401
+    assert client.get("/alert/x/frame.png").status_code == 401
+    login(client)
+    assert client.get("/models").status_code == 200
+
+
+def test_login_sets_a_strict_http_only_cookie_and_refuses_wrong_passwords(tmp_path, pw_hash):
+    client = make_client(tmp_path, pw_hash)
+    bad = client.post("/login", data={"user": "op", "password": "nope"})
+    assert bad.status_code == 401 and COOKIE not in bad.cookies
+    r = client.post("/login", data={"user": "op", "password": "pw", "next": "//evil.example/"})
+    assert r.status_code == 303 and r.headers["location"] == "/"  # no open redirect
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert ">op<" in client.get("/").text
+
+
+def test_actions_need_a_session_a_csrf_token_and_our_own_origin(tmp_path, pw_hash):
+    client = make_client(tmp_path, pw_hash)
+    for path in ("/models/sensors/promote", "/models/sensors/rollback", "/alert/a1/label", "/incident/i1/label"):
+        assert client.post(path, data={"version": "0001"}).status_code == 403, path
+    csrf = login(client)
+    assert client.post("/models/sensors/promote", data={"version": "0001"}).status_code == 403
+    assert client.post("/models/sensors/promote", data={"version": "0001", "csrf": "forged"}).status_code == 403
+    foreign = client.post(
+        "/models/sensors/promote", data={"version": "0001", "csrf": csrf}, headers={"Origin": "http://evil.example"}
+    )
+    assert foreign.status_code == 403
+    ok = client.post("/models/sensors/promote", data={"version": "0001", "csrf": csrf})
+    assert ok.status_code == 303 and "has%20no%20version" in ok.headers["location"]  # past the guard; no such model
+    assert client.post("/alert/a1/label", data={"label": "false_alarm", "csrf": csrf}).status_code == 404
+    # logging out needs the token too, then the session is gone
+    assert client.post("/logout", data={}).status_code == 403
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+    client.cookies.clear()
+    assert client.post("/models/sensors/rollback", data={"csrf": csrf}).status_code == 403

@@ -65,6 +65,8 @@ def format_alert(alert: dict) -> str:
     ratio = f" ({severity:.1f}x)" if isinstance(severity, int | float) else ""
     style = severity_style(severity)
     model = f"{alert.get('model', '?')} v{alert.get('version', '?')}"
+    if flags := alert.get("model_flags"):
+        model += f" ({', '.join(map(str, flags))})"
     return (
         f"{_clock(alert.get('ts'))}  [bold]{escape(str(alert.get('source', '?')))}[/]  {marker}  "
         f"[{style}]score {_num(score)} > {_num(threshold)}{ratio}[/]  "

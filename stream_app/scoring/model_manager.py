@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from models import Scorer
+from stream_app.registry.backbones import model_flags
 from stream_app.registry.versions import Registry
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class LoadedModel:
     name: str
     version: str
     scorer: Scorer
+    flags: tuple[str, ...] = ()  # warnings from its manifest, e.g. "random-backbone": shown in /health and alerts
 
 
 class ModelManager:
@@ -41,6 +43,10 @@ class ModelManager:
     def versions(self) -> dict[str, str]:
         """Model name -> the version serving now (for health checks)."""
         return {name: loaded.version for name, loaded in self._serving.items()}
+
+    def flags(self) -> dict[str, list[str]]:
+        """Model name -> the serving version's warnings, for models that have any (for health checks)."""
+        return {name: list(loaded.flags) for name, loaded in self._serving.items() if loaded.flags}
 
     async def get(self, name: str) -> LoadedModel:
         """The serving version of `name`, loading production on first use."""
@@ -75,4 +81,7 @@ class ModelManager:
     async def _load(self, name: str, version: str | None, sha256: str | None = None) -> LoadedModel:
         loop = asyncio.get_running_loop()
         mv, scorer = await loop.run_in_executor(self.executor, self.registry.load, name, version, self.device, sha256)
-        return LoadedModel(name, mv.version, scorer)
+        flags = tuple(model_flags(self.registry.manifest(name, mv.version)))
+        if flags:
+            log.warning("%s version %s is marked %s", name, mv.version, ", ".join(flags))
+        return LoadedModel(name, mv.version, scorer, flags)

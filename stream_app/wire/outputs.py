@@ -52,6 +52,8 @@ class ModelId(Protocol):
     def name(self) -> str: ...
     @property
     def version(self) -> str: ...
+    @property
+    def flags(self) -> tuple[str, ...]: ...
 
 
 class JudgementLike(Protocol):
@@ -105,6 +107,7 @@ def alert_output(
         "severity": float(judgement.severity),
         "model": model.name,
         "version": model.version,
+        "model_flags": list(model.flags),  # e.g. ["random-backbone"]: this model cannot be trusted yet
         "explanation": explanation,
         "origin": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
     }

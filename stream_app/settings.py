@@ -137,6 +137,24 @@ class RetrainSettings(BaseModel):
     control_max_age_s: float = Field(300.0, gt=0, description="ignore control messages older than this at start")
 
 
+class LimitSettings(BaseModel):
+    """Bounds on what producers can make a worker hold: checked per record, before the expensive step.
+
+    The defaults sit a few times above the largest routed model input (384x384 for the ViT scorers), so a
+    real camera frame always passes and a crafted one is a dead letter instead of gigabytes of RAM.
+    """
+
+    max_image_pixels: int = Field(4096 * 4096, ge=64, description="width x height from the image header")
+    max_decoded_batch_bytes: int = Field(
+        1024**3, ge=1024, description="decoded image bytes one decode call may hold; beyond: dead letter"
+    )
+    max_source_chars: int = Field(256, ge=1, description="longer source ids are refused as bad_schema")
+    max_sources_per_model: int = Field(10_000, ge=1, description="distinct sources a worker tracks per model")
+    deadletter_margin_bytes: int = Field(
+        4096, ge=0, description="kept free under kafka.max_message_bytes for record framing"
+    )
+
+
 class Route(BaseModel):
     """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""
 
@@ -158,6 +176,7 @@ class Settings(BaseSettings):
     incidents: IncidentSettings = IncidentSettings()
     stack: StackSettings = StackSettings()
     retrain: RetrainSettings = RetrainSettings()
+    limits: LimitSettings = LimitSettings()
     routes: list[Route] = [Route(pattern="*", model="sensors")]
     image_routes: list[Route] = [Route(pattern="*", model="camera")]
     registry_dir: Path = Path("registry")

@@ -62,6 +62,14 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
+def _is_safe_name(value: str) -> bool:
+    try:
+        check_name("name", value)
+    except InvalidName:
+        return False
+    return True
+
+
 def version_number(version: str) -> int | None:
     """The integer a version name stands for (`0007` -> 7), None when it is not one (for numeric metrics).
 
@@ -111,7 +119,7 @@ class Registry:
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_safe_name(p.name))
 
     def versions(self, model: str) -> list[str]:
         """Versions oldest first (they are zero-padded integers)."""
@@ -119,7 +127,7 @@ class Registry:
         if not base.is_dir():
             return []
         return sorted(
-            p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+            p.name for p in base.iterdir() if p.is_dir() and _is_safe_name(p.name) and (p / MANIFEST).is_file()
         )
 
     def _dir(self, model: str) -> Path:

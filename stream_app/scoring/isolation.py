@@ -25,6 +25,11 @@ class Isolated(Generic[R]):
     failures: dict[int, BaseException]
     calls: int
 
+    @property
+    def all_failed(self) -> bool:
+        """Every record failed on its own: more likely the model or device than poison (the caller decides)."""
+        return bool(self.failures) and len(self.failures) == len(self.results)
+
 
 async def isolate_failures(
     items: Sequence[T],

@@ -61,3 +61,13 @@ def test_sources_beyond_the_cap_are_refused_per_model_and_known_ones_always_pass
     assert gate.admit("camera", ["s4"]) == [True]
     gate.forget("sensors", "s0")
     assert gate.admit("sensors", ["s4"]) == [True] and gate.count("sensors") == 3
+
+
+async def test_a_batch_where_every_record_fails_alone_says_so():
+    async def broken(batch):
+        raise RuntimeError("device lost")
+
+    out = await isolate_failures([1, 2, 3, 4], broken)
+    assert out.all_failed and len(out.failures) == 4
+    score, _ = scorer_that_chokes_on({2})
+    assert not (await isolate_failures([1, 2, 3], score)).all_failed

@@ -154,6 +154,15 @@ class LimitSettings(BaseModel):
         4096, ge=0, description="kept free under kafka.max_message_bytes for record framing"
     )
 
+    @model_validator(mode="after")
+    def _one_frame_fits(self) -> LimitSettings:
+        if self.max_decoded_batch_bytes < 3 * self.max_image_pixels:  # else the largest allowed frame never decodes
+            raise ValueError(
+                f"max_decoded_batch_bytes ({self.max_decoded_batch_bytes}) must hold one RGB frame of "
+                f"max_image_pixels ({self.max_image_pixels} x 3 bytes)"
+            )
+        return self
+
 
 class Route(BaseModel):
     """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""

@@ -170,7 +170,7 @@ def test_the_pixel_cap_is_a_setting():
 
 def test_records_past_the_decoded_bytes_budget_are_dead_letters_and_the_rest_decode():
     png = encode_image(np.zeros((64, 64, 3), np.uint8))  # 12 KiB decoded each
-    limits = LimitSettings(max_decoded_batch_bytes=2 * 64 * 64 * 3 + 100)
+    limits = LimitSettings(max_image_pixels=64 * 64, max_decoded_batch_bytes=2 * 64 * 64 * 3 + 100)
     got = decode_records("images", [consumed(png)] * 4, 1 << 20, limits=limits)
     assert [getattr(g, "reason", None) for g in got] == [None, None, "decode_budget_exceeded", "decode_budget_exceeded"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -353,7 +354,10 @@ def _decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None) -> 
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:  # reads the header only
+        with warnings.catch_warnings():  # Pillow warns past ~89 Mpx; our own cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+        with img:
             width, height = img.size
             if width * height > max_pixels:
                 raise BadEvent("image_too_large", f"image is {width}x{height} pixels, the limit is {max_pixels}")

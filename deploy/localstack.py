@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
@@ -49,6 +49,13 @@ class LocalStack:
     kafka_version: str = "3.9.1"
     kafka_heap_mb: int = 512
     ready_timeout_s: float = 90.0
+    # Options for a secured variant (deploy/secured.py): appended to the generated configs (later keys win),
+    # extra `StorageTool format` arguments (SCRAM users), and what health probes need to connect.
+    kafka_extra_properties: str = ""
+    kafka_format_args: tuple[str, ...] = ()
+    redis_extra_config: str = ""
+    kafka_client: dict = field(default_factory=dict)
+    redis_client: dict = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings) -> LocalStack:  # settings: stream_app.settings.Settings
@@ -123,7 +130,7 @@ class LocalStack:
             self._start_kafka()
         self._wait_ready(services)
         if "kafka" in services:
-            _warm_group_coordinator(self.bootstrap, self.ready_timeout_s)
+            _warm_group_coordinator(self.bootstrap, self.ready_timeout_s, **self.kafka_client)
         return self.status()
 
     def down(self, timeout_s: float = 30.0, services: tuple[str, ...] = SERVICES) -> None:
@@ -136,8 +143,8 @@ class LocalStack:
 
     def status(self) -> list[ServerStatus]:
         kafka_pid, redis_pid = self._pid("kafka"), self._pid("redis")
-        kafka_ok, kafka_detail = _kafka_healthy(self.bootstrap)
-        redis_ok, redis_detail = _redis_healthy(self.redis_url)
+        kafka_ok, kafka_detail = _kafka_healthy(self.bootstrap, **self.kafka_client)
+        redis_ok, redis_detail = _redis_healthy(self.redis_url, **self.redis_client)
         return [
             ServerStatus("kafka", kafka_pid, self._alive("kafka"), kafka_ok, self.bootstrap, kafka_detail),
             ServerStatus("redis", redis_pid, self._alive("redis"), redis_ok, self.redis_url, redis_detail),
@@ -153,6 +160,7 @@ class LocalStack:
             Template((HERE / "redis.conf.template").read_text()).substitute(
                 redis_port=self.redis_port, redis_dir=self.redis_dir
             )
+            + self.redis_extra_config
         )
         self._spawn("redis", [binary, str(conf)])
 
@@ -167,6 +175,7 @@ class LocalStack:
             Template((HERE / "server.properties.template").read_text()).substitute(
                 kafka_port=self.kafka_port, controller_port=self.controller_port, log_dir=data_dir
             )
+            + self.kafka_extra_properties
         )
         classpath = f"{self.libs_dir}/*"
         jvm = [java, f"-Xms{min(256, self.kafka_heap_mb)}m", f"-Xmx{self.kafka_heap_mb}m", "-XX:+UseSerialGC",
@@ -175,7 +184,8 @@ class LocalStack:
         if not (data_dir / "meta.properties").exists():
             cluster_id = _kraft_cluster_id()
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted",
+                 *self.kafka_format_args],
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:
@@ -192,8 +202,8 @@ class LocalStack:
     def _wait_ready(self, services: tuple[str, ...]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         checks = {
-            "redis": lambda: _redis_healthy(self.redis_url),
-            "kafka": lambda: _kafka_healthy(self.bootstrap),
+            "redis": lambda: _redis_healthy(self.redis_url, **self.redis_client),
+            "kafka": lambda: _kafka_healthy(self.bootstrap, **self.kafka_client),
         }
         pending = {name: check for name, check in checks.items() if name in services}
         details: dict[str, str] = {}
@@ -285,11 +295,11 @@ def _stop_group(pid: int, timeout_s: float) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _redis_healthy(url: str) -> tuple[bool, str]:
+def _redis_healthy(url: str, **client_kwargs) -> tuple[bool, str]:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, **client_kwargs)
         try:
             client.ping()
             info = client.info("server")
@@ -300,7 +310,7 @@ def _redis_healthy(url: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def _kafka_healthy(bootstrap: str) -> tuple[bool, str]:
+def _kafka_healthy(bootstrap: str, **client_kwargs) -> tuple[bool, str]:
     """A real metadata request through aiokafka, not a port probe."""
     import logging
 
@@ -309,7 +319,7 @@ def _kafka_healthy(bootstrap: str) -> tuple[bool, str]:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connections are expected while starting
 
     async def probe() -> str:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **client_kwargs)
         await admin.start()
         try:
             cluster = await admin.describe_cluster()
@@ -323,7 +333,7 @@ def _kafka_healthy(bootstrap: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def _warm_group_coordinator(bootstrap: str, timeout_s: float) -> None:
+def _warm_group_coordinator(bootstrap: str, timeout_s: float, **client_kwargs) -> None:
     """Join a consumer group once so __consumer_offsets exists before the first real group needs it.
 
     On a fresh broker the first group join waits for that topic's creation, which stalls faust's
@@ -337,7 +347,11 @@ def _warm_group_coordinator(bootstrap: str, timeout_s: float) -> None:
 
     async def join() -> None:
         consumer = AIOKafkaConsumer(
-            "__linewatch_warmup", bootstrap_servers=bootstrap, group_id="linewatch-warmup", request_timeout_ms=5000
+            "__linewatch_warmup",
+            bootstrap_servers=bootstrap,
+            group_id="linewatch-warmup",
+            request_timeout_ms=5000,
+            **client_kwargs,
         )
         await consumer.start()
         try:

@@ -153,6 +153,33 @@ class RetrainSettings(BaseModel):
     control_max_age_s: float = Field(300.0, gt=0, description="ignore control messages older than this at start")
 
 
+class LimitSettings(BaseModel):
+    """Bounds on what producers can make a worker hold: checked per record, before the expensive step.
+
+    The defaults sit a few times above the largest routed model input (384x384 for the ViT scorers), so a
+    real camera frame always passes and a crafted one is a dead letter instead of gigabytes of RAM.
+    """
+
+    max_image_pixels: int = Field(4096 * 4096, ge=64, description="width x height from the image header")
+    max_decoded_batch_bytes: int = Field(
+        1024**3, ge=1024, description="decoded image bytes one decode call may hold; beyond: dead letter"
+    )
+    max_source_chars: int = Field(256, ge=1, description="longer source ids are refused as bad_schema")
+    max_sources_per_model: int = Field(10_000, ge=1, description="distinct sources a worker tracks per model")
+    deadletter_margin_bytes: int = Field(
+        4096, ge=0, description="kept free under kafka.max_message_bytes for record framing"
+    )
+
+    @model_validator(mode="after")
+    def _one_frame_fits(self) -> LimitSettings:
+        if self.max_decoded_batch_bytes < 3 * self.max_image_pixels:  # else the largest allowed frame never decodes
+            raise ValueError(
+                f"max_decoded_batch_bytes ({self.max_decoded_batch_bytes}) must hold one RGB frame of "
+                f"max_image_pixels ({self.max_image_pixels} x 3 bytes)"
+            )
+        return self
+
+
 class Route(BaseModel):
     """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""
 
@@ -211,6 +238,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     retrain: RetrainSettings = RetrainSettings()
     console: ConsoleSettings = ConsoleSettings()
+    limits: LimitSettings = LimitSettings()
     routes: list[Route] = [Route(pattern="*", model="sensors")]
     image_routes: list[Route] = [Route(pattern="*", model="camera")]
     registry_dir: Path = Path("registry")

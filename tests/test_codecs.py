@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
+from stream_app.settings import LimitSettings
 from stream_app.wire.codecs import (
     BadEvent,
     decode_frame,
+    decode_frame_records,
     decode_vector,
     decode_vectors,
     encode_image,
@@ -15,6 +19,7 @@ from stream_app.wire.codecs import (
     frame_headers,
     headers_dict,
 )
+from stream_app.wire.records import Record
 
 
 def reason_of(fn, *args, **kwargs) -> str:
@@ -110,3 +115,94 @@ def test_claim_check_frames_are_read_from_allowed_dirs(tmp_path):
     np.testing.assert_array_equal(decode_frame(None, hdrs, 1 << 20, claim_check_dirs=[tmp_path]).image, image)
     missing = headers_dict(frame_headers("cam-2", uri=f"file://{tmp_path}/gone.png"))
     assert reason_of(decode_frame, None, missing, 1 << 20, claim_check_dirs=[tmp_path]) == "claim_check_unreadable"
+
+
+# ------------------------------------------------------------------ hostile frames: one record, one dead letter
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels (a decompression bomb's calling card)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b"")
+    )
+
+
+def consumed(value: bytes | None, headers: list | None = None, key: bytes | None = b"cam-1") -> Record:
+    return Record("camera.frames", 0, 7, key, value, headers_dict(headers or frame_headers("cam-1")))
+
+
+def test_a_png_claiming_20000x20000_pixels_is_a_dead_letter_not_an_exception():
+    bomb = png_claiming(20000, 20000)
+    assert len(bomb) < 100
+    (got,) = decode_frame_records([consumed(bomb)], max_image_bytes=1 << 20)
+    assert isinstance(got, BadEvent) and got.reason == "image_too_large"
+    assert "400000000 pixels" in got.message
+
+
+def test_a_claim_check_uri_with_a_null_byte_is_a_dead_letter_even_without_claim_check_dirs():
+    headers = frame_headers("cam-1", uri="file:///tmp/a%00b")
+    (got,) = decode_frame_records([consumed(b"", headers)], max_image_bytes=1 << 20)
+    assert isinstance(got, BadEvent) and got.reason == "bad_header"
+
+
+def test_an_8192_square_black_png_is_refused_from_its_header_before_decoding():
+    """196 KB on the wire, 64 MiB decoded: over the default pixel cap, so never decoded."""
+    png = encode_image(np.zeros((8192, 8192), np.uint8))
+    assert len(png) < 300_000
+    assert reason_of(decode_frame, png, headers_dict(frame_headers("cam-1")), 1 << 20) == "image_too_large"
+
+
+def test_the_pixel_cap_is_a_setting():
+    png = encode_image(np.zeros((64, 64), np.uint8))
+    limits = LimitSettings(max_image_pixels=64 * 63)
+    (got,) = decode_frame_records([consumed(png)], 1 << 20, limits=limits)
+    assert isinstance(got, BadEvent) and got.reason == "image_too_large"
+    (ok,) = decode_frame_records([consumed(png)], 1 << 20, limits=LimitSettings(max_image_pixels=64 * 64))
+    assert ok.image.shape == (64, 64)
+
+
+def test_records_past_the_decoded_bytes_budget_are_dead_letters_and_the_rest_decode():
+    png = encode_image(np.zeros((64, 64, 3), np.uint8))  # 12 KiB decoded each
+    limits = LimitSettings(max_image_pixels=64 * 64, max_decoded_batch_bytes=2 * 64 * 64 * 3 + 100)
+    got = decode_frame_records([consumed(png)] * 4, 1 << 20, limits=limits)
+    assert [getattr(g, "reason", None) for g in got] == [None, None, "decode_budget_exceeded", "decode_budget_exceeded"]
+
+
+def test_formats_outside_the_contract_are_undecodable():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16)).save(buf, format="TIFF")
+    (got,) = decode_frame_records([consumed(buf.getvalue())], 1 << 20)
+    assert isinstance(got, BadEvent) and got.reason == "undecodable_image"
+
+
+def test_a_record_that_breaks_decoding_in_an_unexpected_way_is_an_internal_error_dead_letter():
+    class Weird:  # a value no client would produce: the decoder must still not raise
+        topic, partition, offset, key, headers = "camera.frames", 0, 1, b"k", {"source": b"cam"}
+
+        @property
+        def value(self):
+            raise RuntimeError("boom")
+
+    (got,) = decode_frame_records([Weird()], 1 << 20)
+    assert isinstance(got, BadEvent) and got.reason == "internal_error" and "RuntimeError" in got.message
+
+
+@pytest.mark.parametrize("ts", [b'{"a": 1}', b"[1]", b"true"])
+def test_a_ts_of_the_wrong_json_type_is_bad_schema(ts):
+    assert reason_of(decode_vector, b'{"source": "a", "values": [1], "ts": ' + ts + b"}") == "bad_schema"
+
+
+def test_overlong_source_ids_are_refused():
+    long = "x" * 257
+    assert reason_of(decode_vector, encode_vector(long, [1.0])) == "bad_schema"
+    (got,) = decode_frame_records([consumed(encode_image(np.zeros((8, 8), np.uint8)), frame_headers(long))], 1 << 20)
+    assert isinstance(got, BadEvent) and got.reason == "bad_header"

@@ -27,10 +27,26 @@ LINEWATCH_SERVICES = [name for name, svc in SERVICES.items() if "linewatch" in s
 CLI = typer.main.get_command(app)
 
 
-def interpolate(value: str) -> str:
-    """Compose's `${VAR:-default}` / `${VAR}` with nothing set in the environment; `$$` is a literal `$`."""
-    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)
-    value = re.sub(r"(?<!\$)\$\{\w+\}", "", value)
+# What a user sets before `docker compose up` (compose refuses to start without it).
+USER_ENV = {"REDIS_PASSWORD": "s3cret-pw"}
+
+
+class MissingVariable(ValueError):
+    """Compose's `${VAR:?message}` with VAR unset or empty: `docker compose up` stops with the message."""
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's `${VAR:-default}` / `${VAR:?error}` / `${VAR}` with `env` set (default USER_ENV); `$$` is `$`."""
+    env = USER_ENV if env is None else env
+
+    def required(m: re.Match) -> str:
+        if not env.get(m.group(1)):
+            raise MissingVariable(f"{m.group(1)}: {m.group(2)}")
+        return env[m.group(1)]
+
+    value = re.sub(r"(?<!\$)\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+    value = re.sub(r"(?<!\$)\$\{(\w+):\?([^}]*)\}", required, value)
+    value = re.sub(r"(?<!\$)\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), value)
     return value.replace("$$", "$")
 
 
@@ -74,7 +90,7 @@ def test_kafka_is_a_single_kraft_node_with_a_volume_and_the_local_port():
     assert f"kafka-data:{env['KAFKA_LOG_DIRS']}" in kafka["volumes"]
     assert env["KAFKA_MESSAGE_MAX_BYTES"] >= Settings().kafka.max_message_bytes
     host_port = StackSettings().kafka_port
-    assert f"{host_port}:{host_port}" in kafka["ports"]
+    assert f"127.0.0.1:{host_port}:{host_port}" in kafka["ports"]
     assert f"127.0.0.1:{host_port}" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]  # what the services use
     assert SERVICES["kafka"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
@@ -82,18 +98,74 @@ def test_kafka_is_a_single_kraft_node_with_a_volume_and_the_local_port():
     assert "kafka-broker-api-versions" in " ".join(kafka["healthcheck"]["test"])
 
 
-def test_redis_persists_and_takes_an_optional_password():
+def test_redis_persists_and_always_requires_a_password():
     redis = SERVICES["redis"]
     assert redis["image"].startswith("redis:7")
-    command = " ".join(redis["command"])
+    command = interpolate(" ".join(redis["command"]))
     assert "--appendonly yes" in command and "--dir /data" in command
+    assert '--requirepass "$REDIS_PASSWORD"' in command
     assert "redis-data:/data" in redis["volumes"]
-    assert f"{StackSettings().redis_port}:6379" in redis["ports"]
-    assert "${REDIS_PASSWORD:+--requirepass" in interpolate(command)
-    # without a password the services' URL carries none (no AUTH sent); with one, redis-py sends it
+    assert f"127.0.0.1:{StackSettings().redis_port}:6379" in redis["ports"]
+    env = env_of("redis")
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == USER_ENV["REDIS_PASSWORD"]  # the healthcheck's AUTH
     url = env_of("worker")["LINEWATCH_REDIS__URL"]
-    assert parse_url(url).get("password") is None and parse_url(url)["host"] == "redis"
-    assert parse_url(url.replace("://:@", "://:s3cret@"))["password"] == "s3cret"
+    assert parse_url(url)["password"] == USER_ENV["REDIS_PASSWORD"] and parse_url(url)["host"] == "redis"
+
+
+@pytest.mark.parametrize("service", ["redis", "worker", "retrain"])
+def test_compose_refuses_to_start_without_a_redis_password(service):
+    for value in SERVICES[service].get("environment", {}).values():
+        if "REDIS_PASSWORD" in str(value):
+            with pytest.raises(MissingVariable, match="REDIS_PASSWORD"):
+                interpolate(str(value), env={})
+            with pytest.raises(MissingVariable):
+                interpolate(str(value), env={"REDIS_PASSWORD": ""})  # `:?` refuses empty too
+            return
+    raise AssertionError(f"{service} does not use REDIS_PASSWORD")
+
+
+def test_every_published_port_binds_loopback_only():
+    published = [(name, str(p)) for name, svc in SERVICES.items() for p in svc.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every host interface"
+
+
+def test_the_compose_redis_command_really_refuses_clients_without_the_password(tmp_path):
+    """The service's command and healthcheck run as written (data dir and port swapped) on a real redis-server."""
+    import os
+    import socket
+    import time
+
+    import redis as redis_py
+
+    svc = SERVICES["redis"]
+    script = interpolate(svc["command"][-1]).replace("--dir /data", f"--dir {tmp_path}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script += f" --port {port} --bind 127.0.0.1 --save ''"
+    env = {**os.environ, **env_of("redis")}
+    proc = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        anonymous = redis_py.Redis(port=port, socket_timeout=2)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                anonymous.ping()
+                raise AssertionError("Redis answered without a password")
+            except redis_py.AuthenticationError:
+                break  # NOAUTH: up, and refusing
+            except redis_py.ConnectionError:
+                assert time.monotonic() < deadline, "the compose Redis command did not start"
+                time.sleep(0.2)
+        assert redis_py.Redis(port=port, password=USER_ENV["REDIS_PASSWORD"]).ping()
+        health = svc["healthcheck"]["test"][1].replace("redis-cli", f"redis-cli -p {port}")
+        assert subprocess.run(["sh", "-c", health], env=env, timeout=20).returncode == 0
+        assert subprocess.run(["sh", "-c", health], env={**env, "REDISCLI_AUTH": "wrong"}, timeout=20).returncode != 0
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
 
 
 def test_named_volumes_are_declared_and_used():
@@ -169,7 +241,7 @@ def test_compose_environment_loads_into_settings(monkeypatch):
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.kafka.bootstrap == "kafka:9092" and settings.kafka.security_protocol == "PLAINTEXT"
-    assert settings.redis.url == "redis://:@redis:6379/0"
+    assert settings.redis.url == f"redis://:{USER_ENV['REDIS_PASSWORD']}@redis:6379/0"
     assert settings.registry_dir == Path("/data/registry") and settings.claim_check_dirs == [Path("/data/frames")]
     assert settings.topics.partitions == 4 and settings.metrics_port == 9108
 

@@ -112,9 +112,9 @@ async def test_model_manager_refuses_a_bad_version_and_keeps_serving(tmp_path: P
 
     reg = Registry(tmp_path)
     v1 = reg.promote("press", reg.publish("press", scorer).version)
-    v2 = reg.publish("press", scorer)
     manager = ModelManager(reg, device="cpu")
     assert (await manager.get("press")).version == v1.version
+    v2 = reg.promote("press", reg.publish("press", scorer).version)  # only the production version is swapped to
     assert await manager.swap("press", v2.version, sha256="f" * 64) is None
     assert manager.current("press").version == v1.version and manager.refused[-1][1] == v2.version
     swapped = await manager.swap("press", v2.version, sha256=reg.digest("press", v2.version))

@@ -235,5 +235,6 @@ async def test_tampered_weights_are_refused_and_the_worker_keeps_serving(tmp_pat
         registry.load(MODEL, v2.version)
     manager = ModelManager(registry, device="cpu")
     assert (await manager.get(MODEL)).version == "0001"
+    (registry.root / MODEL / "PRODUCTION").write_text(v2.version)  # promote refuses it; point at it by hand
     assert await manager.swap(MODEL, v2.version, sha256=registry.digest(MODEL, v2.version)) is None
     assert manager.current(MODEL).version == "0001" and "does not match" in manager.refused[-1][2]

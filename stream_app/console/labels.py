@@ -175,7 +175,7 @@ def false_alarms(labels: Iterable[Label]) -> list[Label]:
 async def labelled_records(settings: Settings, labels: Iterable[Label]) -> list[tuple[Label, Record]]:
     """Each label with the input record it judged (labels whose record is no longer retained are dropped).
 
-    Decode them as the worker does (`wire.codecs.decode_records`) to get vectors or frames.
+    Decode them as the worker does (`wire.kinds.data_kind(kind).decode`) to get vectors or frames.
     """
     labels = list(labels)
     found = await read_origins(settings, (lab.origin for lab in labels))

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,6 +37,46 @@ PRODUCTION = "PRODUCTION"
 HISTORY = "PROMOTIONS"
 # What a version directory may hold: tensors and JSON. Anything else (a pickle, a script) is refused.
 ALLOWED_SUFFIXES = (".safetensors", ".json")
+# Model names and versions become path components: letters, digits, `_`, `.`, `-`; never `..`, never hidden.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+class InvalidName(ValueError):
+    """A model name or version that could not safely name a registry directory."""
+
+
+def check_name(what: str, value: object) -> str:
+    """`value` if it is a safe model name or version (`what` says which, for the message), else InvalidName.
+
+    >>> check_name("version", "0003")
+    '0003'
+    >>> check_name("version", "../camera/0001")
+    Traceback (most recent call last):
+    ...
+    stream_app.registry.versions.InvalidName: version must match [A-Za-z0-9_.-]{1,128} without '..' or a leading '.', got '../camera/0001'
+    """
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value or value.startswith("."):
+        raise InvalidName(
+            f"{what} must match {NAME_PATTERN.pattern} without '..' or a leading '.', got {value!r}"[:300]
+        )
+    return value
+
+
+def _is_safe_name(value: str) -> bool:
+    try:
+        check_name("name", value)
+    except InvalidName:
+        return False
+    return True
+
+
+def version_number(version: str) -> int | None:
+    """The integer a version name stands for (`0007` -> 7), None when it is not one (for numeric metrics).
+
+    >>> version_number("0007"), version_number("rc-1")
+    (7, None)
+    """
+    return int(version) if version.isascii() and version.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -78,19 +119,23 @@ class Registry:
     def models(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_safe_name(p.name))
 
     def versions(self, model: str) -> list[str]:
         """Versions oldest first (they are zero-padded integers)."""
-        base = self.root / model
+        base = self._dir(model)
         if not base.is_dir():
             return []
         return sorted(
-            p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+            p.name for p in base.iterdir() if p.is_dir() and _is_safe_name(p.name) and (p / MANIFEST).is_file()
         )
 
+    def _dir(self, model: str) -> Path:
+        return self.root / check_name("model name", model)
+
     def path(self, model: str, version: str) -> Path:
-        return self.root / model / version
+        """The version's directory; InvalidName for names that would leave `<root>/<model>/`."""
+        return self._dir(model) / check_name("version", version)
 
     def manifest(self, model: str, version: str) -> dict[str, Any]:
         return read_manifest(self.path(model, version))
@@ -100,15 +145,15 @@ class Registry:
         return sha256_file(self.path(model, version) / MANIFEST)
 
     def production(self, model: str) -> ModelVersion:
-        pointer = self.root / model / PRODUCTION
+        pointer = self._dir(model) / PRODUCTION
         if not pointer.is_file():
             raise LookupError(f"model {model!r} has no production version in {self.root}")
         version = pointer.read_text().strip()
-        return ModelVersion(model, version, self.path(model, version))
+        return ModelVersion(model, version, self.path(model, version))  # a tampered pointer: InvalidName
 
     def promotions(self, model: str) -> list[dict[str, Any]]:
         """The promotion log, oldest first: `{version, action, promoted_at, previous}` per entry."""
-        log = self.root / model / HISTORY
+        log = self._dir(model) / HISTORY
         if not log.is_file():
             return []
         entries = []
@@ -163,7 +208,7 @@ class Registry:
         Written to a temp dir and renamed, so a crash or a failed save leaves nothing half-made; two
         publishers racing for the same number both succeed with different numbers.
         """
-        base = self.root / model
+        base = self._dir(model)
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
         try:
@@ -207,7 +252,7 @@ class Registry:
             previous = None
             with contextlib.suppress(LookupError):
                 previous = self.production(model).version
-            pointer = self.root / model / PRODUCTION
+            pointer = self._dir(model) / PRODUCTION
             tmp = pointer.with_suffix(".tmp")
             tmp.write_text(version + "\n")
             os.replace(tmp, pointer)  # atomic: readers see the old or the new version, never half a name
@@ -217,15 +262,15 @@ class Registry:
                 "previous": previous,
                 "promoted_at": datetime.now(UTC).isoformat(),
             }
-            with open(self.root / model / HISTORY, "a") as fh:
+            with open(self._dir(model) / HISTORY, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
         return ModelVersion(model, version, self.path(model, version))
 
     @contextlib.contextmanager
     def _locked(self, model: str) -> Iterator[None]:
         """Serialise pointer/log updates between processes (CLI and agent) on one host."""
-        (self.root / model).mkdir(parents=True, exist_ok=True)
-        with open(self.root / model / ".lock", "w") as fh:
+        self._dir(model).mkdir(parents=True, exist_ok=True)
+        with open(self._dir(model) / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -31,11 +31,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
-from stream_app.registry.announcements import announce_version
+from stream_app.registry.announcements import (
+    ControlRejected,
+    RetrainRequest,
+    announce_version,
+    checked_name,
+    load_json_object,
+    validated,
+)
 from stream_app.registry.versions import Registry
 from stream_app.retraining.decision import Decision, calibrated_threshold, decide
 from stream_app.retraining.fitting import fit_summary
@@ -69,22 +75,26 @@ def control_message(model: str, requested_at: float | None = None) -> dict[str, 
 
 
 def parse_control(value: bytes | None, now: float, max_age_s: float) -> str:
-    """The model a control message asks to retrain; ValueError says why it is ignored.
+    """The model a control message asks to retrain; ControlRejected (a ValueError) says why it is ignored.
 
-    >>> parse_control(orjson.dumps(control_message("press", 100.0)), now=110.0, max_age_s=300)
+    The reason is one of announcements.CONTROL_REJECT_REASONS (`malformed_json`, `bad_schema`,
+    `unsupported_action`, `invalid_name`, `stale`); a request dated more than `max_age_s` ahead is stale
+    too, or it would fire again on every restart.
+
+    >>> parse_control(b'{"action": "retrain", "model": "press", "requested_at": 100.0}', now=110.0, max_age_s=300)
     'press'
     """
-    try:
-        msg = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc})") from None
-    if not isinstance(msg, dict) or msg.get("action") != "retrain":
-        raise ValueError(f"not a retrain request: {msg!r}"[:200])
-    model, requested_at = msg.get("model"), msg.get("requested_at")
-    if not isinstance(model, str) or not model:
-        raise ValueError("retrain request without a model name")
-    if not isinstance(requested_at, int | float) or now - requested_at > max_age_s:
-        raise ValueError(f"retrain request for {model} is older than {max_age_s:.0f} s (requested_at={requested_at})")
+    msg = load_json_object(value)
+    if isinstance(action := msg.get("action"), str) and action != "retrain":
+        raise ControlRejected("unsupported_action", f"not a retrain request: action {action!r}"[:200])
+    request = validated(RetrainRequest, msg)
+    model = checked_name("model name", request.model)
+    if abs(now - request.requested_at) > max_age_s:
+        raise ControlRejected(
+            "stale",
+            f"retrain request for {model} is older than {max_age_s:.0f} s, or dated ahead "
+            f"(requested_at={request.requested_at}, now={now:.0f})",
+        )
     return model
 
 

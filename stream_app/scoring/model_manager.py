@@ -2,18 +2,31 @@
 
 The worker asks `current(name)` once per micro-batch, so a swap takes effect between batches:
 no event is scored by half a model, none twice. New versions load in a background thread with
-their hashes verified (and the announced manifest digest, when given); a bad version is refused
-and the current one keeps serving.
+their hashes verified and the announced manifest digest compared; a bad version is refused and
+the current one keeps serving.
+
+Announcements are only a hint that something changed: the registry's production pointer (which
+`models promote` and `models rollback` set) is what a worker serves, so a message naming any other
+version, a traversal path or a rejected candidate is refused with a reason and nothing is loaded.
+
+Start-up order for a worker (so no announcement is lost while a slow first load runs): start the
+model-updates consumer at the end of the topic and feed its messages to `apply_update` *before* the
+first `get`; `apply_update` and `get` are serialised, so whichever comes second sees the other's
+result. `refresh(name)` re-reads the pointer (e.g. after the consumer reconnects).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from models import Scorer
+from stream_app.registry.announcements import ControlRejected, checked_name
 from stream_app.registry.backbones import model_flags
 from stream_app.registry.versions import Registry
 
@@ -28,6 +41,15 @@ class LoadedModel:
     flags: tuple[str, ...] = ()  # warnings from its manifest, e.g. "random-backbone": shown in /health and alerts
 
 
+@dataclass(frozen=True)
+class SwapResult:
+    """What an announcement did: `loaded` (now serving) or `rejected` (a CONTROL_REJECT_REASONS entry)."""
+
+    loaded: LoadedModel | None
+    rejected: str | None = None
+    detail: str = ""
+
+
 class ModelManager:
     def __init__(self, registry: Registry, device: str | None = None, executor: Executor | None = None):
         self.registry = registry
@@ -35,7 +57,8 @@ class ModelManager:
         self.executor = executor  # load off the event loop, ideally on the thread that owns the device
         self._serving: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # first loads and swaps, one at a time; serving reads need no lock
-        self.refused: list[tuple[str, str, str]] = []  # (name, version, reason), for metrics and tests
+        self.refused: list[tuple[str, str, str]] = []  # (name, version, message), for logs and tests
+        self.rejections: Counter[str] = Counter()  # reason -> count (linewatch_control_rejected_total)
 
     def current(self, name: str) -> LoadedModel | None:
         return self._serving.get(name)
@@ -57,26 +80,78 @@ class ModelManager:
                 self._serving[name] = await self._load(name, None)
             return self._serving[name]
 
+    async def apply_update(self, update: Mapping[str, Any], served: Collection[str] | None = None) -> SwapResult:
+        """Act on a checked model-updates message (`announcements.parse_update`); never raises for its content.
+
+        `served` is the set of model names this worker routes to: announcements for others are refused as
+        `unknown_model` (they would otherwise load models nobody asked for). Safe before the first `get`.
+        """
+        name, version = update.get("model"), update.get("version")
+        try:
+            if not isinstance(name, str) or not isinstance(version, str):
+                raise ControlRejected("bad_schema", f"model and version must be strings, got {name!r}, {version!r}")
+            if served is not None and name not in served:
+                raise ControlRejected("unknown_model", f"this worker serves {sorted(served)}, not {name!r}")
+            loaded = await self._swap(name, version, update.get("sha256"))
+        except ControlRejected as exc:
+            self._refuse(str(name), str(version), exc)
+            return SwapResult(None, exc.reason, exc.message)
+        return SwapResult(loaded)
+
     async def swap(self, name: str, version: str, sha256: str | None = None) -> LoadedModel | None:
-        """Load `version` in the background and serve it from the next batch; None if refused.
+        """Serve `version` from the next batch if it is the production version and loads; None if refused.
 
         `sha256` is the announced manifest digest (model-updates message); a mismatch is refused.
         Swaps are serialised with first loads, so announcements apply in the order they arrive and a
         production load in `get` never overwrites a newer swap.
         """
+        return (await self.apply_update({"model": name, "version": version, "sha256": sha256})).loaded
+
+    async def refresh(self, name: str) -> SwapResult:
+        """Serve whatever the production pointer names now (catches up on an announcement that was missed)."""
+        try:
+            version = self.registry.production(name).version
+        except (LookupError, ValueError) as exc:
+            return SwapResult(None, "not_production", str(exc))
+        return await self.apply_update({"model": name, "version": version})
+
+    async def _swap(self, name: str, version: str, sha256: str | None) -> LoadedModel:
+        checked_name("model name", name)
+        checked_name("version", version)
         async with self._lock:
             current = self._serving.get(name)
+            try:
+                production = self.registry.production(name).version
+            except (LookupError, ValueError, OSError) as exc:
+                raise ControlRejected("not_production", f"cannot read the production pointer: {exc}") from None
+            if version != production:
+                raise ControlRejected(
+                    "not_production", f"{name} version {version} is not production (the pointer names {production})"
+                )
             if current is not None and current.version == version:
                 return current
+            if sha256 is not None:
+                try:
+                    actual = self.registry.digest(name, version)
+                except OSError as exc:
+                    raise ControlRejected("load_failed", f"cannot read {name} version {version}: {exc}") from None
+                if actual != sha256:
+                    raise ControlRejected(
+                        "digest_mismatch", f"manifest sha256 {actual[:12]}… is not the announced {sha256[:12]}…"
+                    )
             try:
                 loaded = await self._load(name, version, sha256)
             except Exception as exc:  # hash mismatch, unreadable file, unknown kind...
-                log.error("refusing %s version %s, keeping %s: %s", name, version, current and current.version, exc)
-                self.refused.append((name, version, str(exc)))
-                return None
+                raise ControlRejected("load_failed", f"{type(exc).__name__}: {exc}") from None
             self._serving[name] = loaded
             log.info("now serving %s version %s (was %s)", name, version, current and current.version)
             return loaded
+
+    def _refuse(self, name: str, version: str, exc: ControlRejected) -> None:
+        current = self._serving.get(name)
+        log.error("refusing %s version %s, keeping %s: %s", name, version, current and current.version, exc)
+        self.refused.append((name, version, exc.message))
+        self.rejections[exc.reason] += 1
 
     async def _load(self, name: str, version: str | None, sha256: str | None = None) -> LoadedModel:
         loop = asyncio.get_running_loop()

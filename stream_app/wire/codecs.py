@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,20 +29,31 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import orjson
 
+from stream_app.settings import LimitSettings
 from stream_app.wire.binary_vectors import BinaryVectorError, is_binary_vector, parse_vector_binary
 
 REASONS = (
     "malformed_json",
     "bad_schema",
+    "bad_header",  # a frame header that cannot be used: overlong source, a claim-check URI with a NUL byte...
     "wrong_width",
     "non_finite",
     "undecodable_image",
-    "oversized_image",
+    "oversized_image",  # encoded bytes over max_image_bytes
+    "image_too_large",  # header-claimed width x height over limits.max_image_pixels (never decoded)
+    "decode_budget_exceeded",  # the batch already holds limits.max_decoded_batch_bytes of decoded images
     "claim_check_unreadable",
+    "internal_error",  # the decoder itself failed on this record; the message names the exception type
     "unknown_source",
+    "source_limit",  # the model already tracks limits.max_sources_per_model sources (worker side)
     "model_unavailable",  # routed model has no loadable production version (worker side)
     "rejected_by_model",  # the scorer's own input check refused the batch (worker side)
+    "poison",  # the record alone makes its model's batch fail (worker side, found by bisection)
 )
+# The image formats the message contract names (plus BMP, which the frame feeder forwards as-is): Pillow's
+# other decoders (TIFF, PSD, ICO, ...) are attack surface nobody sends on purpose.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
+_LIMITS = LimitSettings()
 
 
 class BadEvent(ValueError):
@@ -83,6 +95,8 @@ def parse_ts(ts: float | int | str | None, default: float | None = None) -> floa
         raise BadEvent("bad_schema", f"ts must be epoch seconds or ISO-8601, got {ts!r}")
     if isinstance(ts, int | float):
         value = float(ts)
+    elif not isinstance(ts, str):
+        raise BadEvent("bad_schema", f"ts must be epoch seconds or ISO-8601, got a JSON {type(ts).__name__}")
     else:
         try:
             value = float(ts)
@@ -114,7 +128,9 @@ def decode_vector(value: bytes | None) -> VectorEvent:
     return event
 
 
-def decode_vectors(values: Sequence[bytes | None]) -> list[VectorEvent | BadEvent]:
+def decode_vectors(
+    values: Sequence[bytes | None], max_source_chars: int = _LIMITS.max_source_chars
+) -> list[VectorEvent | BadEvent]:
     """Decode a micro-batch: one VectorEvent, or the BadEvent saying why not, per message, in order.
 
     The JSON and schema checks run per message; the numeric work (float conversion, the finite check) runs
@@ -129,7 +145,7 @@ def decode_vectors(values: Sequence[bytes | None]) -> list[VectorEvent | BadEven
     by_width: dict[int, list[int]] = {}
     for i, value in enumerate(values):
         try:
-            bodies[i] = body = _vector_body(value)
+            bodies[i] = body = _vector_body(value, max_source_chars)
         except BadEvent as exc:
             out[i] = exc
             continue
@@ -151,7 +167,7 @@ def decode_vectors(values: Sequence[bytes | None]) -> list[VectorEvent | BadEven
 _NUMBER_TYPES = {float, int}
 
 
-def _vector_body(value: bytes | None) -> tuple[str, float, list | np.ndarray, int | None]:
+def _vector_body(value: bytes | None, max_source_chars: int) -> tuple[str, float, list | np.ndarray, int | None]:
     """The checked fields of one vector message (JSON, or the binary layout): source, ts, values, seq."""
     if not value:
         raise BadEvent("malformed_json", "empty message value, expected a JSON object")
@@ -169,6 +185,8 @@ def _vector_body(value: bytes | None) -> tuple[str, float, list | np.ndarray, in
     source, values = body.get("source"), body.get("values")
     if not isinstance(source, str) or not source:
         raise BadEvent("bad_schema", "expected a non-empty string field 'source'")
+    if len(source) > max_source_chars:
+        raise BadEvent("bad_schema", f"'source' is {len(source)} characters, the limit is {max_source_chars}")
     if not isinstance(values, list) or not values:
         raise BadEvent("bad_schema", f"expected 'values' to be a non-empty list of numbers, got {values!r}"[:200])
     if not set(map(type, values)) <= _NUMBER_TYPES:  # also refuses bools, nested lists, strings, nulls
@@ -181,25 +199,67 @@ def _vector_body(value: bytes | None) -> tuple[str, float, list | np.ndarray, in
 
 
 def decode_frame_records(
-    records: Sequence[Any], max_image_bytes: int, claim_check_dirs: Sequence[Path] = ()
+    records: Sequence[Any],
+    max_image_bytes: int,
+    claim_check_dirs: Sequence[Path] = (),
+    limits: LimitSettings = _LIMITS,
 ) -> list[FrameEvent | BadEvent]:
     """One frame, or the BadEvent saying why not, per consumed record (`.key`, `.value`, `.headers`), in order.
 
-    The record key is the source when no header says.
+    The record key is the source when no header says. It never raises for a record: whatever goes wrong with
+    one is that record's BadEvent (`internal_error` names an exception nobody foresaw), so one hostile message
+    cannot stop a partition. Images are checked from their header against `limits.max_image_pixels` and the
+    call's `limits.max_decoded_batch_bytes` before decoding.
     """
+    budget = DecodeBudget(limits.max_decoded_batch_bytes)
     out: list[FrameEvent | BadEvent] = []
     for rec in records:
-        key = rec.key.decode(errors="replace") if rec.key else None
         try:
-            out.append(decode_frame(rec.value, rec.headers, max_image_bytes, claim_check_dirs, default_source=key))
+            key = rec.key.decode(errors="replace") if rec.key else None
+            headers = rec.headers if isinstance(rec.headers, Mapping) else headers_dict(rec.headers)
+            out.append(decode_frame(rec.value, headers, max_image_bytes, claim_check_dirs, key, limits, budget))
         except BadEvent as exc:
             out.append(exc)
+        except Exception as exc:
+            out.append(_internal_error(exc))
     return out
 
 
-def decode_vector_records(records: Sequence[Any]) -> list[VectorEvent | BadEvent]:
-    """One vector, or the BadEvent saying why not, per consumed record, decoded as one batch."""
-    return decode_vectors([rec.value for rec in records])
+def decode_vector_records(records: Sequence[Any], limits: LimitSettings = _LIMITS) -> list[VectorEvent | BadEvent]:
+    """One vector, or the BadEvent saying why not, per consumed record, decoded as one batch; never raises."""
+    try:
+        return decode_vectors([rec.value for rec in records], limits.max_source_chars)
+    except Exception:  # a record no Kafka client makes (value not bytes...): find it one by one
+        return [_decode_one_vector(rec, limits) for rec in records]
+
+
+def _decode_one_vector(rec: Any, limits: LimitSettings) -> VectorEvent | BadEvent:
+    try:
+        return decode_vectors([rec.value], limits.max_source_chars)[0]
+    except Exception as exc:
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> BadEvent:
+    return BadEvent("internal_error", f"decoding raised {type(exc).__name__}: {exc}"[:500])
+
+
+class DecodeBudget:
+    """Decoded image bytes one decode call may still allocate (checked from image headers, before decoding).
+
+    >>> b = DecodeBudget(100)
+    >>> b.take(60), b.take(60), b.take(40)
+    (True, False, True)
+    """
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
 
 
 def headers_dict(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[str, bytes]:
@@ -218,9 +278,12 @@ def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
+_GREY_MODES = ("L", "I", "I;16", "1", "P", "LA")
+
+
 def image_array(img: Any) -> np.ndarray:
     """A Pillow image as the uint8 array the scorers take: [H, W] for grey-like modes, else [H, W, 3] RGB."""
-    return np.asarray(img.convert("L") if img.mode in ("L", "I", "I;16", "1", "P", "LA") else img.convert("RGB"))
+    return np.asarray(img.convert("L") if img.mode in _GREY_MODES else img.convert("RGB"))
 
 
 def frame_headers(
@@ -239,10 +302,21 @@ def frame_headers(
 
 
 def _read_claim_check(uri: str, max_bytes: int, allowed_dirs: Sequence[Path]) -> bytes:
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+        raw_path = unquote(parsed.path)
+    except ValueError as exc:
+        raise BadEvent("bad_header", f"claim-check uri {uri[:200]!r} does not parse: {exc}") from None
     if parsed.scheme != "file":
-        raise BadEvent("claim_check_unreadable", f"only file:// claim-check URIs are supported, got {uri!r}")
-    path = Path(unquote(parsed.path)).resolve()
+        raise BadEvent("claim_check_unreadable", f"only file:// claim-check URIs are supported, got {uri[:200]!r}")
+    if "\x00" in raw_path or not raw_path:
+        raise BadEvent("bad_header", f"claim-check uri {uri[:200]!r} is not a usable file path")
+    if not allowed_dirs:
+        raise BadEvent("claim_check_unreadable", "claim-check uri given but no claim_check_dirs are configured")
+    try:
+        path = Path(raw_path).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a symlink loop, an unresolvable path
+        raise BadEvent("claim_check_unreadable", f"cannot resolve {raw_path[:200]!r}: {exc}") from None
     if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
         raise BadEvent("claim_check_unreadable", f"{path} is outside the configured claim_check_dirs")
     try:
@@ -260,13 +334,19 @@ def decode_frame(
     max_bytes: int,
     claim_check_dirs: Sequence[Path] = (),
     default_source: str | None = None,
+    limits: LimitSettings = _LIMITS,
+    budget: DecodeBudget | None = None,
 ) -> FrameEvent:
-    """Encoded image bytes (or a claim-check `uri` header) -> FrameEvent with a uint8 [H, W] or [H, W, 3] image."""
-    from PIL import Image, UnidentifiedImageError
+    """Encoded image bytes (or a claim-check `uri` header) -> FrameEvent with a uint8 [H, W] or [H, W, 3] image.
 
+    Width and height are read from the image header first: a frame over `limits.max_image_pixels`, or one
+    whose decoded size no longer fits `budget`, is refused without being decoded.
+    """
     source = headers.get("source", b"").decode(errors="replace") or default_source
     if not source:
         raise BadEvent("bad_schema", "frame without a 'source' header or message key")
+    if len(source) > limits.max_source_chars:
+        raise BadEvent("bad_header", f"source is {len(source)} characters, the limit is {limits.max_source_chars}")
     ts_raw = headers.get("ts")
     ts = parse_ts(ts_raw.decode(errors="replace") if ts_raw else None)
     if uri := headers.get("uri", b"").decode(errors="replace"):
@@ -277,15 +357,35 @@ def decode_frame(
         raise BadEvent("undecodable_image", "empty frame: expected JPEG/PNG bytes or a claim-check 'uri' header")
     if len(data) > max_bytes:
         raise BadEvent("oversized_image", f"image is {len(data)} bytes, the limit is {max_bytes}")
+    return FrameEvent(source, ts, _decode_image(data, limits.max_image_pixels, budget))
+
+
+def _decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
+    from PIL import Image
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > 64 * 1024 * 1024:  # decompression bomb guard
-                raise BadEvent("oversized_image", f"image is {img.width}x{img.height} pixels")
+        with warnings.catch_warnings():  # Pillow warns past ~89 Mpx; our own cap below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadEvent("image_too_large", f"image is {width}x{height} pixels, the limit is {max_pixels}")
+            if min(width, height) < 8:
+                raise BadEvent("undecodable_image", f"image is {width}x{height}, expected at least 8x8")
+            channels = 1 if img.mode in _GREY_MODES else 3
+            if budget is not None and not budget.take(width * height * channels):
+                raise BadEvent(
+                    "decode_budget_exceeded",
+                    f"{width}x{height}x{channels} bytes decoded would pass the batch budget (limits.max_decoded_batch_bytes)",
+                )
             arr = image_array(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        if isinstance(exc, BadEvent):
-            raise
-        raise BadEvent("undecodable_image", f"cannot decode image bytes: {exc}") from None
-    if min(arr.shape[:2]) < 8:
-        raise BadEvent("undecodable_image", f"image is {arr.shape[1]}x{arr.shape[0]}, expected at least 8x8")
-    return FrameEvent(source, ts, arr)
+    except BadEvent:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires in open() past ~179 Mpx
+        raise BadEvent("image_too_large", str(exc)) from None
+    except Exception as exc:  # Pillow raises many types on crafted input (OSError, SyntaxError, struct.error...)
+        raise BadEvent("undecodable_image", f"cannot decode image bytes: {type(exc).__name__}: {exc}"[:500]) from None
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise BadEvent("undecodable_image", f"decoded image has shape {arr.shape}, expected [H, W] or [H, W, 3]")
+    return arr

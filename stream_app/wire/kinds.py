@@ -65,7 +65,7 @@ VECTORS: Final = DataKind(
     np.float32,
     lambda topics: topics.vectors,
     lambda settings: settings.routes,
-    lambda records, _settings: decode_vector_records(records),
+    lambda records, s: decode_vector_records(records, s.limits),
     _vector_values,
 )
 IMAGES: Final = DataKind(
@@ -74,7 +74,7 @@ IMAGES: Final = DataKind(
     np.uint8,
     lambda topics: topics.frames,
     lambda settings: settings.image_routes,
-    lambda records, s: decode_frame_records(records, s.max_image_bytes, s.claim_check_dirs),
+    lambda records, s: decode_frame_records(records, s.max_image_bytes, s.claim_check_dirs, s.limits),
     _frame_pixels,
 )
 DATA_KINDS: Final[dict[str, DataKind]] = {k.name: k for k in (VECTORS, IMAGES)}

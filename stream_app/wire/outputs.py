@@ -15,8 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from stream_app.settings import KafkaSettings, LimitSettings
 from stream_app.wire.codecs import Event
 from stream_app.wire.records import Headers, Record
+
+# The default for callers that do not pass settings: the default broker limit less the default margin.
+_DEADLETTER_MAX_BYTES = KafkaSettings().max_message_bytes - LimitSettings().deadletter_margin_bytes
 
 
 @dataclass(frozen=True)
@@ -114,17 +118,50 @@ def alert_output(
     return Output(topic, event.source.encode(), _json(body), _passthrough(rec.headers))
 
 
-def deadletter_output(topic: str, rec: Record, reason: str, message: str) -> Output:
-    """The original bytes and headers, plus why and where they came from."""
-    headers = [
-        *rec.headers.items(),
+def record_size(key: bytes | None, value: bytes, headers: Headers) -> int:
+    """Bytes a record's key, value and headers take (the broker adds a little framing on top: keep a margin)."""
+    return len(key or b"") + len(value) + sum(len(k.encode()) + len(v) for k, v in headers)
+
+
+def deadletter_output(
+    topic: str, rec: Record, reason: str, message: str, max_bytes: int = _DEADLETTER_MAX_BYTES
+) -> Output:
+    """The original bytes and headers, plus why and where they came from, in at most `max_bytes`.
+
+    A dead letter that the broker refuses would be retried forever and stall its partition, so one that would
+    pass `max_bytes` (pass kafka.max_message_bytes minus limits.deadletter_margin_bytes) is cut: the value is
+    truncated (headers `truncated: true`, `original-size`, `original-sha256` say what it was), input headers
+    that alone would not fit are dropped (`headers-dropped: <count>`), and an oversized key is cut
+    (`key-truncated: true`).
+    """
+    value = rec.value or b""
+    ours = [
         ("reason", reason.encode()),
         ("error", message[:500].encode(errors="replace")),
-        ("origin-topic", rec.topic.encode()),
+        ("origin-topic", rec.topic.encode()[:300]),
         ("origin-partition", str(rec.partition).encode()),
         ("origin-offset", str(rec.offset).encode()),
     ]
-    return Output(topic, rec.key, rec.value or b"", headers)
+    passthrough = list(rec.headers.items())
+    key = rec.key
+    if record_size(key, value, passthrough + ours) <= max_bytes:
+        return Output(topic, key, value, passthrough + ours)
+
+    ours += [
+        ("truncated", b"true"),
+        ("original-size", str(len(value)).encode()),
+        ("original-sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    room = max_bytes // 4  # key and input headers may take a quarter; what they leave goes to the value
+    if key is not None and len(key) > room:
+        key = key[:room]
+        ours.append(("key-truncated", b"true"))
+    if record_size(None, b"", passthrough) > room:
+        ours.append(("headers-dropped", str(len(passthrough)).encode()))
+        passthrough = []
+    headers = passthrough + ours
+    left = max(0, max_bytes - record_size(key, b"", headers))
+    return Output(topic, key, value[:left], headers)
 
 
 def top_features(contributions: np.ndarray, values: np.ndarray, names: Sequence[str], k: int = 3) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,9 @@ import numpy as np
 from models import ImageScorer, VectorScorer
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.metrics import WorkerMetrics
+from stream_app.scoring.admission import SourceAdmission
 from stream_app.scoring.executor import InferenceExecutor
+from stream_app.scoring.isolation import isolate_failures
 from stream_app.scoring.model_manager import LoadedModel, ModelManager
 from stream_app.scoring.publishing import Publisher
 from stream_app.settings import Settings
@@ -41,6 +43,10 @@ from stream_app.wire.routing import Router
 
 log = logging.getLogger(__name__)
 
+# A scorer raising one of these on a group is bisected to the records that cause it (poison); other errors
+# (e.g. a lost device) fail the batch, which is retried.
+POISON_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
+
 
 @dataclass
 class BatchReport:
@@ -58,12 +64,13 @@ class BatchOutputs:
     """The outputs of one batch as they accumulate, and its report; `reject` dead-letters one record."""
 
     deadletter_topic: str
+    deadletter_max_bytes: int  # the broker's message limit less a margin: a refused dead letter would stall
     metrics: WorkerMetrics
     report: BatchReport
     outputs: list[Output] = field(default_factory=list)
 
     def reject(self, rec: Record, reason: str, message: str) -> None:
-        self.outputs.append(deadletter_output(self.deadletter_topic, rec, reason, message))
+        self.outputs.append(deadletter_output(self.deadletter_topic, rec, reason, message, self.deadletter_max_bytes))
         self.report.deadletters[reason] = self.report.deadletters.get(reason, 0) + 1
         self.metrics.deadletters.labels(reason).inc()
         log.warning("dead letter %s/%d@%d: %s: %s", rec.topic, rec.partition, rec.offset, reason, message)
@@ -109,6 +116,7 @@ class InspectionPipeline:
         self.executor = executor
         self.metrics = metrics
         self.routers = {name: Router(kind.routes(settings)) for name, kind in DATA_KINDS.items()}
+        self.admission = SourceAdmission(settings.limits.max_sources_per_model)
 
     # ------------------------------------------------------------------ decoding
 
@@ -120,7 +128,9 @@ class InspectionPipeline:
 
     async def process(self, kind_name: str, records: Sequence[Record]) -> tuple[list[Output], BatchReport]:
         kind = data_kind(kind_name)
-        batch = BatchOutputs(self.settings.topics.deadletter, self.metrics, BatchReport(events=len(records)))
+        s = self.settings
+        dead_max = s.kafka.max_message_bytes - s.limits.deadletter_margin_bytes
+        batch = BatchOutputs(s.topics.deadletter, dead_max, self.metrics, BatchReport(events=len(records)))
         router = self.routers[kind.name]
         by_model: dict[str, Routed] = defaultdict(Routed)
         for rec, event in zip(records, kind.decode(records, self.settings), strict=True):
@@ -134,6 +144,9 @@ class InspectionPipeline:
             by_model[model].add(rec, event)
 
         for model_name, routed in by_model.items():
+            routed = self._admit(model_name, routed, batch)
+            if not routed.records:
+                continue
             try:
                 loaded = await self.models.get(model_name)
             except Exception as exc:  # no production version, unreadable registry: the events are kept, not lost
@@ -163,16 +176,40 @@ class InspectionPipeline:
                 groups[shape].add(rec, ev)
         return list(groups.values())
 
+    def _admit(self, model: str, routed: Routed, batch: BatchOutputs) -> Routed:
+        """Events of sources the model may track; a new source beyond limits.max_sources_per_model is refused."""
+        admitted = self.admission.admit(model, [ev.source for ev in routed.events])
+        if all(admitted):
+            return routed
+        kept = Routed()
+        for rec, ev, ok in zip(routed.records, routed.events, admitted, strict=True):
+            if ok:
+                kept.add(rec, ev)
+            else:
+                batch.reject(rec, "source_limit", f"model {model!r} already tracks {self.admission.max_sources} "
+                             f"sources (limits.max_sources_per_model); {ev.source!r} is new")  # fmt: skip
+        return kept
+
     async def _score_model(self, kind: DataKind, loaded: LoadedModel, routed: Routed, batch: BatchOutputs) -> None:
         for group in self._groups(kind, loaded, routed, batch):
             data = kind.stack(group.events)
             started = time.perf_counter()
-            try:
-                scores = await self.executor.run(loaded.scorer.score, data)
-            except ValueError as exc:  # the scorer's own input check: dead-letter the group, keep running
-                for rec in group.records:
-                    batch.reject(rec, "rejected_by_model", str(exc))
-                continue
+
+            # One call when the group scores; when it raises, bisect to the records that fail on their own.
+            def score_rows(rows: Sequence[int], data: np.ndarray = data) -> Awaitable[np.ndarray]:
+                return self.executor.run(loaded.scorer.score, data[list(rows)])
+
+            isolated = await isolate_failures(range(len(data)), score_rows, POISON_ERRORS)
+            if isolated.failures:  # all failed: the model refuses this input; some failed: those records are poison
+                reason = "rejected_by_model" if isolated.all_failed else "poison"
+                for i, exc in isolated.failures.items():
+                    batch.reject(group.records[i], reason, f"{type(exc).__name__}: {exc}")
+                keep = [i for i in range(len(data)) if i not in isolated.failures]
+                if not keep:
+                    continue
+                group = Routed([group.records[i] for i in keep], [group.events[i] for i in keep])
+                data = data[keep]
+            scores = np.asarray([r for r in isolated.results if r is not None], np.float32)
             self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
             scored = ScoredGroup(group.records, group.events, data, scores)
             batch.outputs += await self._judge_and_emit(kind, loaded, scored)

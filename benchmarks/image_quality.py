@@ -26,6 +26,7 @@ Writes benchmarks/results/image_quality.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import machine, machine_info, save_figure, write_json
+from benchmarks._common import RESULTS, machine, machine_info, save_figure, write_json
 from benchmarks.textures import DEFECTS, SURFACES, SurfaceGenerator
 from models.gaussian import GaussianDensity
 
@@ -160,6 +161,7 @@ def summarize(per_surface: dict[str, dict]) -> dict:
         "fit_seconds": float(np.mean([per_surface[s]["fit_seconds"] for s in surfaces])),
         "score_images_per_s": float(np.median([per_surface[s]["score_images_per_s"] for s in surfaces])),
     }
+    out["surfaces"] = surfaces
     out["image_auroc_mean"] = float(np.mean(list(out["image_auroc"].values())))
     out["pixel_auroc_mean"] = float(np.mean(list(out["pixel_auroc_all_by_surface"].values())))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()} | {
@@ -228,11 +230,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chosen", default="patch-memory/filterbank-knn", help="the candidate checked against the goal")
     ap.add_argument("--out", default="image_quality")
+    ap.add_argument("--merge", action="store_true", help="keep the other methods' results already in the JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    args.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     per_method: dict[str, dict] = {m: {} for m in args.methods}
+    previous: dict = {}
+    if args.merge and (RESULTS / f"{args.out}.json").is_file():  # keep other methods' results from an earlier run
+        previous = json.loads((RESULTS / f"{args.out}.json").read_text())
+        per_method = {m: r for m, r in previous["per_surface"].items() if m not in args.methods} | per_method
+    args.previous = previous
     for surface in args.surfaces:
         gen = SurfaceGenerator(surface, size=args.size, seed=args.seed)
         data = {"train": gen.normal(args.train), "normal": gen.normal(args.test_normal)}
@@ -244,7 +253,12 @@ def main() -> None:
             print(f"{surface:8s} {m:34s} image {img} | pixel {r['pixel_auroc_all']:.3f} | "
                   f"fit {r['fit_seconds']}s score {r['score_images_per_s']}/s", flush=True)  # fmt: skip
 
-    summary = {m: summarize(per_method[m]) for m in args.methods}
+        finish(args, per_method, t_start, partial=surface != args.surfaces[-1])
+
+
+def finish(args: argparse.Namespace, per_method: dict[str, dict], t_start: float, partial: bool) -> None:
+    """Summaries, the goal check and the JSON (+ PNG when complete); written after every surface."""
+    summary = {m: summarize(per_method[m]) for m in per_method if per_method[m]}
     goal = None
     if args.chosen in summary and all(b in summary for b in BASELINES):
         c = summary[args.chosen]
@@ -268,13 +282,23 @@ def main() -> None:
         "surfaces": args.surfaces,
         "defects": list(DEFECTS),
         "seed": args.seed,
+        "runs": [
+            *args.previous.get("runs", []),
+            {"methods": args.methods, "machine": machine(), "started": args.started},
+        ],
         "transformaly_epochs": args.transformaly_epochs,
         "transformaly_fit_images": min(args.transformaly_train, args.train),
         "summary": summary,
         "goal": goal,
         "per_surface": per_method,
     }
-    if args.chosen in CANDIDATES:
+    if partial:
+        payload["partial"] = f"surfaces done: {list(next(iter(per_method.values())))}"
+        write_json(args.out, payload)
+        return
+    if "chosen_throughput" in args.previous and args.chosen not in args.methods:
+        payload["chosen_throughput"] = args.previous["chosen_throughput"]
+    elif args.chosen in CANDIDATES:
         payload["chosen_throughput"] = [throughput(CANDIDATES[args.chosen], s) for s in (128, 256)]
     payload["total_seconds"] = round(time.perf_counter() - t_start, 1)
     path = write_json(args.out, payload)

@@ -169,13 +169,13 @@ def summarize(per_surface: dict[str, dict]) -> dict:
     }
 
 
-def throughput(kind_kwargs: dict, size: int, n: int = 64, batch: int = 32) -> dict:
+def throughput(method: str, size: int, n: int = 64, batch: int = 32) -> dict:
     """Score images/s of a fitted patch-memory scorer at `size` px (fit on n images of that size)."""
     from models.patch_memory import PatchMemoryScorer
 
     gen = SurfaceGenerator("cast", size=size, seed=99)
     train, test = gen.normal(n), gen.normal(batch)
-    s = PatchMemoryScorer(**kind_kwargs, device="cpu")
+    s = PatchMemoryScorer(**CANDIDATES[method], device="cpu")
     t0 = time.perf_counter()
     s.fit(train)
     fit_s = time.perf_counter() - t0
@@ -185,6 +185,7 @@ def throughput(kind_kwargs: dict, size: int, n: int = 64, batch: int = 32) -> di
     for _ in range(reps):
         s.score(test)
     return {
+        "method": method,
         "size": size,
         "batch": batch,
         "fit_images": n,
@@ -230,7 +231,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chosen", default="patch-memory/filterbank-knn", help="the candidate checked against the goal")
     ap.add_argument("--out", default="image_quality")
-    ap.add_argument("--merge", action="store_true", help="keep the other methods' results already in the JSON")
+    ap.add_argument("--merge", action="store_true", help="keep the (method, surface) results already in the JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -240,7 +241,9 @@ def main() -> None:
     previous: dict = {}
     if args.merge and (RESULTS / f"{args.out}.json").is_file():  # keep other methods' results from an earlier run
         previous = json.loads((RESULTS / f"{args.out}.json").read_text())
-        per_method = {m: r for m, r in previous["per_surface"].items() if m not in args.methods} | per_method
+        per_method = {m: dict(r) for m, r in previous["per_surface"].items()} | {
+            m: dict(previous["per_surface"].get(m, {})) for m in args.methods
+        }  # this run's (method, surface) results replace the earlier ones
     args.previous = previous
     for surface in args.surfaces:
         gen = SurfaceGenerator(surface, size=args.size, seed=args.seed)
@@ -293,13 +296,14 @@ def finish(args: argparse.Namespace, per_method: dict[str, dict], t_start: float
         "per_surface": per_method,
     }
     if partial:
-        payload["partial"] = f"surfaces done: {list(next(iter(per_method.values())))}"
+        payload["partial"] = {m: list(r) for m, r in per_method.items()}
         write_json(args.out, payload)
         return
-    if "chosen_throughput" in args.previous and args.chosen not in args.methods:
+    kept = args.previous.get("chosen_throughput") or [{}]
+    if kept[0].get("method") == args.chosen and args.chosen not in args.methods:
         payload["chosen_throughput"] = args.previous["chosen_throughput"]
     elif args.chosen in CANDIDATES:
-        payload["chosen_throughput"] = [throughput(CANDIDATES[args.chosen], s) for s in (128, 256)]
+        payload["chosen_throughput"] = [throughput(args.chosen, s) for s in (128, 256)]
     payload["total_seconds"] = round(time.perf_counter() - t_start, 1)
     path = write_json(args.out, payload)
     plot(summary, payload, args.out)

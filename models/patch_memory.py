@@ -19,14 +19,17 @@ Features need no training data beyond normal images and no download:
 
 Before either, each image is turned into grayscale and its illumination removed: a wide Gaussian blur
 (the lighting) is subtracted and the result divided by the image's own standard deviation, so gain,
-offset and gradients of the lamp do not look like defects. Channels are then standardized with the
+offset and smooth gradients of the lamp do not look like defects (gain and offset exactly; a gradient
+leaves a residue within about 3 * light_sigma of the frame's edges, where the padding folds it). Channels are then standardized with the
 training patches' statistics.
 
-Memories: "knn" keeps at most `memory_size` patch vectors chosen by greedy k-centre coreset (PatchCore's,
-on a random projection) from at most `coreset_candidates` random training patches; a patch's anomaly is
-its Euclidean distance to the nearest one. "gaussian" keeps one Ledoit-Wolf Gaussian over all normal
-patches and uses the Mahalanobis distance (cheaper, weaker on multi-modal textures).
-See benchmarks/results/image_quality.json for the measured comparison behind the defaults.
+Memories: "gaussian" (default) keeps one Ledoit-Wolf Gaussian over the normal patch vectors (fitted on at
+most `coreset_candidates` random ones) and a patch's anomaly is its Mahalanobis distance: C x C numbers
+whatever the training set, and scoring is one small matrix product per patch. "knn" keeps at most
+`memory_size` patch vectors chosen by greedy k-centre coreset (PatchCore's, on a random projection) and a
+patch's anomaly is the Euclidean distance to the nearest one; it can follow multi-modal textures but was
+no better on the benchmark's surfaces and scored 5-10x slower. Measured comparison:
+benchmarks/results/image_quality.json (benchmarks/image_quality.py).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ MEMORIES: Final = ("knn", "gaussian")
 @dataclass
 class PatchMemoryConfig:
     features: str = "filterbank"
-    memory: str = "knn"
+    memory: str = "gaussian"
     stride: int = 4  # px between patch centres (the heatmap's cell)
     patch: int = 8  # px side of the window each patch vector pools over
     scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # filterbank Gaussian sigmas, px
@@ -243,7 +246,7 @@ class PatchMemoryScorer:
     def __init__(
         self,
         features: str = "filterbank",
-        memory: str = "knn",
+        memory: str = "gaussian",
         stride: int = 4,
         patch: int = 8,
         scales: tuple[float, ...] | list[float] = (1.0, 2.0, 4.0),

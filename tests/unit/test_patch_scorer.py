@@ -43,11 +43,10 @@ def test_score_heatmap_and_calibration_shapes(fitted: PatchMemoryScorer, train: 
     assert maps.shape == (5, SIZE // 4, SIZE // 4) and maps.dtype == np.float32 and (maps >= 0).all()
     assert fitted.data_kind == "images" and fitted.kind == "patch-memory"
     assert fitted.calibration_scores.shape == (4,) and fitted.history["n_train"] == 36
-    assert fitted.bank.shape[0] == min(2000, fitted.history["n_patches"])
 
 
 def test_memory_is_capped_by_the_coreset(train: np.ndarray) -> None:
-    s = PatchMemoryScorer(memory_size=300, coreset_candidates=1000, device="cpu")
+    s = PatchMemoryScorer(memory="knn", memory_size=300, coreset_candidates=1000, device="cpu")
     s.fit(train)
     assert s.bank.shape == (300, s.extractor.n_channels) and s.history["n_patches"] > 1000
 
@@ -78,7 +77,7 @@ def test_lamp_gain_and_offset_alone_change_no_score(fitted: PatchMemoryScorer, t
     np.testing.assert_allclose(fitted.score(relit), fitted.score(train[:8]), rtol=0.05)
 
 
-@pytest.mark.parametrize("features,memory", [("filterbank", "gaussian"), ("random", "knn")])
+@pytest.mark.parametrize("features,memory", [("filterbank", "knn"), ("random", "knn"), ("random", "gaussian")])
 def test_every_option_round_trips_through_save_and_load(train, tmp_path, features, memory) -> None:
     s = PatchMemoryScorer(features=features, memory=memory, **SMALL)
     s.fit(train)

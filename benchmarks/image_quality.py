@@ -211,7 +211,7 @@ def plot(summary: dict, payload: dict, name: str) -> None:
         ax.set_xticks(np.arange(len(DEFECTS)) + 0.4 - width / 2, DEFECTS)
         ax.set_title(f"{key.replace('_', ' ')} (mean over {len(payload['surfaces'])} surfaces)", fontsize=9)
         ax.set_ylim(0.3, 1.0)
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{payload['size']} px, {payload['n_train']} normal training images; {payload['machine'][:90]}",
                  fontsize=8)  # fmt: skip
     save_figure(fig, name)

@@ -11,7 +11,8 @@ negatives) with the method's heatmap upsampled bilinearly to the image size.
 
 Methods:
 - transformaly-random: TransformalyScorer("vit_tiny_patch16_224", pretrained=False) as it is, with its
-  defaults except `--transformaly-epochs` (student training epochs, for the time budget).
+  defaults except `--transformaly-epochs` (student epochs) and `--transformaly-train` (it fits on the first
+  that many training images): a 224 px ViT on a shared 2-core CPU; the budget, not a tuning choice.
 - patch-memory candidates (models/patch_memory.py): filterbank or random-conv features, knn or gaussian.
 - pixel-knn (baseline, here only): images area-downsampled to 32x32 and standardized per image; score =
   Euclidean distance to the nearest training image; heatmap = |difference| to that neighbour.
@@ -25,6 +26,7 @@ Writes benchmarks/results/image_quality.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import machine, machine_info, save_figure, write_json
+from benchmarks._common import RESULTS, machine, machine_info, save_figure, write_json
 from benchmarks.textures import DEFECTS, SURFACES, SurfaceGenerator
 from models.gaussian import GaussianDensity
 
@@ -118,10 +120,11 @@ def upsample(maps: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def evaluate(method: str, data: dict, epochs: int) -> dict:
+def evaluate(method: str, data: dict, epochs: int, transformaly_train: int) -> dict:
     scorer, fit_kwargs = build(method, epochs)
+    train = data["train"][:transformaly_train] if method == "transformaly-random" else data["train"]
     t0 = time.perf_counter()
-    scorer.fit(data["train"], **fit_kwargs)
+    scorer.fit(train, **fit_kwargs)
     fit_s = time.perf_counter() - t0
     test = np.concatenate([data["normal"], *[data[d][0] for d in DEFECTS]])
     masks = np.concatenate([np.zeros_like(data["normal"], bool), *[data[d][1] for d in DEFECTS]])
@@ -141,6 +144,7 @@ def evaluate(method: str, data: dict, epochs: int) -> dict:
         "image_auroc": image_auroc,
         "pixel_auroc": pixel_auroc,
         "pixel_auroc_all": float(roc_auc_score(masks.ravel(), maps.ravel())),
+        "fit_images": len(train),
         "fit_seconds": round(fit_s, 2),
         "score_images_per_s": round(len(test) / score_s, 1),
     }
@@ -157,6 +161,7 @@ def summarize(per_surface: dict[str, dict]) -> dict:
         "fit_seconds": float(np.mean([per_surface[s]["fit_seconds"] for s in surfaces])),
         "score_images_per_s": float(np.median([per_surface[s]["score_images_per_s"] for s in surfaces])),
     }
+    out["surfaces"] = surfaces
     out["image_auroc_mean"] = float(np.mean(list(out["image_auroc"].values())))
     out["pixel_auroc_mean"] = float(np.mean(list(out["pixel_auroc_all_by_surface"].values())))
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()} | {
@@ -164,13 +169,13 @@ def summarize(per_surface: dict[str, dict]) -> dict:
     }
 
 
-def throughput(kind_kwargs: dict, size: int, n: int = 64, batch: int = 32) -> dict:
+def throughput(method: str, size: int, n: int = 64, batch: int = 32) -> dict:
     """Score images/s of a fitted patch-memory scorer at `size` px (fit on n images of that size)."""
     from models.patch_memory import PatchMemoryScorer
 
     gen = SurfaceGenerator("cast", size=size, seed=99)
     train, test = gen.normal(n), gen.normal(batch)
-    s = PatchMemoryScorer(**kind_kwargs, device="cpu")
+    s = PatchMemoryScorer(**CANDIDATES[method], device="cpu")
     t0 = time.perf_counter()
     s.fit(train)
     fit_s = time.perf_counter() - t0
@@ -180,6 +185,7 @@ def throughput(kind_kwargs: dict, size: int, n: int = 64, batch: int = 32) -> di
     for _ in range(reps):
         s.score(test)
     return {
+        "method": method,
         "size": size,
         "batch": batch,
         "fit_images": n,
@@ -205,7 +211,7 @@ def plot(summary: dict, payload: dict, name: str) -> None:
         ax.set_xticks(np.arange(len(DEFECTS)) + 0.4 - width / 2, DEFECTS)
         ax.set_title(f"{key.replace('_', ' ')} (mean over {len(payload['surfaces'])} surfaces)", fontsize=9)
         ax.set_ylim(0.3, 1.0)
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{payload['size']} px, {payload['n_train']} normal training images; {payload['machine'][:90]}",
                  fontsize=8)  # fmt: skip
     save_figure(fig, name)
@@ -215,32 +221,47 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--train", type=int, default=200)
-    ap.add_argument("--test-normal", type=int, default=40)
-    ap.add_argument("--per-defect", type=int, default=12)
+    ap.add_argument("--test-normal", type=int, default=30)
+    ap.add_argument("--per-defect", type=int, default=10)
     ap.add_argument("--surfaces", nargs="+", default=list(SURFACES))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--transformaly-epochs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--transformaly-epochs", type=int, default=2)
+    ap.add_argument("--transformaly-train", type=int, default=64, help="normal images Transformaly fits on (CPU time)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chosen", default="patch-memory/filterbank-knn", help="the candidate checked against the goal")
     ap.add_argument("--out", default="image_quality")
+    ap.add_argument("--merge", action="store_true", help="keep the (method, surface) results already in the JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    args.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     per_method: dict[str, dict] = {m: {} for m in args.methods}
+    previous: dict = {}
+    if args.merge and (RESULTS / f"{args.out}.json").is_file():  # keep other methods' results from an earlier run
+        previous = json.loads((RESULTS / f"{args.out}.json").read_text())
+        per_method = {m: dict(r) for m, r in previous["per_surface"].items()} | {
+            m: dict(previous["per_surface"].get(m, {})) for m in args.methods
+        }  # this run's (method, surface) results replace the earlier ones
+    args.previous = previous
     for surface in args.surfaces:
         gen = SurfaceGenerator(surface, size=args.size, seed=args.seed)
         data = {"train": gen.normal(args.train), "normal": gen.normal(args.test_normal)}
         data |= {d: gen.defective(args.per_defect, d) for d in DEFECTS}
         for m in args.methods:
-            r = evaluate(m, data, args.transformaly_epochs)
+            r = evaluate(m, data, args.transformaly_epochs, args.transformaly_train)
             per_method[m][surface] = r
             img = " ".join(f"{d}={v:.2f}" for d, v in r["image_auroc"].items())
             print(f"{surface:8s} {m:34s} image {img} | pixel {r['pixel_auroc_all']:.3f} | "
                   f"fit {r['fit_seconds']}s score {r['score_images_per_s']}/s", flush=True)  # fmt: skip
 
-    summary = {m: summarize(per_method[m]) for m in args.methods}
+        finish(args, per_method, t_start, partial=surface != args.surfaces[-1])
+
+
+def finish(args: argparse.Namespace, per_method: dict[str, dict], t_start: float, partial: bool) -> None:
+    """Summaries, the goal check and the JSON (+ PNG when complete); written after every surface."""
+    summary = {m: summarize(per_method[m]) for m in per_method if per_method[m]}
     goal = None
     if args.chosen in summary and all(b in summary for b in BASELINES):
         c = summary[args.chosen]
@@ -264,13 +285,25 @@ def main() -> None:
         "surfaces": args.surfaces,
         "defects": list(DEFECTS),
         "seed": args.seed,
+        "runs": [
+            *args.previous.get("runs", []),
+            {"methods": args.methods, "machine": machine(), "started": args.started},
+        ],
         "transformaly_epochs": args.transformaly_epochs,
+        "transformaly_fit_images": min(args.transformaly_train, args.train),
         "summary": summary,
         "goal": goal,
         "per_surface": per_method,
     }
-    if args.chosen in CANDIDATES:
-        payload["chosen_throughput"] = [throughput(CANDIDATES[args.chosen], s) for s in (128, 256)]
+    if partial:
+        payload["partial"] = {m: list(r) for m, r in per_method.items()}
+        write_json(args.out, payload)
+        return
+    kept = args.previous.get("chosen_throughput") or [{}]
+    if kept[0].get("method") == args.chosen and args.chosen not in args.methods:
+        payload["chosen_throughput"] = args.previous["chosen_throughput"]
+    elif args.chosen in CANDIDATES:
+        payload["chosen_throughput"] = [throughput(args.chosen, s) for s in (128, 256)]
     payload["total_seconds"] = round(time.perf_counter() - t_start, 1)
     path = write_json(args.out, payload)
     plot(summary, payload, args.out)

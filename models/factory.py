@@ -15,12 +15,16 @@ from models.protocols import ImageScorer, Scorer, VectorScorer
 
 # kind -> "module:Class". The classes' `load(path, device=)` inverts `save`.
 _VECTOR_CLASSES: Final = {kind: "models.rvae:RVAEScorer" for kind in ("ae", "vae", "rae", "rvae")}
-_IMAGE_CLASSES: Final = {"transformaly": "models.transformaly:TransformalyScorer"}
+_IMAGE_CLASSES: Final = {
+    "transformaly": "models.transformaly:TransformalyScorer",
+    "patch-memory": "models.patch_memory:PatchMemoryScorer",
+}
 
 VECTOR_KINDS: Final = tuple(_VECTOR_CLASSES)
 IMAGE_KINDS: Final = tuple(_IMAGE_CLASSES)
-# The image kind that fits with no weights to download (the contract's offline default).
-DEFAULT_OFFLINE_IMAGE_KIND: Final = "transformaly"
+# The image kind that fits with no weights to download (the contract's offline default): chosen by
+# benchmarks/image_quality.py, where a random-init Transformaly ranks defects at chance.
+DEFAULT_OFFLINE_IMAGE_KIND: Final = "patch-memory"
 
 
 def scorer_class(kind: str) -> type[Any]:

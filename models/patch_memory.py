@@ -19,14 +19,17 @@ Features need no training data beyond normal images and no download:
 
 Before either, each image is turned into grayscale and its illumination removed: a wide Gaussian blur
 (the lighting) is subtracted and the result divided by the image's own standard deviation, so gain,
-offset and gradients of the lamp do not look like defects. Channels are then standardized with the
+offset and smooth gradients of the lamp do not look like defects (gain and offset exactly; a gradient
+leaves a residue within about 3 * light_sigma of the frame's edges, where the padding folds it). Channels are then standardized with the
 training patches' statistics.
 
-Memories: "knn" keeps at most `memory_size` patch vectors chosen by greedy k-centre coreset (PatchCore's,
-on a random projection) from at most `coreset_candidates` random training patches; a patch's anomaly is
-its Euclidean distance to the nearest one. "gaussian" keeps one Ledoit-Wolf Gaussian over all normal
-patches and uses the Mahalanobis distance (cheaper, weaker on multi-modal textures).
-See benchmarks/results/image_quality.json for the measured comparison behind the defaults.
+Memories: "gaussian" (default) keeps one Ledoit-Wolf Gaussian over the normal patch vectors (fitted on at
+most `coreset_candidates` random ones) and a patch's anomaly is its Mahalanobis distance: C x C numbers
+whatever the training set, and scoring is one small matrix product per patch. "knn" keeps at most
+`memory_size` patch vectors chosen by greedy k-centre coreset (PatchCore's, on a random projection) and a
+patch's anomaly is the Euclidean distance to the nearest one; it can follow multi-modal textures but was
+no better on the benchmark's surfaces and scored 5-10x slower. Measured comparison:
+benchmarks/results/image_quality.json (benchmarks/image_quality.py).
 """
 
 from __future__ import annotations
@@ -52,14 +55,17 @@ MEMORIES: Final = ("knn", "gaussian")
 @dataclass
 class PatchMemoryConfig:
     features: str = "filterbank"
-    memory: str = "knn"
+    memory: str = "gaussian"
     stride: int = 4  # px between patch centres (the heatmap's cell)
     patch: int = 8  # px side of the window each patch vector pools over
     scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # filterbank Gaussian sigmas, px
     light_sigma: float = 12.0  # px; illumination = Gaussian blur at this sigma, subtracted
-    memory_size: int = 10_000  # knn: coreset size cap
-    coreset_candidates: int = 60_000  # knn: random training patches the coreset is chosen from
+    memory_size: int = 4096  # knn: coreset size cap
+    coreset_candidates: int = 40_000  # knn: random training patches the coreset is chosen from
     smooth_sigma: float = 1.0  # heatmap cells; smoothing before the max that makes the image score
+    border: int = (
+        2  # heatmap cells at each edge left out of the image score (padding artefacts), if the map is big enough
+    )
     max_side: int | None = 256  # larger images are downscaled so their long side is this (None: never)
     val_fraction: float = 0.1
     seed: int = 0
@@ -77,6 +83,8 @@ class PatchMemoryConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"expected 0 < val_fraction < 1, got {self.val_fraction}")
+        if self.border < 0:
+            raise ValueError(f"expected border >= 0, got {self.border}")
         self.scales = tuple(float(s) for s in self.scales)
 
 
@@ -238,14 +246,15 @@ class PatchMemoryScorer:
     def __init__(
         self,
         features: str = "filterbank",
-        memory: str = "knn",
+        memory: str = "gaussian",
         stride: int = 4,
         patch: int = 8,
         scales: tuple[float, ...] | list[float] = (1.0, 2.0, 4.0),
         light_sigma: float = 12.0,
-        memory_size: int = 10_000,
-        coreset_candidates: int = 60_000,
+        memory_size: int = 4096,
+        coreset_candidates: int = 40_000,
         smooth_sigma: float = 1.0,
+        border: int = 2,
         max_side: int | None = 256,
         val_fraction: float = 0.1,
         seed: int = 0,
@@ -254,7 +263,7 @@ class PatchMemoryScorer:
     ) -> None:
         self.config = PatchMemoryConfig(
             str(features), str(memory), int(stride), int(patch), tuple(scales), float(light_sigma), int(memory_size),
-            int(coreset_candidates), float(smooth_sigma), None if max_side is None else int(max_side),
+            int(coreset_candidates), float(smooth_sigma), int(border), None if max_side is None else int(max_side),
             float(val_fraction), int(seed),
         )  # fmt: skip
         self.device = pick_device(device)
@@ -346,10 +355,13 @@ class PatchMemoryScorer:
         return torch.cat([self._patch_map(images[sl]) for sl in batches(len(images), self.score_batch_size)])
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        """float32 [N]: maximum of the smoothed patch map; higher = more anomalous."""
+        """float32 [N]: maximum of the smoothed patch map away from its `border` cells; higher = more anomalous."""
         maps = self._maps(images).unsqueeze(1)
         if self.config.smooth_sigma > 0:
             maps = _blur(maps, self.config.smooth_sigma)
+        b = self.config.border
+        if b > 0 and min(maps.shape[-2:]) > 4 * b:
+            maps = maps[..., b:-b, b:-b]
         return maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float32)
 
     def heatmap(self, images: np.ndarray) -> np.ndarray:

@@ -23,6 +23,8 @@ def __getattr__(name: str) -> Any:
         return scorer_class("rvae")
     if name == "TransformalyScorer":
         return scorer_class("transformaly")
+    if name == "PatchMemoryScorer":
+        return scorer_class("patch-memory")
     raise AttributeError(name)
 
 
@@ -33,6 +35,7 @@ __all__ = [
     "DataKindName",
     "ImageScorer",
     "ModelIntegrityError",
+    "PatchMemoryScorer",
     "RVAEScorer",
     "Scorer",
     "TransformalyScorer",

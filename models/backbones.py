@@ -15,7 +15,8 @@ HOW_TO_SUPPLY = (
     "`python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` to fill the Hugging Face cache "
     "(HF_HOME) and copy that cache here; (2) pass a safetensors file with `--weights FILE` (checked against "
     "the architecture); (3) import it once into the registry with `linewatch models backbone import FILE "
-    "--arch {arch}`. For tests and demos only, `--random-backbone` fits on an untrained backbone."
+    "--arch {arch}`. Without any weights, `--kind patch-memory` fits the offline image scorer; for tests and demos "
+    "only, `--random-backbone` fits Transformaly on an untrained backbone."
 )
 
 

@@ -217,7 +217,9 @@ def fit(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="model name (routes in settings name the model per source)")],
     data: Annotated[Path, typer.Option("--data", help="normal samples: a [N, F] .npy file or a folder of images")],
-    kind: Annotated[str | None, typer.Option(help="rvae|vae|rae|ae (vectors) or transformaly (images)")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="rvae|vae|rae|ae (vectors); transformaly or patch-memory (images, no weights)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="default: settings retrain.epochs")] = None,
     n_layers: Annotated[int, typer.Option(help="autoencoder blocks per tower")] = 2,
     hidden: Annotated[int, typer.Option(help="autoencoder hidden width")] = 64,
@@ -257,10 +259,10 @@ def fit(
                             f"(vectors: {', '.join(VECTOR_KINDS)}; images: {', '.join(IMAGE_KINDS)})")  # fmt: skip
         X = load_images(data) if images else load_vectors(data)
         options: dict[str, Any] = {"seed": seed, "device": device or settings.device}
-        if images:
+        if kind == "transformaly":
             pretrained = backbone_weights(registry.root, backbone, weights, random_backbone)
             options |= {"backbone": backbone, "pretrained": pretrained, "img_size": img_size, "n_blocks": n_blocks}
-        else:
+        elif not images:
             options |= {"n_features": X.shape[1], "n_layers": n_layers, "hidden": hidden, "latent": latent}
         scorer = create_scorer(kind, **options)
         console.print(f"fitting {kind} on {len(X)} samples of shape {list(X.shape[1:])} from {data}")

@@ -44,7 +44,7 @@ from stream_app.registry.announcements import (
 )
 from stream_app.registry.versions import Registry
 from stream_app.retraining.decision import Decision, calibrated_threshold, decide
-from stream_app.retraining.fitting import fit_summary
+from stream_app.retraining.fitting import fit_options, fit_summary
 from stream_app.retraining.window import TrainingWindow, read_window
 from stream_app.settings import RetrainSchedule, Settings
 from stream_app.wire.kinds import data_kind
@@ -259,7 +259,8 @@ class RetrainAgent:
         epochs = self.settings.retrain.epochs
         log.info("retrain %s: fitting %s on %d events, up to %d epochs", model, type(candidate).__name__,
                  len(data), epochs)  # fmt: skip
-        fit = asyncio.ensure_future(asyncio.to_thread(candidate.fit, data, epochs=epochs, progress=self.progress))
+        options = fit_options(candidate, epochs=epochs, progress=self.progress)
+        fit = asyncio.ensure_future(asyncio.to_thread(candidate.fit, data, **options))
         started = time.monotonic()
         try:
             while True:

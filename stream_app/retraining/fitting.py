@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,17 @@ def fit_summary(history: dict[str, Any], seconds: float) -> dict[str, Any]:
     last = {k: float(v[-1]) for k, v in history.items() if k in ("train_loss", "val_loss") and v}
     return {"seconds": round(seconds, 3), "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), **last}  # fmt: skip
+
+
+def fit_options(scorer: Scorer, **options: Any) -> dict[str, Any]:
+    """The training knobs (epochs, batch_size, progress...) that this scorer's `fit` takes; None values dropped.
+
+    A memory-based scorer (patch-memory) has no epochs: the same call site serves every kind.
+    """
+    accepted = inspect.signature(scorer.fit).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return {k: v for k, v in options.items() if v is not None}
+    return {k: v for k, v in options.items() if v is not None and k in accepted}
 
 
 def backbone_weights(registry_root: Path, arch: str, weights: Path | None, random_backbone: bool) -> str | bool:
@@ -46,10 +58,7 @@ def fit_and_publish(
 ) -> ModelVersion:
     """Fit `scorer` on `data` (read from `source`) and publish it as `name`'s next version (not promoted)."""
     started = time.monotonic()
-    fit_kwargs: dict[str, Any] = {"epochs": epochs, "progress": progress}
-    if batch_size:
-        fit_kwargs["batch_size"] = batch_size
-    history = scorer.fit(data, **fit_kwargs)
+    history = scorer.fit(data, **fit_options(scorer, epochs=epochs, progress=progress, batch_size=batch_size or None))
     extra = {
         "parent": None,
         "trained_by": "cli",

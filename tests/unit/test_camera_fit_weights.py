@@ -112,3 +112,13 @@ def test_random_backbone_is_explicit_and_marked(site, monkeypatch):
     assert lw(config, *fit_args(folder, "--random-backbone")).exit_code == 0
     assert model_flags(registry.manifest("camera", "0001")) == ["random-backbone"]
     assert "random-backbone" in lw(config, "models", "list").output
+
+
+def test_the_offline_image_kind_fits_without_any_weights(site, tmp_path, monkeypatch):
+    config, folder, registry = site
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    args = ["models", "fit", "camera", "--data", str(folder), "--kind", "patch-memory", "--device", "cpu"]
+    assert lw(config, *args).exit_code == 0
+    assert registry.manifest("camera", "0001")["kind"] == "patch-memory"
+    assert registry.load("camera", "0001", "cpu")[1].score(np.zeros((2, 32, 32), np.uint8)).shape == (2,)

@@ -68,6 +68,34 @@ class GenicamConfig:
     packet_size: int | None = None  # GigE only; None: Aravis negotiates
 
 
+def parse_roi(text: str) -> tuple[int, int, int, int]:
+    """`x,y,width,height` -> a region, or a ValueError showing the expected form.
+
+    >>> parse_roi("0, 0, 2048, 16")
+    (0, 0, 2048, 16)
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected the region as x,y,width,height (e.g. 0,0,2048,16), got {text!r}")
+    x, y, w, h = (int(p) for p in parts)
+    return x, y, w, h
+
+
+def parse_features(pairs: list[str]) -> dict[str, str]:
+    """`["Name=Value", ...]` -> {Name: Value}, or a ValueError naming the pair without `=`.
+
+    >>> parse_features(["AcquisitionLineRate=10000", "TriggerSelector=LineStart"])
+    {'AcquisitionLineRate': '10000', 'TriggerSelector': 'LineStart'}
+    """
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected a feature as Name=Value, got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def _gerror(exc: Exception) -> str:
     return getattr(exc, "message", None) or str(exc)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_app.feed.captures import Capture, Dropped, FrameSource, Item, Notice, SourceError
+from stream_app.feed.captures import Backoff, Capture, Dropped, FrameSource, Item, Notice, SourceError
 from stream_app.feed.encoding import Encoding, content_type, encoder
 from stream_app.feed.frames import FeedReport, Frame, feed_frames
 from stream_app.feed.linescan import LineScanAssembler, assemble
@@ -52,6 +52,14 @@ class LiveOptions:
             "encode_workers": cam.encode_workers,
         }
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def backoff(settings: Settings, give_up_s: float | None = None) -> Backoff:
+    """Reconnect delays from `settings.camera`; `give_up_s` overrides its reconnect_give_up_s."""
+    cam = settings.camera
+    return Backoff(
+        cam.reconnect_initial_s, cam.reconnect_max_s, cam.reconnect_give_up_s if give_up_s is None else give_up_s
+    )
 
 
 async def threaded(produce: Callable[[threading.Event], Iterator[Any]], maxsize: int = 8) -> AsyncIterator[Any]:
@@ -188,7 +196,8 @@ async def feed_source(
     async def frames() -> AsyncIterator[Frame]:
         nonlocal failure
         sent = 0
-        stream = encoded_frames(threaded(_pipeline(source, options)), options, camera, notice)
+        captured = threaded(_pipeline(source, options))
+        stream = encoded_frames(captured, options, camera, notice)
         try:
             async for frame in stream:
                 yield frame
@@ -199,6 +208,7 @@ async def feed_source(
             failure = str(exc)
         finally:
             await stream.aclose()
+            await captured.aclose()  # stops and joins the capture thread (async for does not close it)
 
     report = await feed_frames(
         settings, frames(), camera, claim_check_dir=claim_check_dir, inline_limit=inline_limit, on_frame=on_frame

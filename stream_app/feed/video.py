@@ -1,8 +1,8 @@
 """Video files, RTSP/HTTP streams and V4L2 devices through PyAV (FFmpeg's demuxers and decoders).
 
 `VideoSource(url).captures(stop)` decodes the first video stream and yields each frame as a `Capture`:
-grey when `mono`, else RGB; `frame-id` is the frame's index in the stream and `pts` its presentation time in
-seconds. A file's frames carry event times `opened_at + pts`; a live stream's carry their decode time (RTSP
+grey when `mono`, else RGB; `frame-id` is the frame's number in the stream (its presentation time times the
+frame rate, so frames lost to corruption leave gaps) and `pts` its presentation time in seconds. A file's frames carry event times `opened_at + pts`; a live stream's carry their decode time (RTSP
 presentation times count from the session start, not the epoch). `fps` keeps at most that many frames per
 second of stream time. A packet FFmpeg cannot decode is `Dropped`, and the file goes on. A live source
 (rtsp://, rtmp://, http(s)://, udp://, tcp://, srt://, /dev/video*) that ends or fails is reopened with
@@ -123,9 +123,10 @@ class VideoSource:
 
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         opened_at = time.time()
         sampler = Subsampler(self.fps)
-        index = 0
+        index = 0  # frames decoded so far; a frame's id is its pts in frames when known (gaps stay gaps)
         packets = container.demux(stream)
         while not stop.is_set():
             try:
@@ -137,18 +138,19 @@ class VideoSource:
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:  # a corrupt packet: its frame is lost, the next keyframe resyncs
-                yield Dropped(f"undecodable packet at pts {packet.pts}: {_reason(exc)}", index)
+                at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+                yield Dropped(f"undecodable packet at {at if at is None else round(at, 3)} s: {_reason(exc)}")
                 continue
             for frame in frames:
-                pts = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
+                pts = float(frame.time) if frame.time is not None else index / (rate or 25.0)
+                frame_id = round(pts * rate) if frame.time is not None and rate else index
+                index += 1
                 now = time.time()
                 if sampler.keep(now if self.live else pts):
                     image = frame.to_ndarray(format="gray" if self.mono else "rgb24")
                     ts = now if self.live else opened_at + pts
-                    headers = {"frame-id": str(index), "pts": f"{pts:.6f}"}
                     self.backoff.reset()
-                    yield Capture(image, ts, index, headers)
-                index += 1
+                    yield Capture(image, ts, frame_id, {"frame-id": str(frame_id), "pts": f"{pts:.6f}"})
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ import itertools
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

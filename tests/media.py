@@ -18,11 +18,11 @@ def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
 
 
 def with_defect(image: np.ndarray) -> np.ndarray:
-    """A saturated blob in the middle: what a line camera sees of a hole or a bright inclusion."""
+    """A saturated disc (radius 16 px) in the middle: what a line camera sees of a hole or a bright inclusion."""
     out = image.copy()
     c = image.shape[0] // 2
     yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    out[(yy - c) ** 2 + (xx - c) ** 2 <= 100] = 255
+    out[(yy - c) ** 2 + (xx - c) ** 2 <= 256] = 255
     return out
 
 

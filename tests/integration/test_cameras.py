@@ -98,46 +98,44 @@ def worker_settings(make_settings, scorer: TransformalyScorer):
     return settings
 
 
-async def test_genicam_frames_flow_to_one_verdict_each_carrying_the_camera_frame_ids(
+async def test_camera_and_video_frames_reach_a_worker_one_verdict_each_and_defects_alert(
     make_settings, tmp_path, gige_camera, camera_model
 ):
+    """A GigE camera (20 frames, JPEG) and an MP4 with three defect frames (40 frames, PNG) feed one worker."""
     settings = worker_settings(make_settings, camera_model)
-    n = 20
-    with running(settings, "worker") as worker:
-        args = ["--genicam", "127.0.0.1", "--camera", "line-1/cam-gv", "--roi", "0,0,64,64", "--frame-rate", "50"]
-        result = await asyncio.to_thread(feed, settings, tmp_path, *args, "--max-frames", str(n), "--encoding", "jpeg")
-        assert result.exit_code == 0, result.output
-        assert f"sent {n} frames from genicam:127.0.0.1" in result.output and "dropped 0 incomplete" in result.output
-        verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= n, 120)
-        frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= n, 10)
-        assert worker.poll() is None
-
-    assert len(frames) == n and len(verdicts) == n
-    sent_ids = sorted(int(headers(r)["frame-id"]) for r in frames)
-    assert sent_ids == list(range(sent_ids[0], sent_ids[0] + n))  # the camera's own consecutive block ids
-    assert sorted(int(headers(v)["frame-id"]) for v in verdicts) == sent_ids
-    first = headers(frames[0])
-    assert first["content-type"] == "image/jpeg" and first["pixel-format"] == "Mono8" and int(first["camera-ts-ns"])
-    bodies = [orjson.loads(v.value) for v in verdicts]
-    assert {b["source"] for b in bodies} == {"line-1/cam-gv"} and {b["model"] for b in bodies} == {"camera"}
-    image = codecs.decode_frame(frames[0].value, codecs.headers_dict(frames[0].headers), settings.max_image_bytes)
-    assert image.image.shape == (64, 64)
-
-
-async def test_mp4_frames_with_a_defect_raise_alerts(make_settings, tmp_path, camera_model):
-    settings = worker_settings(make_settings, camera_model)
-    defects = {10, 21, 33}
+    n, defects = 20, {10, 21, 33}
     video = clip(tmp_path / "line.mp4", 40, defects=defects, seed=2)
+    gige = ["--genicam", "127.0.0.1", "--camera", "line-1/cam-gv", "--roi", "0,0,64,64", "--frame-rate", "50"]
     with running(settings, "worker") as worker:
-        result = await asyncio.to_thread(feed, settings, tmp_path, "--url", str(video), "--mono", "--camera", "cam-v")
-        assert result.exit_code == 0, result.output
-        assert "sent 40 frames" in result.output
-        verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= 40, 120)
+        fed = await asyncio.gather(
+            asyncio.to_thread(feed, settings, tmp_path, *gige, "--max-frames", str(n), "--encoding", "jpeg"),
+            asyncio.to_thread(feed, settings, tmp_path, "--url", str(video), "--mono", "--camera", "line-1/cam-v"),
+        )
+        for result in fed:
+            assert result.exit_code == 0, result.output
+        assert f"sent {n} frames from genicam:127.0.0.1" in fed[0].output and "dropped 0 incomplete" in fed[0].output
+        assert "sent 40 frames" in fed[1].output
+        verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= n + 40, 120)
         alerts = await read_records(settings, settings.topics.alerts, lambda r: len(r) >= len(defects), 30)
+        frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= n + 40, 10)
         assert worker.poll() is None
 
-    assert len(verdicts) == 40
-    flagged = {int(headers(a)["frame-id"]) for a in alerts}
+    by_camera = {cam: [r for r in verdicts if headers(r)["source"] == cam] for cam in ("line-1/cam-gv", "line-1/cam-v")}
+    assert len(frames) == len(verdicts) == n + 40 and len(by_camera["line-1/cam-v"]) == 40
+
+    # GenICam: one verdict per frame sent, carrying the camera's own consecutive block ids.
+    gv_frames = [r for r in frames if headers(r)["source"] == "line-1/cam-gv"]
+    sent_ids = sorted(int(headers(r)["frame-id"]) for r in gv_frames)
+    assert len(gv_frames) == n and sent_ids == list(range(sent_ids[0], sent_ids[0] + n))
+    assert sorted(int(headers(v)["frame-id"]) for v in by_camera["line-1/cam-gv"]) == sent_ids
+    first = headers(gv_frames[0])
+    assert first["content-type"] == "image/jpeg" and first["pixel-format"] == "Mono8" and int(first["camera-ts-ns"])
+    image = codecs.decode_frame(gv_frames[0].value, codecs.headers_dict(gv_frames[0].headers), settings.max_image_bytes)
+    assert image.image.shape == (64, 64)
+    assert {orjson.loads(v.value)["model"] for v in verdicts} == {"camera"}
+
+    # MP4: the frames with a drawn defect alert, the normal ones (almost) never.
+    flagged = {int(headers(a)["frame-id"]) for a in alerts if headers(a)["source"] == "line-1/cam-v"}
     assert defects <= flagged, f"defect frames {sorted(defects)}, alerts on {sorted(flagged)}"
     assert len(flagged - defects) <= 2, f"false alarms on normal frames {sorted(flagged - defects)}"
     assert all(orjson.loads(a.value)["kind"] == "image" for a in alerts)

@@ -4,7 +4,10 @@ Fake camera and from an H.264 MP4, through the real feeder (`feed.sources.feed_s
 Each case sends `--frames` frames as fast as the source gives them: the Fake camera is asked for
 `--camera-fps` frames per second (it generates them in its own thread, so the rate reached says whether the
 feeder kept up; frames it had no free buffer for are the `underruns`), the MP4 is decoded as fast as FFmpeg can.
-CPU per frame is the process's CPU time (all threads: capture, decode, encode, Kafka client) over frames sent.
+Rates and CPU are measured from the first acknowledged frame to the last (opening the camera or file and
+connecting to Kafka are `startup_s`). CPU per frame is the process's CPU time (all threads: capture, decode,
+encode, Kafka client) per frame. On a shared machine `cpu_cores_busy` well below the cores available means the
+process was waiting for a CPU: frames/s then says more about the machine's load than about the feeder.
 `encode_only_ms` is one PNG/JPEG encode of that frame size in one thread, for comparison.
 
 Run: `python benchmarks/feeder_bench.py` (starts its own Kafka on free ports in a temporary directory and stops
@@ -74,23 +77,28 @@ def encode_only_ms(width: int, height: int, encoding: str, repeats: int = 10) ->
 
 
 async def one_case(settings: Settings, source: Any, encoding: str, frames: int, workers: int) -> dict[str, Any]:
+    """Steady-state figures from the first acknowledged frame to the last (start-up excluded, reported apart)."""
     sizes: list[int] = []
+    marks: list[tuple[float, float]] = []  # (wall, process CPU) at each acknowledged frame
 
     def on_frame(frame, sent: bool) -> None:
         if sent:
             sizes.append(len(frame.data))
+            marks.append((time.perf_counter(), time.process_time()))
 
     options = LiveOptions(encoding=encoding, max_frames=frames, encode_workers=workers)  # type: ignore[arg-type]
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    wall0 = time.perf_counter()
     report = await feed_source(settings, source, "bench-cam", options, on_frame=on_frame)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    if report.failure:
-        raise RuntimeError(report.failure)
+    if report.failure or len(marks) < 2:
+        raise RuntimeError(report.failure or f"only {len(marks)} frames sent")
+    (w0, c0), (w1, c1) = marks[0], marks[-1]
+    n = len(marks) - 1  # frames acknowledged after the first
     return {
         "frames": report.sent,
-        "frames_per_s": round(report.sent / wall, 1),
-        "cpu_ms_per_frame": round(cpu / max(report.sent, 1) * 1e3, 2),
-        "cpu_cores_busy": round(cpu / wall, 2),
+        "frames_per_s": round(n / (w1 - w0), 1),
+        "cpu_ms_per_frame": round((c1 - c0) / n * 1e3, 2),
+        "cpu_cores_busy": round((c1 - c0) / (w1 - w0), 2),
+        "startup_s": round(w0 - wall0, 2),
         "kb_per_frame": round(float(np.mean(sizes)) / 1024, 1),
         "dropped": report.dropped,
         "underruns": report.underruns,

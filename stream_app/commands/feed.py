@@ -211,6 +211,10 @@ def _live(ctx, camera_id, genicam, url, fps, claim_check_dir, inline_limit, opts
         bar.close()
         console.print("stopped")
         return
+    except ValueError as exc:  # e.g. a frame over Kafka's limit with nowhere to put a claim-check
+        bar.close()
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
     finally:
         bar.close()
     console.print(

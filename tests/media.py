@@ -17,13 +17,22 @@ def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def with_defect(image: np.ndarray) -> np.ndarray:
-    """A saturated disc (radius 16 px) in the middle: what a line camera sees of a hole or a bright inclusion."""
+def with_defect(image: np.ndarray, row: int | None = None) -> np.ndarray:
+    """A saturated disc (radius 16 px) centred on `row` (default: the middle), half-way across: what a line
+    camera sees of a hole or a bright inclusion."""
     out = image.copy()
-    c = image.shape[0] // 2
+    cy, cx = image.shape[0] // 2 if row is None else row, image.shape[1] // 2
     yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    out[(yy - c) ** 2 + (xx - c) ** 2 <= 256] = 255
+    out[(yy - cy) ** 2 + (xx - cx) ** 2 <= 256] = 255
     return out
+
+
+def web(lines: int, seed: int = 5, width: int = SIZE) -> np.ndarray:
+    """uint8 [lines, width]: the woven surface as a line-scan camera sees it passing, one row per line."""
+    rng = np.random.default_rng(seed)
+    xx = np.arange(width, dtype=np.float32)[None, :]
+    img = 110 + 40 * np.sin(0.3 * xx + 1.0) + rng.normal(0, 4, (lines, width))
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:

@@ -27,8 +27,8 @@ class Capture:
 
     image: np.ndarray
     ts: float  # epoch seconds: the event time on the wire
-    frame_id: int  # the camera's own frame (block) id, or the decoded frame's index in a video
-    headers: Mapping[str, str] = field(default_factory=dict)  # extra wire headers (camera-ts-ns, pts, ...)
+    frame_id: int  # the camera's own frame (block) id, or the frame's number in a video: header `frame-id`
+    headers: Mapping[str, str] = field(default_factory=dict)  # other wire headers (camera-ts-ns, pts, ...)
 
 
 @dataclass(frozen=True)

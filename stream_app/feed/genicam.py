@@ -236,7 +236,7 @@ class GenicamSource:
         except ValueError as exc:
             return Dropped(f"frame {frame_id}: {exc}", frame_id)
         arrived_ns = int(buffer.get_system_timestamp()) or time.time_ns()
-        headers = {"frame-id": str(frame_id), "camera-ts-ns": str(int(buffer.get_timestamp())), "pixel-format": name}
+        headers = {"camera-ts-ns": str(int(buffer.get_timestamp())), "pixel-format": name}
         return Capture(image, arrived_ns / 1e9, frame_id, headers)
 
 

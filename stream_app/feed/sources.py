@@ -143,7 +143,8 @@ async def encoded_frames(
             data = encode(capture.image)
         except Exception as exc:  # an array Pillow cannot encode: report it, keep streaming
             return Frame(f"{name}#{capture.frame_id}", error=f"frame {capture.frame_id}: cannot encode ({exc})")
-        return Frame(f"{name}#{capture.frame_id}", data, ctype, ts=capture.ts, headers=capture.headers)
+        extra = {**capture.headers, "frame-id": str(capture.frame_id)}  # every live frame says which it was
+        return Frame(f"{name}#{capture.frame_id}", data, ctype, ts=capture.ts, headers=extra)
 
     with ThreadPoolExecutor(options.encode_workers, thread_name_prefix="encode") as pool:
         try:

@@ -150,7 +150,7 @@ class VideoSource:
                     image = frame.to_ndarray(format="gray" if self.mono else "rgb24")
                     ts = now if self.live else opened_at + pts
                     self.backoff.reset()
-                    yield Capture(image, ts, frame_id, {"frame-id": str(frame_id), "pts": f"{pts:.6f}"})
+                    yield Capture(image, ts, frame_id, {"pts": f"{pts:.6f}"})
 
 
 def _reason(exc: BaseException) -> str:

@@ -18,12 +18,14 @@ from typer.testing import CliRunner
 
 from models import TransformalyScorer
 from stream_app.cli import app
+from stream_app.feed.captures import Capture
+from stream_app.feed.sources import LiveOptions, feed_source
 from stream_app.feed.video import VideoSource
 from stream_app.ops.connections import read_records
 from stream_app.ops.processes import running
 from stream_app.registry.versions import Registry
 from stream_app.wire import codecs
-from tests.media import clip
+from tests.media import clip, web, with_defect
 
 pytestmark = pytest.mark.integration
 FAKE_GV = "arv-fake-gv-camera-0.8"
@@ -43,6 +45,19 @@ def feed(settings, tmp_path: Path, *args: str):
 
 def headers(record) -> dict[str, str]:
     return {k: v.decode() for k, v in codecs.headers_dict(record.headers).items()}
+
+
+class LineCamera:
+    """A line-scan camera over a known web: strips of `strip` rows with consecutive frame ids."""
+
+    name = "web"
+
+    def __init__(self, rows: np.ndarray, strip: int = 8) -> None:
+        self.rows, self.strip = rows, strip
+
+    def captures(self, stop: threading.Event):
+        for i in range(0, len(self.rows), self.strip):
+            yield Capture(self.rows[i : i + self.strip], time.time(), 1000 + i // self.strip)
 
 
 class FakeGigECamera:
@@ -98,47 +113,60 @@ def worker_settings(make_settings, scorer: TransformalyScorer):
     return settings
 
 
-async def test_camera_and_video_frames_reach_a_worker_one_verdict_each_and_defects_alert(
+async def test_live_sources_reach_a_worker_one_verdict_per_frame_and_defects_alert(
     make_settings, tmp_path, gige_camera, camera_model
 ):
-    """A GigE camera (20 frames, JPEG) and an MP4 with three defect frames (40 frames, PNG) feed one worker."""
+    """One worker scores four live sources at once: a GigE camera (20 frames, JPEG), an MP4 with three defect
+    frames (40 frames, PNG), and a line-scan web with a defect across a frame boundary, assembled with and
+    without overlap (7 and 4 frames of 64 lines)."""
     settings = worker_settings(make_settings, camera_model)
     n, defects = 20, {10, 21, 33}
     video = clip(tmp_path / "line.mp4", 40, defects=defects, seed=2)
     gige = ["--genicam", "127.0.0.1", "--camera", "line-1/cam-gv", "--roi", "0,0,64,64", "--frame-rate", "50"]
+    scanned = with_defect(web(256), row=64)  # the disc spans lines 48-80: across the boundary at line 64
+    total = n + 40 + 7 + 4
     with running(settings, "worker") as worker:
         fed = await asyncio.gather(
             asyncio.to_thread(feed, settings, tmp_path, *gige, "--max-frames", str(n), "--encoding", "jpeg"),
             asyncio.to_thread(feed, settings, tmp_path, "--url", str(video), "--mono", "--camera", "line-1/cam-v"),
+            feed_source(settings, LineCamera(scanned), "line-1/web", LiveOptions(lines_per_frame=64, overlap=32)),
+            feed_source(settings, LineCamera(scanned), "line-1/web-cut", LiveOptions(lines_per_frame=64)),
         )
-        for result in fed:
+        for result in fed[:2]:
             assert result.exit_code == 0, result.output
         assert f"sent {n} frames from genicam:127.0.0.1" in fed[0].output and "dropped 0 incomplete" in fed[0].output
-        assert "sent 40 frames" in fed[1].output
-        verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= n + 40, 120)
-        alerts = await read_records(settings, settings.topics.alerts, lambda r: len(r) >= len(defects), 30)
-        frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= n + 40, 10)
+        assert "sent 40 frames" in fed[1].output and (fed[2].sent, fed[3].sent) == (7, 4)
+        verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= total, 120)
+        alerts = await read_records(settings, settings.topics.alerts, lambda r: len(r) >= len(defects) + 1, 30)
+        frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= total, 10)
         assert worker.poll() is None
 
-    by_camera = {cam: [r for r in verdicts if headers(r)["source"] == cam] for cam in ("line-1/cam-gv", "line-1/cam-v")}
-    assert len(frames) == len(verdicts) == n + 40 and len(by_camera["line-1/cam-v"]) == 40
+    def of(records, camera: str) -> list:
+        return [r for r in records if headers(r)["source"] == camera]
+
+    assert len(frames) == len(verdicts) == total and len(of(verdicts, "line-1/cam-v")) == 40
+    assert {orjson.loads(v.value)["model"] for v in verdicts} == {"camera"}
 
     # GenICam: one verdict per frame sent, carrying the camera's own consecutive block ids.
-    gv_frames = [r for r in frames if headers(r)["source"] == "line-1/cam-gv"]
+    gv_frames = of(frames, "line-1/cam-gv")
     sent_ids = sorted(int(headers(r)["frame-id"]) for r in gv_frames)
     assert len(gv_frames) == n and sent_ids == list(range(sent_ids[0], sent_ids[0] + n))
-    assert sorted(int(headers(v)["frame-id"]) for v in by_camera["line-1/cam-gv"]) == sent_ids
+    assert sorted(int(headers(v)["frame-id"]) for v in of(verdicts, "line-1/cam-gv")) == sent_ids
     first = headers(gv_frames[0])
     assert first["content-type"] == "image/jpeg" and first["pixel-format"] == "Mono8" and int(first["camera-ts-ns"])
     image = codecs.decode_frame(gv_frames[0].value, codecs.headers_dict(gv_frames[0].headers), settings.max_image_bytes)
     assert image.image.shape == (64, 64)
-    assert {orjson.loads(v.value)["model"] for v in verdicts} == {"camera"}
 
     # MP4: the frames with a drawn defect alert, the normal ones (almost) never.
-    flagged = {int(headers(a)["frame-id"]) for a in alerts if headers(a)["source"] == "line-1/cam-v"}
+    flagged = {int(headers(a)["frame-id"]) for a in of(alerts, "line-1/cam-v")}
     assert defects <= flagged, f"defect frames {sorted(defects)}, alerts on {sorted(flagged)}"
     assert len(flagged - defects) <= 2, f"false alarms on normal frames {sorted(flagged - defects)}"
     assert all(orjson.loads(a.value)["kind"] == "image" for a in alerts)
+
+    # Line-scan: with overlap the frame holding the whole defect (lines 32-95) alerts; cut in two, it does not.
+    assert [headers(a)["first-line"] for a in of(alerts, "line-1/web")] == ["32"]
+    assert of(alerts, "line-1/web-cut") == [] and len(of(verdicts, "line-1/web-cut")) == 4
+    assert {headers(a)["frame-id"] for a in of(alerts, "line-1/web")} == {"1004"}  # the strip holding line 32
 
 
 async def test_line_scan_strips_from_a_gige_camera_arrive_as_overlapping_frames(make_settings, tmp_path, gige_camera):

@@ -126,16 +126,21 @@ async def test_live_sources_reach_a_worker_one_verdict_per_frame_and_defects_ale
     scanned = with_defect(web(256), row=64)  # the disc spans lines 48-80: across the boundary at line 64
     total = n + 40 + 7 + 4
     with running(settings, "worker") as worker:
-        fed = await asyncio.gather(
-            asyncio.to_thread(feed, settings, tmp_path, *gige, "--max-frames", str(n), "--encoding", "jpeg"),
-            asyncio.to_thread(feed, settings, tmp_path, "--url", str(video), "--mono", "--camera", "line-1/cam-v"),
+
+        def cli_feeds():  # one after the other: CliRunner swaps the process's stdout while it runs
+            return (
+                feed(settings, tmp_path, *gige, "--max-frames", str(n), "--encoding", "jpeg"),
+                feed(settings, tmp_path, "--url", str(video), "--mono", "--camera", "line-1/cam-v"),
+            )
+
+        (gv, mp4), web_report, cut_report = await asyncio.gather(
+            asyncio.to_thread(cli_feeds),
             feed_source(settings, LineCamera(scanned), "line-1/web", LiveOptions(lines_per_frame=64, overlap=32)),
             feed_source(settings, LineCamera(scanned), "line-1/web-cut", LiveOptions(lines_per_frame=64)),
         )
-        for result in fed[:2]:
-            assert result.exit_code == 0, result.output
-        assert f"sent {n} frames from genicam:127.0.0.1" in fed[0].output and "dropped 0 incomplete" in fed[0].output
-        assert "sent 40 frames" in fed[1].output and (fed[2].sent, fed[3].sent) == (7, 4)
+        assert gv.exit_code == 0 and mp4.exit_code == 0, gv.output + mp4.output
+        assert f"sent {n} frames from genicam:127.0.0.1" in gv.output and "dropped 0 incomplete" in gv.output
+        assert "sent 40 frames" in mp4.output and (web_report.sent, cut_report.sent) == (7, 4)
         verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= total, 120)
         alerts = await read_records(settings, settings.topics.alerts, lambda r: len(r) >= len(defects) + 1, 30)
         frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= total, 10)

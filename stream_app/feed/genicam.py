@@ -107,7 +107,7 @@ class GenicamSource:
         self.config = config
         self.backoff = backoff or Backoff()
         self.name = f"genicam:{config.device_id}"
-        self.stats: dict[str, int] = {"underruns": 0}
+        self.stats: dict[str, int] = {"underruns": 0}  # Aravis n_underruns: data that found no free buffer
 
     def captures(self, stop: threading.Event) -> Iterator[Item]:
         ar = aravis()
@@ -191,6 +191,7 @@ class GenicamSource:
         software = cfg.trigger == "software"
         period = 1.0 / cfg.frame_rate if software and cfg.frame_rate else 0.1
         next_trigger = time.monotonic()
+        underruns_before = self.stats["underruns"]
         try:
             while not stop.is_set():
                 if lost.is_set():
@@ -205,6 +206,8 @@ class GenicamSource:
                     continue
                 item = self._item(ar, buffer)
                 stream.push_buffer(buffer)  # the data was copied: the camera may fill it again
+                # Counted up to the last frame taken: frames lost while the feed shuts down are not underruns.
+                self.stats["underruns"] = underruns_before + _info(stream, "n_underruns")
                 if isinstance(item, Capture):
                     self.backoff.reset()
                 yield item
@@ -215,7 +218,6 @@ class GenicamSource:
         except Exception as exc:  # GLib.Error from a call into a camera that went away
             raise CameraLost(_gerror(exc)) from None
         finally:
-            self.stats["underruns"] += _info(stream, "n_underruns")
             if handler is not None:
                 device.disconnect(handler)
             with contextlib.suppress(Exception):  # the camera may be gone; nothing left to stop

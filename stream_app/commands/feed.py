@@ -83,7 +83,12 @@ def camera(
         console.print("[red]--line-scan needs --lines-per-frame N (and --lines-per-frame needs --line-scan)[/]")
         raise typer.Exit(2)
     if genicam is not None or url is not None:
-        _live(ctx, camera_id, genicam, url, fps, claim_check_dir, inline_limit, locals())
+        _live(
+            ctx, camera_id, claim_check_dir, inline_limit, genicam=genicam, url=url, fps=fps,
+            pixel_format=pixel_format, roi=roi, exposure_us=exposure_us, frame_rate=frame_rate, trigger=trigger,
+            features=feature or [], encoding=encoding, jpeg_quality=jpeg_quality, mono=mono,
+            lines_per_frame=lines_per_frame, overlap=overlap, max_frames=max_frames, give_up_after=give_up_after,
+        )  # fmt: skip
         return
 
     from stream_app.feed.frames import (
@@ -156,7 +161,29 @@ def camera(
     )
 
 
-def _live(ctx, camera_id, genicam, url, fps, claim_check_dir, inline_limit, opts: dict) -> None:
+def _live(
+    ctx: typer.Context,
+    camera_id: str,
+    claim_check_dir: Path | None,
+    inline_limit: int | None,
+    *,
+    genicam: str | None,
+    url: str | None,
+    fps: float | None,
+    pixel_format: str | None,
+    roi: str | None,
+    exposure_us: float | None,
+    frame_rate: float | None,
+    trigger: str | None,
+    features: list[str],
+    encoding: str | None,
+    jpeg_quality: int | None,
+    mono: bool,
+    lines_per_frame: int | None,
+    overlap: int,
+    max_frames: int | None,
+    give_up_after: float | None,
+) -> None:
     """--genicam / --url: build the source and options, stream with a progress bar, print the report."""
     from tqdm import tqdm
 
@@ -166,31 +193,32 @@ def _live(ctx, camera_id, genicam, url, fps, claim_check_dir, inline_limit, opts
     from stream_app.feed.video import VideoSource
 
     settings = ctx.obj
-    if opts["encoding"] not in (None, "png", "jpeg"):
-        console.print(f"[red]--encoding must be png or jpeg, got {escape(opts['encoding'])}[/]")
+    if encoding not in (None, "png", "jpeg"):
+        console.print(f"[red]--encoding must be png or jpeg, got {escape(encoding)}[/]")
         raise typer.Exit(2)
-    if opts["line_scan"] and opts["overlap"] >= opts["lines_per_frame"]:
-        console.print(f"[red]--overlap must be below --lines-per-frame ({opts['lines_per_frame']})[/]")
+    if lines_per_frame is not None and overlap >= lines_per_frame:
+        console.print(f"[red]--overlap must be below --lines-per-frame ({lines_per_frame})[/]")
         raise typer.Exit(2)
-    retry = backoff(settings, opts["give_up_after"])
+    retry = backoff(settings, give_up_after)
     if genicam is not None:
         try:
-            roi = parse_roi(opts["roi"]) if opts["roi"] else None
-            features = parse_features(opts["feature"] or [])
+            region = parse_roi(roi) if roi else None
+            named = parse_features(features)
         except ValueError as exc:
             console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from None
         config = GenicamConfig(
-            genicam, opts["pixel_format"], roi, opts["exposure_us"], opts["frame_rate"], opts["trigger"], features,
+            genicam, pixel_format, region, exposure_us, frame_rate, trigger, named,
             settings.camera.buffers, settings.camera.buffer_timeout_s,
         )  # fmt: skip
         source = GenicamSource(config, retry)
     else:
         timeout = settings.camera.open_timeout_s
-        source = VideoSource(url, None, opts["mono"], retry, timeout, timeout)  # sub-sampled in feed_source
+        assert url is not None
+        source = VideoSource(url, None, mono, retry, timeout, timeout)  # sub-sampled in feed_source
     options = LiveOptions.from_settings(
-        settings, encoding=opts["encoding"], jpeg_quality=opts["jpeg_quality"], fps=fps,
-        max_frames=opts["max_frames"], lines_per_frame=opts["lines_per_frame"], overlap=opts["overlap"],
+        settings, encoding=encoding, jpeg_quality=jpeg_quality, fps=fps, max_frames=max_frames,
+        lines_per_frame=lines_per_frame, overlap=overlap,
     )  # fmt: skip
     bar = tqdm(total=options.max_frames, unit="frame", desc=f"feed {camera_id}", dynamic_ncols=True)
 

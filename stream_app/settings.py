@@ -180,6 +180,22 @@ class LimitSettings(BaseModel):
         return self
 
 
+class CameraSettings(BaseModel):
+    """Live camera feeding (`linewatch feed camera --genicam/--url`): encoding, buffers, reconnects."""
+
+    encoding: Literal["png", "jpeg"] = Field("png", description="png is lossless; jpeg is smaller and cheaper")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    png_level: int = Field(1, ge=0, le=9, description="zlib level: 1 costs a fraction of 6's CPU for ~5% more bytes")
+    encode_workers: int = Field(2, ge=1, description="threads encoding frames off the event loop")
+    buffers: int = Field(16, ge=2, description="GenICam stream buffers preallocated for the camera to fill")
+    buffer_timeout_s: float = Field(1.0, gt=0, description="wait for a buffer this long, then check the camera")
+    reconnect_initial_s: float = Field(0.5, gt=0, description="first reconnect delay; doubles per failure")
+    reconnect_max_s: float = Field(10.0, gt=0)
+    reconnect_give_up_s: float | None = Field(None, ge=0, description="stop after retrying this long; None: never")
+    open_timeout_s: float = Field(5.0, gt=0, description="video/RTSP: open and read timeouts")
+    in_flight: int = Field(32, ge=1, description="frames sent to Kafka before waiting for acknowledgements")
+
+
 class Route(BaseModel):
     """Sources matching `pattern` (fnmatch) are scored by registry model `model`."""
 
@@ -239,6 +255,7 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     console: ConsoleSettings = ConsoleSettings()
     limits: LimitSettings = LimitSettings()
+    camera: CameraSettings = CameraSettings()
     routes: list[Route] = [Route(pattern="*", model="sensors")]
     image_routes: list[Route] = [Route(pattern="*", model="camera")]
     registry_dir: Path = Path("registry")

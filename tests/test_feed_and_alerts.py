@@ -164,7 +164,7 @@ async def test_feed_camera_video_reads_animated_gif_and_refuses_mp4(make_setting
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
     result = CliRunner().invoke(app, [*cfg, "feed", "camera", "--video", str(mp4), "--camera", "cam-2"])
     assert result.exit_code == 2
-    assert "animated GIF" in result.output and "ffmpeg" in result.output
+    assert "animated GIF" in result.output and "--url" in result.output
 
 
 def alert(source: str, i: int, event: str | None = None) -> dict:

@@ -1,8 +1,9 @@
-"""`linewatch feed camera`: options for `feed.frames` (a folder, or a multi-frame image file) and a progress bar.
+"""`linewatch feed camera`: options for the frame sources and a progress bar.
 
-`--video` reads frames with Pillow: animated GIF, multi-frame TIFF, animated PNG/WebP. Real video containers
-(MP4, AVI, MKV) would need OpenCV or ffmpeg bindings, so they are refused with an error that says how to
-extract frames (`ffmpeg -i in.mp4 frames/%05d.png`) and feed the folder instead.
+Files: `--dir` (a folder of images) and `--video` (animated GIF/PNG/WebP, multi-frame TIFF) go through
+`feed.frames`. Live sources go through `feed.sources`: `--genicam DEVICE_ID` (GigE Vision / USB3 Vision
+through Aravis, `feed.genicam`) and `--url` (video files such as MP4/MKV/AVI, rtsp:// streams, /dev/video*
+through PyAV, `feed.video`), with optional line-scan assembly (`feed.linescan`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,56 @@ def camera(
     inline_limit: Annotated[
         int | None, typer.Option(help="frames above this many bytes go as claim-checks (default: Kafka's limit)")
     ] = None,
+    genicam: Annotated[
+        str | None, typer.Option("--genicam", help="GenICam camera: device id from `arv-tool-0.8`, or a GigE IP")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="video file (MP4/MKV/AVI/MOV), rtsp://..., or /dev/videoN")
+    ] = None,
+    pixel_format: Annotated[str | None, typer.Option(help="GenICam: Mono8, Mono12, BayerRG8, RGB8, ...")] = None,
+    roi: Annotated[str | None, typer.Option(help="GenICam: region x,y,width,height")] = None,
+    exposure_us: Annotated[float | None, typer.Option(min=0.0, help="GenICam: exposure time in µs")] = None,
+    frame_rate: Annotated[
+        float | None, typer.Option(min=0.0, help="GenICam: acquisition rate (or software trigger rate)")
+    ] = None,
+    trigger: Annotated[
+        str | None, typer.Option(help="GenICam: off (free run), software, or a line such as Line1")
+    ] = None,
+    feature: Annotated[
+        list[str] | None, typer.Option("--feature", help="GenICam: any feature as Name=Value (repeatable)")
+    ] = None,
+    encoding: Annotated[str | None, typer.Option(help="live sources: png (lossless) or jpeg")] = None,
+    jpeg_quality: Annotated[int | None, typer.Option(min=1, max=100, help="live sources: JPEG quality")] = None,
+    mono: Annotated[bool, typer.Option("--mono", help="--url: send grey frames instead of RGB")] = False,
+    line_scan: Annotated[bool, typer.Option("--line-scan", help="assemble line buffers into frames")] = False,
+    lines_per_frame: Annotated[int | None, typer.Option(min=2, help="--line-scan: lines per frame")] = None,
+    overlap: Annotated[int, typer.Option(min=0, help="--line-scan: lines shared by neighbouring frames")] = 0,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="live sources: stop after sending this many")] = None,
+    give_up_after: Annotated[
+        float | None, typer.Option(min=0.0, help="live sources: stop reconnecting after this many seconds")
+    ] = None,
 ) -> None:
-    """Push a folder of images or a multi-frame image file to the frames topic, with a progress bar."""
+    """Push images to the frames topic: a folder, a multi-frame image, a GenICam camera, a video file or stream.
+
+    With --genicam or --url, --fps keeps at most that many frames per second (sub-sampling); with --dir or
+    --video it paces sending.
+    """
     from tqdm import tqdm
+
+    if sum(x is not None for x in (directory, video, genicam, url)) != 1:
+        console.print("[red]give exactly one of --dir DIR, --video FILE, --genicam DEVICE_ID or --url URL[/]")
+        raise typer.Exit(2)
+    if line_scan != (lines_per_frame is not None):
+        console.print("[red]--line-scan needs --lines-per-frame N (and --lines-per-frame needs --line-scan)[/]")
+        raise typer.Exit(2)
+    if genicam is not None or url is not None:
+        _live(
+            ctx, camera_id, claim_check_dir, inline_limit, genicam=genicam, url=url, fps=fps,
+            pixel_format=pixel_format, roi=roi, exposure_us=exposure_us, frame_rate=frame_rate, trigger=trigger,
+            features=feature or [], encoding=encoding, jpeg_quality=jpeg_quality, mono=mono,
+            lines_per_frame=lines_per_frame, overlap=overlap, max_frames=max_frames, give_up_after=give_up_after,
+        )  # fmt: skip
+        return
 
     from stream_app.feed.frames import (
         IMAGE_SUFFIXES,
@@ -53,9 +101,6 @@ def camera(
         video_frames,
     )
 
-    if (directory is None) == (video is None):
-        console.print("[red]give exactly one of --dir DIR or --video FILE[/]")
-        raise typer.Exit(2)
     settings = ctx.obj
     if directory is not None:
         if not directory.is_dir():
@@ -114,6 +159,100 @@ def camera(
         f"sent {report.sent} frames to {settings.topics.frames} ({report.claim_checked} as claim-checks), "
         f"skipped {report.skipped} unreadable, in {report.elapsed_s:.1f} s"
     )
+
+
+def _live(
+    ctx: typer.Context,
+    camera_id: str,
+    claim_check_dir: Path | None,
+    inline_limit: int | None,
+    *,
+    genicam: str | None,
+    url: str | None,
+    fps: float | None,
+    pixel_format: str | None,
+    roi: str | None,
+    exposure_us: float | None,
+    frame_rate: float | None,
+    trigger: str | None,
+    features: list[str],
+    encoding: str | None,
+    jpeg_quality: int | None,
+    mono: bool,
+    lines_per_frame: int | None,
+    overlap: int,
+    max_frames: int | None,
+    give_up_after: float | None,
+) -> None:
+    """--genicam / --url: build the source and options, stream with a progress bar, print the report."""
+    from tqdm import tqdm
+
+    from stream_app.feed.frames import Frame
+    from stream_app.feed.genicam import GenicamConfig, GenicamSource, parse_features, parse_roi
+    from stream_app.feed.sources import LiveOptions, backoff, feed_source
+    from stream_app.feed.video import VideoSource
+
+    settings = ctx.obj
+    if encoding not in (None, "png", "jpeg"):
+        console.print(f"[red]--encoding must be png or jpeg, got {escape(encoding)}[/]")
+        raise typer.Exit(2)
+    if lines_per_frame is not None and overlap >= lines_per_frame:
+        console.print(f"[red]--overlap must be below --lines-per-frame ({lines_per_frame})[/]")
+        raise typer.Exit(2)
+    retry = backoff(settings, give_up_after)
+    if genicam is not None:
+        try:
+            region = parse_roi(roi) if roi else None
+            named = parse_features(features)
+        except ValueError as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(2) from None
+        config = GenicamConfig(
+            genicam, pixel_format, region, exposure_us, frame_rate, trigger, named,
+            settings.camera.buffers, settings.camera.buffer_timeout_s,
+        )  # fmt: skip
+        source = GenicamSource(config, retry)
+    else:
+        timeout = settings.camera.open_timeout_s
+        assert url is not None
+        source = VideoSource(url, None, mono, retry, timeout, timeout)  # sub-sampled in feed_source
+    options = LiveOptions.from_settings(
+        settings, encoding=encoding, jpeg_quality=jpeg_quality, fps=fps, max_frames=max_frames,
+        lines_per_frame=lines_per_frame, overlap=overlap,
+    )  # fmt: skip
+    bar = tqdm(total=options.max_frames, unit="frame", desc=f"feed {camera_id}", dynamic_ncols=True)
+
+    def on_frame(frame: Frame, sent: bool) -> None:
+        if sent:
+            bar.update(1)
+        else:
+            bar.write(f"{'dropped' if frame.dropped else 'skipped'} {frame.error}")
+
+    try:
+        report = asyncio.run(
+            feed_source(
+                settings, source, camera_id, options, claim_check_dir, inline_limit, on_frame=on_frame,
+                on_notice=lambda n: bar.write(n.message),
+            )
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        bar.close()
+        console.print("stopped")
+        return
+    except ValueError as exc:  # e.g. a frame over Kafka's limit with nowhere to put a claim-check
+        bar.close()
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        bar.close()
+    console.print(
+        f"sent {report.sent} frames from {escape(source.name)} to {settings.topics.frames} "
+        f"({report.claim_checked} as claim-checks), dropped {report.dropped} incomplete, skipped {report.skipped}, "
+        f"{report.reconnects} reconnects, {report.underruns} buffer underruns, in {report.elapsed_s:.1f} s"
+    )
+    if report.failure:
+        console.print(f"[red]stopped: {escape(report.failure)}[/]")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

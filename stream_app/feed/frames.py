@@ -1,4 +1,5 @@
-"""Camera frames from files onto `topics.frames`: a folder, or a multi-frame image file.
+"""Camera frames onto `topics.frames`: from a folder or a multi-frame image file here; live sources (GenICam
+cameras, video files, RTSP streams) come through `feed.sources`, which feeds `feed_frames` too.
 
 Files travel as they are (PNG/JPEG/BMP bytes, no re-encoding) with headers source/ts/content-type. A frame
 too large for one Kafka message goes as a claim-check: the bytes stay in (or are copied to) a directory the
@@ -13,7 +14,8 @@ import hashlib
 import io
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +36,33 @@ class Frame:
     content_type: str = "image/png"
     path: Path | None = None  # the file the bytes came from (kept as a claim-check when large)
     error: str | None = None
+    ts: float | None = None  # event time (epoch s) when the source knows it; None: the time it is sent
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra wire headers, e.g. frame-id
+    dropped: bool = False  # the source lost it (incomplete buffer, undecodable packet): counted, never sent
+
+
+MAX_ERRORS = 100  # a long camera run keeps the first errors, and counts the rest
 
 
 @dataclass
 class FeedReport:
     sent: int = 0
     claim_checked: int = 0
-    skipped: int = 0
+    skipped: int = 0  # unreadable files, frames that could not be encoded
+    dropped: int = 0  # frames the source lost (incomplete camera buffers, undecodable video packets)
+    reconnects: int = 0  # times a live source was lost and retried
+    underruns: int = 0  # frames the camera had no free buffer for (the feeder fell behind)
     errors: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    failure: str | None = None  # why a live source stopped early (it gave up reconnecting, a file is corrupt)
+
+    def count_unsent(self, frame: Frame) -> None:
+        if frame.dropped:
+            self.dropped += 1
+        else:
+            self.skipped += 1
+        if len(self.errors) < MAX_ERRORS and frame.error:
+            self.errors.append(frame.error)
 
 
 def read_image_file(path: Path) -> Frame:
@@ -89,8 +109,7 @@ def open_multiframe(path: Path) -> Any:
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(
             f"cannot read {path} as a multi-frame image ({exc}). --video supports what Pillow reads: animated GIF, "
-            "multi-frame TIFF, animated PNG or WebP. For MP4/AVI/MKV extract frames first, e.g. "
-            f"`ffmpeg -i {path.name} frames/%05d.png`, then use --dir frames"
+            f"multi-frame TIFF, animated PNG or WebP. For MP4/AVI/MKV/MOV files and streams use --url {path}"
         ) from None
 
 
@@ -125,7 +144,7 @@ def _claim_check(frame: Frame, claim_dir: Path | None) -> str:
 
 async def feed_frames(
     settings: Settings,
-    frames: Iterable[Frame],
+    frames: Iterable[Frame] | AsyncIterable[Frame],
     camera: str,
     fps: float | None = None,
     claim_check_dir: Path | None = None,
@@ -136,6 +155,7 @@ async def feed_frames(
 
     Frames over `inline_limit` bytes (default: Kafka's max message size less some headroom) go as claim-checks
     into `claim_check_dir` (default: the first of settings.claim_check_dirs, else the file stays where it is).
+    Up to `settings.camera.in_flight` sends await their acknowledgement at once; all are acknowledged on return.
     """
     from aiokafka import AIOKafkaProducer
 
@@ -152,14 +172,25 @@ async def feed_frames(
     producer = AIOKafkaProducer(
         linger_ms=5, max_request_size=settings.kafka.max_message_bytes, **aiokafka_kwargs(settings.kafka)
     )
+    in_flight: deque[tuple[asyncio.Future, Frame]] = deque()
+
+    async def acknowledged(limit: int) -> None:
+        while len(in_flight) > limit:
+            delivery, sent = in_flight.popleft()
+            await delivery
+            report.sent += 1
+            if on_frame:
+                on_frame(sent, True)
+
     await producer.start()
     try:
-        for i, frame in enumerate(frames):
+        i = 0
+        async for frame in _as_async(frames):
             if fps:
                 await asyncio.sleep(max(0.0, started + i / fps - time.monotonic()))
+            i += 1
             if frame.error:
-                report.skipped += 1
-                report.errors.append(frame.error)
+                report.count_unsent(frame)
                 if on_frame:
                     on_frame(frame, False)
                 continue
@@ -167,13 +198,21 @@ async def feed_frames(
             if len(frame.data) > limit:
                 uri, value = _claim_check(frame, claim_check_dir), b""
                 report.claim_checked += 1
-            headers = codecs.frame_headers(camera, time.time(), frame.content_type, uri=uri)
-            await (await producer.send(topic, value, key=camera.encode(), headers=headers))
-            report.sent += 1
-            if on_frame:
-                on_frame(frame, True)
-        await producer.flush()
+            ts = time.time() if frame.ts is None else frame.ts
+            headers = codecs.frame_headers(camera, ts, frame.content_type, uri=uri, extra=frame.headers)
+            in_flight.append((await producer.send(topic, value, key=camera.encode(), headers=headers), frame))
+            await acknowledged(settings.camera.in_flight)
+        await acknowledged(0)
     finally:
         await producer.stop()
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+async def _as_async(frames: Iterable[Frame] | AsyncIterable[Frame]) -> AsyncIterator[Frame]:
+    if isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            yield frame
+    else:
+        for frame in frames:
+            yield frame

@@ -1,0 +1,87 @@
+"""What a live source (GenICam camera, video, RTSP stream) hands the feeder, before any encoding.
+
+A source is an object with `captures(stop)`: a blocking iterator run in its own thread, yielding
+`Capture` (an image with the camera's own time and frame id), `Dropped` (a buffer the camera lost or
+delivered incomplete: counted, never sent) or `Notice` (something the operator should read, e.g. a
+reconnect). It returns when `stop` is set or the source ends, and raises `SourceError` (a message
+saying what was expected and what happened) when it cannot go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or read and will not retry: the message says what and why."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One image as the scorers take it (uint8 [H, W] or [H, W, 3]) and where it came from."""
+
+    image: np.ndarray
+    ts: float  # epoch seconds: the event time on the wire
+    frame_id: int  # the camera's own frame (block) id, or the frame's number in a video: header `frame-id`
+    headers: Mapping[str, str] = field(default_factory=dict)  # other wire headers (camera-ts-ns, pts, ...)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A frame the source lost (incomplete buffer, undecodable packet): counted and reported, never sent."""
+
+    reason: str
+    frame_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line for the operator; `reconnect` marks a lost connection that the source is retrying."""
+
+    message: str
+    reconnect: bool = False
+
+
+Item = Capture | Dropped | Notice
+
+
+class FrameSource(Protocol):
+    name: str  # what the operator asked for, e.g. "genicam:Fake_1" or the URL
+
+    def captures(self, stop: threading.Event) -> Iterator[Item]: ...
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: `initial_s` doubling up to `max_s`; gives up once `give_up_s` passed without success.
+
+    >>> b = Backoff(initial_s=0.5, max_s=2.0)
+    >>> [b.next_delay() for _ in range(4)]
+    [0.5, 1.0, 2.0, 2.0]
+    >>> b.reset(); b.next_delay()
+    0.5
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+    give_up_s: float | None = None  # None: retry for ever
+    _delay: float = 0.0
+    _failing_s: float = 0.0
+
+    def next_delay(self) -> float:
+        self._delay = self.initial_s if self._delay == 0.0 else min(self.max_s, self._delay * 2)
+        self._failing_s += self._delay
+        return self._delay
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the delays handed out since the last success exceed `give_up_s`."""
+        return self.give_up_s is not None and self._failing_s > self.give_up_s
+
+    def reset(self) -> None:
+        self._delay, self._failing_s = 0.0, 0.0

@@ -1,0 +1,160 @@
+"""Live sources without Kafka: Aravis's Fake camera, MP4 files written with PyAV, an RTSP URL nobody serves."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from stream_app.feed.captures import Backoff, Capture, Dropped, Notice, SourceError
+from stream_app.feed.genicam import GenicamConfig, GenicamSource
+from stream_app.feed.linescan import LineScanAssembler, assemble
+from stream_app.feed.sources import threaded
+from stream_app.feed.video import VideoSource
+from tests.media import clip
+
+
+def take(items, n: int, kind=Capture) -> list:
+    """The first `n` items of `kind` (closing the source after), plus every other item seen before them."""
+    got = []
+    try:
+        for item in items:
+            got.append(item)
+            if sum(isinstance(i, kind) for i in got) >= n:
+                break
+    finally:
+        items.close()
+    return got
+
+
+def captures(items) -> list[Capture]:
+    return [i for i in items if isinstance(i, Capture)]
+
+
+def fake(**kwargs) -> GenicamSource:
+    return GenicamSource(GenicamConfig("Fake_1", frame_rate=100, **kwargs), Backoff(0.1, 0.2, give_up_s=0))
+
+
+def test_fake_genicam_camera_streams_frames_with_its_ids_region_and_format():
+    before = time.time()
+    got = captures(take(fake(pixel_format="Mono8", roi=(0, 0, 128, 64)).captures(threading.Event()), 5))
+    ids = [c.frame_id for c in got]
+    assert ids == list(range(ids[0], ids[0] + 5))
+    assert all(c.image.shape == (64, 128) and c.image.dtype == np.uint8 for c in got)
+    assert got[0].headers["pixel-format"] == "Mono8"
+    assert int(got[0].headers["camera-ts-ns"]) > 0 and before - 1 < got[0].ts < time.time() + 1
+    assert len({c.image.tobytes() for c in got}) > 1  # the fake camera's pattern moves: real buffers
+
+
+def test_fake_genicam_bayer_frames_arrive_demosaiced_and_software_triggered():
+    source = fake(pixel_format="BayerRG8", roi=(0, 0, 64, 32), trigger="software")
+    got = captures(take(source.captures(threading.Event()), 3))
+    assert [c.image.shape for c in got] == [(32, 64, 3)] * 3
+
+
+def test_a_setting_the_camera_refuses_is_a_clear_error_not_a_retry():
+    with pytest.raises(SourceError, match=r"offers pixel formats \[.*'Mono8'.*\], not 'Mono12'"):
+        take(fake(pixel_format="Mono12").captures(threading.Event()), 1)
+    with pytest.raises(SourceError, match="no feature 'NoSuchFeature'"):
+        take(fake(features={"NoSuchFeature": "1"}).captures(threading.Event()), 1)
+
+
+def test_fake_camera_line_strips_assemble_into_frames():
+    strips = fake(roi=(0, 0, 64, 4)).captures(threading.Event())
+    frames = captures(take(assemble(strips, LineScanAssembler(16, 4)), 3))
+    assert [c.image.shape for c in frames] == [(16, 64)] * 3
+    assert [c.headers["first-line"] for c in frames] == ["0", "12", "24"]
+    assert frames[1].frame_id == frames[0].frame_id + 3  # line 12 came in the 4th strip
+
+
+def test_an_mp4_yields_every_frame_with_its_number_and_time(tmp_path):
+    path = clip(tmp_path / "c.mp4", 20, defects={7}, fps=10)
+    before = time.time()
+    got = captures(VideoSource(str(path), mono=True).captures(threading.Event()))
+    assert [c.frame_id for c in got] == list(range(20))
+    assert got[7].image.shape == (64, 64) and got[7].image.max() == 255 and got[6].image.max() < 230
+    assert got[3].headers["pts"] == "0.300000"
+    assert got[3].ts - got[0].ts == pytest.approx(0.3) and before - 1 < got[0].ts < time.time() + 1
+    rgb = captures(take(VideoSource(str(path)).captures(threading.Event()), 1))
+    assert rgb[0].image.shape == (64, 64, 3)
+
+
+def test_fps_keeps_at_most_that_many_frames_per_second_of_video(tmp_path):
+    path = clip(tmp_path / "c.mp4", 25, fps=25)
+    got = captures(VideoSource(str(path), fps=5).captures(threading.Event()))
+    assert [c.frame_id for c in got] == [0, 5, 10, 15, 20]
+
+
+def test_damaged_packets_are_dropped_and_the_rest_of_the_file_still_flows(tmp_path):
+    data = bytearray(clip(tmp_path / "c.mp4", 30).read_bytes())
+    middle = data.find(b"mdat") + (len(data) - data.find(b"mdat")) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    items = list(VideoSource(str(damaged)).captures(threading.Event()))
+    dropped = [i for i in items if isinstance(i, Dropped)]
+    assert dropped and "Invalid data" in dropped[0].reason
+    assert 20 <= len(captures(items)) < 30 and captures(items)[-1].frame_id == 29
+
+
+def test_a_corrupt_or_missing_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    with pytest.raises(SourceError, match=r"cannot open .*bad.mp4 as video: Invalid data found"):
+        list(VideoSource(str(bad)).captures(threading.Event()))
+    with pytest.raises(SourceError, match="No such file"):
+        list(VideoSource(str(tmp_path / "none.mp4")).captures(threading.Event()))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: connections are refused
+
+
+def test_an_unreachable_rtsp_url_is_retried_with_backoff_then_given_up_clearly():
+    url = f"rtsp://127.0.0.1:{closed_port()}/line-1"
+    source = VideoSource(url, backoff=Backoff(0.05, 0.2, give_up_s=0.5))
+    notices = []
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"Connection refused.*gave up after retrying for 0.5 s"):
+        for item in source.captures(threading.Event()):
+            notices.append(item)
+    assert [n.reconnect for n in notices] == [True] * len(notices) and len(notices) >= 3
+    assert "reconnecting in 0.1 s" in notices[1].message and time.monotonic() - started < 5
+
+
+async def test_threaded_runs_the_source_in_a_thread_and_stops_it_when_closed():
+    stopped = threading.Event()
+
+    def produce(stop: threading.Event):
+        try:
+            for i in itertools.count():
+                yield threading.current_thread().name, i
+        finally:
+            stopped.set()
+
+    got = []
+    async with contextlib.aclosing(threaded(produce)) as items:
+        async for name, i in items:
+            got.append((name, i))
+            if i == 3:
+                break
+    assert stopped.is_set() and [g[0] for g in got] == ["capture"] * 4  # closed: the thread ran its finally
+
+
+async def test_threaded_raises_the_source_error_in_the_consumer():
+    def produce(stop):
+        yield Notice("one")
+        raise SourceError("camera gone for good")
+
+    items = []
+    with pytest.raises(SourceError, match="camera gone for good"):
+        async for item in threaded(produce):
+            items.append(item)
+    assert items == [Notice("one")]

@@ -1,0 +1,87 @@
+"""RVAEScorer's defaults as a pure function of the data's shape.
+
+`RVAEScorer(n_features=F)` leaves every size to this module: the network from the input width
+(`n_features * window`), the schedule and the small-data fallback from the number of training rows,
+which is only known in `fit`. Explicit constructor or `fit` arguments always win; a saved manifest
+stores the resolved values, so loading never calls this module.
+
+The constants come from `benchmarks/rvae_sweep.py` (results in `benchmarks/results/rvae_sweep.json`):
+narrow plant sensors (12 channels, 400 and 5,000 training rows), 512-bin vibration spectra and 784-pixel
+digits, one factor varied at a time around this rule.
+
+>>> d = default_config(8)
+>>> (d.hidden, d.latent, d.n_layers)
+(64, 3, 2)
+>>> d = default_config(784, n_rows=6000)
+>>> (d.hidden, d.latent, d.n_layers, d.batch_size) == (256, 28, 2, 128)
+True
+>>> default_config(784, n_rows=300).n_layers  # too little data for two units per tower
+1
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+HIDDEN_MIN, HIDDEN_MAX = 64, 256  # hidden = next power of two >= width / 2, clipped to this range
+LATENT_PER_SQRT_WIDTH = 1.0  # latent = round(this * sqrt(width)), clipped to [LATENT_MIN, LATENT_MAX]
+LATENT_MIN, LATENT_MAX = 2, 32
+SMALL_ROWS = 1000  # below this many training rows: one unit per tower, a narrower net, earlier stopping
+STEPS = 3000  # optimizer steps to aim for; epochs = STEPS / steps per epoch, clipped to [EPOCHS_MIN, EPOCHS_MAX]
+EPOCHS_MIN, EPOCHS_MAX = 20, 200
+BETA = 1.0
+DROPOUT = 0.0
+WEIGHT_DECAY = 0.0
+# Log-magnitude input when every training value is >= 0 and the typical feature spans decades
+# (median over features of q99 / q50 above this): spectra and similar magnitudes.
+LOG_DYNAMIC_RANGE = 30.0
+
+
+@dataclass(frozen=True)
+class RVAEDefaults:
+    hidden: int
+    latent: int
+    n_layers: int
+    beta: float
+    dropout: float
+    epochs: int
+    batch_size: int
+    patience: int
+    weight_decay: float
+
+
+def _pow2_at_least(x: float) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(x, 1.0))))
+
+
+def default_config(n_features: int, n_rows: int | None = None, window: int = 1) -> RVAEDefaults:
+    """Network and training defaults for `n_features` raw features, `window` lags, `n_rows` training rows.
+
+    `n_rows=None` (construction, before the data is seen) assumes plenty of rows.
+    """
+    width = int(n_features) * int(window)
+    hidden = min(HIDDEN_MAX, max(HIDDEN_MIN, _pow2_at_least(width / 2)))
+    latent = int(np.clip(round(LATENT_PER_SQRT_WIDTH * math.sqrt(width)), LATENT_MIN, LATENT_MAX))
+    n_layers, patience = 2, 10
+    small = n_rows is not None and n_rows < SMALL_ROWS
+    if small:  # a few hundred rows: fewer parameters and earlier stopping rather than memorising them
+        n_layers, patience = 1, 5
+        hidden = max(HIDDEN_MIN // 2, min(hidden, _pow2_at_least(n_rows / 4)))
+    latent = min(latent, hidden // 2)
+    batch_size = 128 if n_rows is None or n_rows < 20_000 else 256
+    rows = 1000 if n_rows is None else n_rows
+    steps_per_epoch = max(1, math.ceil(0.9 * rows / batch_size))  # 10% is held out for validation
+    epochs = int(np.clip(math.ceil(STEPS / steps_per_epoch), EPOCHS_MIN, EPOCHS_MAX))
+    return RVAEDefaults(hidden, latent, n_layers, BETA, DROPOUT, epochs, batch_size, patience, WEIGHT_DECAY)
+
+
+def default_normalization(X: np.ndarray) -> str:
+    """'log-robust' for non-negative magnitudes spanning decades (spectra), else 'robust'."""
+    if X.size == 0 or float(X.min()) < 0:
+        return "robust"
+    q50, q99 = np.percentile(X, [50, 99], axis=0)
+    ratio = q99 / np.maximum(q50, 1e-12 * np.maximum(q99, 1e-30))
+    return "log-robust" if float(np.median(ratio)) > LOG_DYNAMIC_RANGE else "robust"

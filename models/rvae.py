@@ -68,6 +68,7 @@ class RVAEConfig:
     seed: int = 0
     dropout: float = 0.0  # on each unit's residual branch and after the input projection, training only
     window: int = 1  # rows of one source the network sees at once (1 = the row alone)
+    whiten: bool = False  # score whitened residuals (see ResidualWhitener); False = plain squared error
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -164,6 +165,44 @@ class RVAE(nn.Module):
         return self.decoder(z), mu, logvar
 
 
+class ResidualWhitener(nn.Module):
+    """Symmetric (ZCA) whitening of reconstruction residuals: r -> r @ M, M = C^{-1/2}.
+
+    C is the residual covariance on the training rows, shrunk towards its diagonal (Ledoit-Wolf
+    intensity) and with eigenvalues floored at 1% of their mean, so a few hundred rows of a
+    784-wide input still give a well-conditioned M. Whitened residuals weigh an error by how
+    unusual it is for *that* feature and *that* combination: a sensor the network reconstructs
+    to within its noise counts its small offsets, correlated errors that normal data shows are
+    not counted twice. ZCA keeps each whitened term closest to its own feature (Kessy et al.
+    2018), so the squared terms still explain the score per feature.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("matrix", torch.eye(width))
+
+    @torch.no_grad()
+    def fit_(self, residuals: torch.Tensor) -> float:
+        """Set M from residual rows [n, width]; returns the shrinkage intensity used."""
+        R = residuals.double().cpu()
+        R = R - R.mean(0)
+        n = len(R)
+        S = R.T @ R / n
+        diag = torch.diag(torch.diag(S))
+        R2 = R.square()
+        phi = ((R2.T @ R2) / n - S.square()).sum() / n
+        gamma = (S - diag).square().sum()
+        shrink = float((phi / gamma).clamp(0.0, 1.0)) if gamma > 0 else 1.0
+        C = (1 - shrink) * S + shrink * diag
+        w, V = torch.linalg.eigh(C)
+        w = w.clamp_min(max(0.01 * float(w.mean()), 1e-12))
+        self.matrix.copy_(((V * w.rsqrt()) @ V.T).to(self.matrix))
+        return shrink
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return r @ self.matrix
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)) per row, summed over latent dimensions."""
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=1)
@@ -215,18 +254,20 @@ class RVAEScorer:
         score_batch_size: int | None = None,
         dropout: float | None = None,
         window: int = 1,
+        whiten: bool | None = None,
     ) -> None:
         given = {"n_layers": n_layers, "hidden": hidden, "latent": latent, "beta": beta, "dropout": dropout}
         self._auto = {k for k, v in given.items() if v is None}  # resolved from the data's shape (again in fit)
         self._auto_normalization = normalization is None
         d = default_config(int(n_features), None, int(window))
         resolved = {k: (getattr(d, k) if v is None else v) for k, v in given.items()}
+        whiten = d.whiten if whiten is None else bool(whiten)
         self.config = RVAEConfig(
             n_features=int(n_features), kind=kind, n_layers=int(resolved["n_layers"]), hidden=int(resolved["hidden"]),
             latent=int(resolved["latent"]), beta=float(resolved["beta"]),
             clip_grad_norm=None if clip_grad_norm is None else float(clip_grad_norm), activation=activation,
             normalization=normalization or "robust", seed=int(seed), dropout=float(resolved["dropout"]),
-            window=int(window),
+            window=int(window), whiten=whiten,
         )  # fmt: skip
         self.n_features = self.config.n_features
         self.window = self.config.window
@@ -249,6 +290,8 @@ class RVAEScorer:
             torch.manual_seed(self.config.seed)
             self.standardize = Standardize(self.n_features, log=self.config.normalization == "log-robust")
             self.net = RVAE(self.config)
+        width = self.n_features * self.window
+        self.whitener = ResidualWhitener(width).to(self.device) if self.config.whiten else None
         self.standardize.to(self.device).eval()
         self.net.to(self.device).eval()
 
@@ -411,6 +454,10 @@ class RVAEScorer:
         # Calibration: held-out normal rows (windows) scored by the final model (training rows if nothing was
         # held out, which biases the threshold low).
         with torch.inference_mode():
+            if self.whitener is not None:  # residual covariance of the training rows, final weights
+                self.whitener.matrix.copy_(torch.eye(len(self.whitener.matrix), device=self.device))
+                resid = torch.cat([self._residuals(Z_train[sl]) for sl in batches(len(Z_train), self.score_batch_size)])
+                hist["whitening_shrinkage"] = self.whitener.fit_(resid)
             cal = self._window_errors(Z[torch.from_numpy(val_idx if n_val else train_idx).to(self.device)], True)
         self.calibration_scores = cal.cpu().numpy()
         self.history = hist
@@ -432,11 +479,16 @@ class RVAEScorer:
         seq = seq[len(seq) - len(z) - (self.window - 1) :]
         return seq.unfold(0, self.window, 1).transpose(1, 2).reshape(len(z), -1)
 
-    def _window_errors(self, x: torch.Tensor, reduce: bool) -> torch.Tensor:
-        """Normalized network inputs [n, W * F] -> squared errors [n] or [n, W * F] (float32)."""
+    def _residuals(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized network inputs [n, W * F] -> reconstruction minus input (float32, latent mean path)."""
         with autocast(self.device):
             recon = self.net(x)[0]
-        err = recon.float().sub_(x).square_() if self.device.type != "cpu" else (recon - x).square_()
+        return recon.float().sub_(x) if self.device.type != "cpu" else recon - x
+
+    def _window_errors(self, x: torch.Tensor, reduce: bool) -> torch.Tensor:
+        """Normalized network inputs [n, W * F] -> squared (whitened) errors [n] or [n, W * F] (float32)."""
+        r = self._residuals(x)
+        err = (r if self.whitener is None else self.whitener(r)).square_()
         return err.mean(dim=1) if reduce else err
 
     # --------------------------------------------------------------------- scoring
@@ -509,6 +561,8 @@ class RVAEScorer:
         """One batch of raw CPU rows -> float32 CPU errors; callers hold inference mode."""
         on_cpu = self.device.type == "cpu"
         z = self.standardize.forward(x if on_cpu else x.to(self.device, non_blocking=True))  # (no hooks to run)
+        if self.whitener is not None:
+            return self._window_errors(z, reduce).cpu()
         if on_cpu:  # no autocast, dtype or device hops: each op costs microseconds, noticeable at small batches
             err = nn.functional.mse_loss(self.net(z)[0], z, reduction="none")
             return err.mean(dim=1) if reduce else err
@@ -588,6 +642,8 @@ class RVAEScorer:
         }
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors |= {f"norm.{k}": v for k, v in self.standardize.state_dict().items()}
+        if self.whitener is not None:
+            tensors |= {f"white.{k}": v for k, v in self.whitener.state_dict().items()}
         return save_scorer_dir(
             path,
             kind=self.kind,
@@ -601,8 +657,8 @@ class RVAEScorer:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> RVAEScorer:
         """Inverse of save: hashes verified before anything is read (ModelIntegrityError otherwise).
 
-        Every size comes from the manifest (manifests from before `dropout`/`window` existed load
-        with 0.0 and 1); nothing is re-derived from defaults.
+        Every size comes from the manifest (manifests from before `dropout`/`window`/`whiten`
+        existed load with 0.0, 1 and False); nothing is re-derived from defaults.
         """
         manifest, tensors = load_scorer_dir(path)
         cfg = dict(manifest["config"])
@@ -610,9 +666,12 @@ class RVAEScorer:
         stats = cfg.pop("normalization_stats")
         cfg.pop("score", None)
         cfg.setdefault("dropout", 0.0)
+        cfg.setdefault("whiten", False)
         scorer = cls(**cfg, device=device, feature_names=feature_names)
         scorer.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         scorer.standardize.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("norm.")})
+        if scorer.whitener is not None:
+            scorer.whitener.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("white.")})
         scorer.normalization = Normalization.from_dict(stats)
         if manifest.get("calibration_scores") is not None:
             scorer.calibration_scores = np.asarray(manifest["calibration_scores"], np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-METHODS = ("robust", "standard", "log-robust")
+METHODS = ("robust", "standard", "log-robust", "global")
 # IQR of a standard normal: dividing by it makes the robust scale comparable to a standard deviation.
 _IQR_TO_STD = 1.3489795
 
@@ -28,7 +28,9 @@ class Normalization:
     (log-magnitude for |x| >> log_scale, linear near zero, defined for any sign), then robust. For
     magnitudes that span decades (spectra): a peak growing 10x moves the input by ~2.3, not by 10x the
     spread, and the noise floor keeps its resolution. `log_scale` is a low quantile of |x| per feature
-    (the noise floor's level), floored at 1e-3 of its high quantile. A channel whose spread is zero (constant in training,
+    (the noise floor's level), floored at 1e-3 of its high quantile. `global`: per-feature mean and ONE
+    scale for all features (the root mean of their variances), for features in one common unit (image
+    pixels): a rarely-lit pixel is not blown up to unit spread. A channel whose spread is zero (constant in training,
     or an IQR of zero for the robust method and a zero standard deviation too) gets scale 1, so it
     never divides by zero: a later deviation on such a channel counts in its raw units.
 
@@ -61,6 +63,9 @@ class Normalization:
             q25, center, q75 = np.percentile(X, [25, 50, 75], axis=0)
             scale = (q75 - q25) / _IQR_TO_STD
             scale = np.where(scale > 0, scale, std)  # sparse or near-binary channels: IQR 0, spread > 0
+        elif method == "global":
+            center = X.mean(axis=0)
+            scale = np.full_like(std, np.sqrt(np.mean(std**2)))
         else:
             center, scale = X.mean(axis=0), std
         tiny = 1e-6 * np.maximum(np.abs(center), 1.0)  # below float32 resolution of the channel's level

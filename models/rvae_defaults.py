@@ -38,6 +38,7 @@ WEIGHT_DECAY = 0.0
 WHITEN = True  # score whitened residuals (models.rvae.ResidualWhitener)
 # Log-magnitude input for positive magnitudes spanning more than this ratio (see default_normalization).
 LOG_DYNAMIC_RANGE = 10.0
+SPARSE_FRACTION = 0.1  # non-negative data with this share of features at median 0: one common scale
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ def default_config(n_features: int, n_rows: int | None = None, window: int = 1) 
         n_layers, patience = 1, 5
         hidden = max(HIDDEN_MIN // 2, min(hidden, _pow2_at_least(n_rows / 4)))
     latent = min(latent, hidden // 2)
-    batch_size = 128 if n_rows is None or n_rows < 20_000 else 256
+    if n_rows is None:
+        batch_size = 128
+    else:  # small sets: smaller batches, so a few hundred rows still give several steps per epoch
+        batch_size = 256 if n_rows >= 20_000 else min(128, max(16, _pow2_at_least(n_rows / 8)))
     rows = 1000 if n_rows is None else n_rows
     steps_per_epoch = max(1, math.ceil(0.9 * rows / batch_size))  # 10% is held out for validation
     epochs = int(np.clip(math.ceil(STEPS / steps_per_epoch), EPOCHS_MIN, EPOCHS_MAX))
@@ -80,7 +84,8 @@ def default_config(n_features: int, n_rows: int | None = None, window: int = 1) 
 
 
 def default_normalization(X: np.ndarray) -> str:
-    """'log-robust' for positive magnitudes spanning decades (spectra), else 'robust'.
+    """'log-robust' for positive magnitudes spanning decades (spectra), 'global' for sparse non-negative
+    data (images: at least SPARSE_FRACTION of the features have median 0), else 'robust'.
 
     Magnitudes: every value >= 0 and every feature's median > 0 (a noise floor, not the exact zeros of
     sparse data such as images' background pixels). Spanning decades: in at least a quarter of the
@@ -91,6 +96,8 @@ def default_normalization(X: np.ndarray) -> str:
     if X.size == 0 or float(X.min()) < 0:
         return "robust"
     q50, q99 = np.percentile(X, [50, 99], axis=0)
+    if float((q50 <= 0).mean()) >= SPARSE_FRACTION:
+        return "global"
     if float(q50.min()) <= 0:
         return "robust"
     return "log-robust" if float(np.percentile(q99 / q50, 75)) > LOG_DYNAMIC_RANGE else "robust"

@@ -78,8 +78,11 @@ def test_log_magnitude_input_works_and_round_trips(tmp_path) -> None:
     np.testing.assert_array_equal(n.transform(spectra[:3]), s.normalization.transform(spectra[:3]))
 
 
-def test_auto_normalization_picks_log_for_spectra_only() -> None:
+def test_auto_normalization_picks_log_for_spectra_and_one_scale_for_images() -> None:
     assert default_normalization(process(200)) == "robust"
+    images = np.zeros((50, 64), np.float32)
+    images[:, 20:40] = np.random.default_rng(0).uniform(0, 16, (50, 20))
+    assert default_normalization(images) == "global"
     assert default_normalization(np.random.default_rng(0).normal(size=(100, 4))) == "robust"  # negative values
 
 

@@ -73,10 +73,9 @@ def default_config(n_features: int, n_rows: int | None = None, window: int = 1) 
         n_layers, patience = 1, 5
         hidden = max(HIDDEN_MIN // 2, min(hidden, _pow2_at_least(n_rows / 4)))
     latent = min(latent, hidden // 2)
-    if n_rows is None:
-        batch_size = 128
-    else:  # small sets: smaller batches, so a few hundred rows still give several steps per epoch
-        batch_size = 256 if n_rows >= 20_000 else min(128, max(16, _pow2_at_least(n_rows / 8)))
+    # Small sets get smaller batches (16-128, rows / 8), so a few hundred rows still give several steps per epoch.
+    rows_ = 1000 if n_rows is None else n_rows
+    batch_size = 256 if rows_ >= 20_000 else min(128, max(16, _pow2_at_least(rows_ / 8)))
     rows = 1000 if n_rows is None else n_rows
     steps_per_epoch = max(1, math.ceil(0.9 * rows / batch_size))  # 10% is held out for validation
     epochs = int(np.clip(math.ceil(STEPS / steps_per_epoch), EPOCHS_MIN, EPOCHS_MAX))

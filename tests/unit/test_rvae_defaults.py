@@ -64,7 +64,9 @@ def test_log_magnitude_input_works_and_round_trips(tmp_path) -> None:
     rng = np.random.default_rng(0)
     spectra = np.exp(rng.normal(size=(400, 32)) + np.linspace(0, 8, 32)).astype(np.float32)  # spans decades
     assert default_normalization(spectra) == "log-robust"
-    s = RVAEScorer(n_features=32, device="cpu", normalization="log-robust", **{k: v for k, v in TINY.items() if k != "device"})
+    s = RVAEScorer(
+        n_features=32, device="cpu", normalization="log-robust", **{k: v for k, v in TINY.items() if k != "device"}
+    )
     s.fit(spectra, epochs=3)
     assert s.normalization.method == "log-robust" and s.normalization.log
     peak = spectra[:5].copy()

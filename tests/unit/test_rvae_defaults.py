@@ -180,3 +180,17 @@ def test_bad_window_and_dropout_raise_value_error() -> None:
         RVAEScorer(n_features=4, window=0)
     with pytest.raises(ValueError, match="dropout"):
         RVAEScorer(n_features=4, dropout=1.5)
+
+
+def test_manifests_saved_before_the_new_options_still_load(tmp_path) -> None:
+    X = process(200)
+    s = RVAEScorer(n_features=4, whiten=False, normalization="robust", dropout=0.0, **TINY)
+    s.fit(X, epochs=2)
+    s.save(tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / MANIFEST).read_text())
+    for key in ("dropout", "window", "whiten"):  # what an older manifest lacks
+        manifest["config"].pop(key)
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps(manifest))
+    loaded = models.load_scorer(tmp_path / "old")
+    assert (loaded.config.window, loaded.config.whiten, loaded.config.dropout) == (1, False, 0.0)
+    np.testing.assert_array_equal(loaded.score(X), s.score(X))

@@ -98,6 +98,8 @@ def main() -> None:
     for v in args.variants.split(","):
         for task in args.tasks.split(","):
             r = run(task, VARIANTS[v])
+            if path.exists():  # parts may run as concurrent processes: merge into what is on disk now
+                payload["results"] = json.loads(path.read_text())["results"]
             payload["results"].setdefault(v, {})[task] = r
             short = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in r.items() if not isinstance(x, dict)}
             print(f"{v:12s} {task:14s} {short}", flush=True)

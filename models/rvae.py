@@ -465,19 +465,25 @@ class RVAEScorer:
 
     # --------------------------------------------------------------------- windows
 
-    def _inputs(self, z: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
-        """Normalized rows [N, F] (+ normalized history [h, F]) -> network inputs [N, W * F], oldest lag first.
+    def _padded(self, z: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Normalized rows [N, F] after normalized history [h, F] -> the N + W - 1 rows their windows span.
 
         Rows with fewer than W - 1 predecessors are padded with the first row of history + rows.
         """
-        if self.window == 1:
-            return z
         seq = z if history is None or not len(history) else torch.cat([history, z])
         pad = self.window - 1 - (len(seq) - len(z))
         if pad > 0:
             seq = torch.cat([seq[:1].expand(pad, -1), seq])
-        seq = seq[len(seq) - len(z) - (self.window - 1) :]
-        return seq.unfold(0, self.window, 1).transpose(1, 2).reshape(len(z), -1)
+        return seq[len(seq) - len(z) - (self.window - 1) :]
+
+    def _unfold(self, seq: torch.Tensor) -> torch.Tensor:
+        """Rows [n + W - 1, F] -> windows [n, W * F], oldest lag first."""
+        n = len(seq) - self.window + 1
+        return seq.unfold(0, self.window, 1).transpose(1, 2).reshape(n, self.window * self.n_features)
+
+    def _inputs(self, z: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Normalized rows [N, F] (+ normalized history) -> network inputs [N, W * F]."""
+        return z if self.window == 1 else self._unfold(self._padded(z, history))
 
     def _residuals(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized network inputs [n, W * F] -> reconstruction minus input (float32, latent mean path)."""
@@ -541,17 +547,11 @@ class RVAEScorer:
         W, F = self.window, self.n_features
         z = self.standardize(torch.from_numpy(X).to(self.device))
         h = None if history is None or not len(history) else self.standardize(torch.from_numpy(history).to(self.device))
-        # Pad once for the whole sequence, then each batch slices its own W - 1 predecessors.
-        full = z if h is None else torch.cat([h, z])
-        pad = W - 1 - (len(full) - len(z))
-        if pad > 0:
-            full = torch.cat([full[:1].expand(pad, -1), full])
-        full = full[len(full) - len(z) - (W - 1) :]
+        full = self._padded(z, h)  # padded once; each batch slices its own W - 1 predecessors
         shape = (len(X),) if reduce else ((len(X), W * F) if lags else (len(X), F))
         out = np.empty(shape, np.float32)
         for sl in batches(len(X), self.score_batch_size):
-            x = full[sl.start : sl.stop + W - 1].unfold(0, W, 1).transpose(1, 2).reshape(sl.stop - sl.start, W * F)
-            err = self._window_errors(x, reduce)
+            err = self._window_errors(self._unfold(full[sl.start : sl.stop + W - 1]), reduce)
             if not reduce and not lags:
                 err = err.view(-1, W, F).mean(dim=1)
             out[sl] = err.cpu().numpy()

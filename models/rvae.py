@@ -261,6 +261,8 @@ class RVAEScorer:
         self._auto_normalization = normalization is None
         d = default_config(int(n_features), None, int(window))
         resolved = {k: (getattr(d, k) if v is None else v) for k, v in given.items()}
+        if whiten is None:
+            self._auto.add("whiten")
         whiten = d.whiten if whiten is None else bool(whiten)
         self.config = RVAEConfig(
             n_features=int(n_features), kind=kind, n_layers=int(resolved["n_layers"]), hidden=int(resolved["hidden"]),

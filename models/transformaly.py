@@ -70,7 +70,7 @@ class TransformalyConfig:
     img_size: int | None = None  # passed to timm.create_model; None keeps the backbone's own size
     standardize: bool = False
     # Per-block pooling of the token discrepancies: "mean" over all tokens (the paper) or "max" over patch
-    # tokens (small local defects; see the README for the measured difference on simulated frames).
+    # tokens (small local defects; see docs/models.md for the measured difference on simulated frames).
     ts_pooling: str = "mean"
     # Which -log-likelihood terms make the score: "both" (the paper), or one of them. "teacher_student" suits a
     # random-init backbone (offline demos), whose pretrained-feature term carries no information.

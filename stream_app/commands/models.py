@@ -221,9 +221,9 @@ def fit(
         str | None, typer.Option(help="rvae|vae|rae|ae (vectors); transformaly or patch-memory (images, no weights)")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="default: settings retrain.epochs")] = None,
-    n_layers: Annotated[int, typer.Option(help="autoencoder blocks per tower")] = 2,
-    hidden: Annotated[int, typer.Option(help="autoencoder hidden width")] = 64,
-    latent: Annotated[int, typer.Option(help="autoencoder latent width")] = 8,
+    n_layers: Annotated[int | None, typer.Option(help="autoencoder blocks per tower (default: by data size)")] = None,
+    hidden: Annotated[int | None, typer.Option(help="autoencoder hidden width (default: by width)")] = None,
+    latent: Annotated[int | None, typer.Option(help="autoencoder latent width (default: by width)")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     backbone: Annotated[str, typer.Option(help="timm ViT for transformaly")] = DEFAULT_BACKBONE,
     weights: Annotated[

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from stream_app.judging.thresholds import json_object
+from stream_app.judging.stored import json_object
 from stream_app.settings import IncidentSettings
 
 IncidentEvent = Literal["opened", "closed"]

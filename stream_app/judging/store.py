@@ -25,6 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from stream_app.judging import incidents, thresholds
+from stream_app.judging.stored import json_object
 from stream_app.settings import IncidentSettings, ThresholdSettings
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class SourceState:
 
     @classmethod
     def loads(cls, data: bytes | str) -> SourceState:
-        d = thresholds.json_object(data, "source state")
+        d = json_object(data, "source state")
         try:
             return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]))
         except (KeyError, TypeError) as exc:

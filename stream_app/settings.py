@@ -78,6 +78,11 @@ class ThresholdSettings(BaseModel):
     window: int = Field(2000, ge=50, description="scores (quantile) or peaks (SPOT) kept per source")
     ewma_alpha: float = Field(0.01, gt=0, le=1)
     ewma_k: float = Field(4.0, gt=0)
+    horizon: int = Field(
+        100_000, ge=100, description="SPOT: events its rate estimates remember (exponential decay, 1/e after this many)"
+    )
+    stuck_factor: float = Field(10.0, gt=1, description="SPOT: an alarm rate above this x risk counts as high...")
+    stuck_events: int = Field(20_000, ge=1, description="...and flags the source stuck after this many events")
 
 
 class IncidentSettings(BaseModel):

@@ -9,126 +9,116 @@ import numpy as np
 
 MIN_PEAKS_MLE = 10  # below this a GPD shape estimate is noise: fall back to an exponential tail
 XI_MIN = -0.5  # the GPD likelihood is irregular (and unbounded below -1) for shorter tails
+XI_MAX = 1.0  # no finite mean beyond: a fit that wants more is fed by anomalies, not by a score's tail
+R_MAX = 0.5  # the alert level is never below the median excess over t (see `spot_threshold`)
 
 
-def _profile_loglik(theta: float, y: np.ndarray) -> tuple[float, float, float]:
-    """(log-likelihood / N, xi, sigma) of a GPD on excesses y, profiled over theta = xi / sigma."""
-    if theta == 0.0:
-        sigma = float(y.mean())
-        return -(math.log(sigma) + 1.0), 0.0, sigma
-    xi = float(np.log1p(theta * y).mean())
-    if xi < XI_MIN:
-        return -math.inf, xi, xi / theta
-    sigma = xi / theta
-    return -(math.log(sigma) + xi + 1.0), xi, sigma
+def _profile(theta: np.ndarray, v: np.ndarray, admitted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log-likelihood, xi, sigma) of a censored GPD sample at each theta = xi / sigma, profiled over xi.
+
+    With A = sum over all values of log1p(theta v) and B = the same over the admitted (uncensored) ones, the
+    log-likelihood is -n_a log(sigma) - A / xi - B; setting its derivative in xi to 0 gives xi = A / n_a,
+    so it depends on theta alone (Grimshaw's reduction, extended to right-censored values).
+    """
+    theta = np.atleast_1d(np.asarray(theta, np.float64))
+    n_a = float(admitted.sum())
+    logs = np.log1p(theta[:, None] * v[None, :])
+    a, b = logs.sum(axis=1), logs @ admitted.astype(np.float64)
+    xi = a / n_a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where(theta == 0.0, v.sum() / n_a, xi / np.where(theta == 0.0, 1.0, theta))
+        ll = np.where((xi >= XI_MIN) & (xi <= XI_MAX) & (sigma > 0), -n_a * np.log(sigma) - n_a - b, -np.inf)
+    return ll, np.where(theta == 0.0, 0.0, xi), sigma
 
 
-def fit_gpd(excesses: np.ndarray, limits: np.ndarray | None = None) -> tuple[float, float]:
+def fit_gpd(excesses: np.ndarray, censored: np.ndarray | None = None) -> tuple[float, float]:
     """Maximum-likelihood (xi, sigma) of a Generalized Pareto distribution (location 0) on positive excesses.
 
-    `limits` (optional, one per excess, `inf` for none) are right-truncation points: excess i could only be
-    observed below limits[i]. SPOT admits a peak only when it lies below the alert level, so its peaks are a
-    truncated sample; fitting them as if complete biases the tail light, lowers the alert level, truncates
-    more, and the false-alarm rate creeps up (measured: 3.8x the target over 200k scores). With limits the
-    complete-data fit below is refined on the truncated likelihood sum(log f(y_i) - log F(limit_i)).
+    `censored` (optional, one flag per excess) marks right-censored values: the excess is only known to
+    exceed the stored value. SPOT stores an exceedance of t that was judged anomalous that way, at the
+    alert level it beat: it says the tail reaches at least that far without letting an anomaly's size pull
+    the fit (it contributes log S(limit), an admitted peak log f(y)). Dropping those exceedances instead
+    leaves a truncated sample whose naive fit is too light, which lowers the alert level and truncates more.
 
-    Grimshaw's reduction, as in SPOT: at the optimum xi = mean(log1p(theta * y)) with theta = xi / sigma, so
-    the complete-data likelihood depends on theta alone. We maximise it on a coarse grid, then refine by
-    golden section (a few ms for 2000 peaks on a busy core). Only the truncated refinement (`limits`) needs
-    a two-parameter search and uses scipy's Nelder-Mead. The shape is kept >= -0.5 (irregular likelihood
-    below). With fewer than 10 excesses, or all equal, the shape estimate is
-    noise and we return the exponential tail (xi = 0, sigma = mean), which is robust and mildly conservative.
+    Grimshaw's reduction, as in SPOT: at the optimum xi is a function of theta = xi / sigma alone, so we
+    maximise over theta on a coarse grid, then refine by golden section (no scipy optimiser; ~1-2 ms for
+    2000 excesses). The shape is kept in [-0.5, 1] (irregular likelihood below, no mean above). With fewer
+    than 10 admitted
+    excesses, or all equal, the shape estimate is noise and we return the exponential tail (xi = 0,
+    sigma = sum / admitted count, its censored MLE), which is robust and mildly conservative.
 
     >>> y = np.random.default_rng(0).exponential(2.0, size=5000)
     >>> xi, sigma = fit_gpd(y)
     >>> abs(xi) < 0.05, round(sigma, 1)
     (True, 2.0)
     """
-    y = np.asarray(excesses, dtype=np.float64)
-    y = y[y > 0]
-    if y.size == 0:
+    v = np.asarray(excesses, dtype=np.float64).reshape(-1)
+    cens = np.zeros(v.size, bool) if censored is None else np.asarray(censored, bool).reshape(-1)
+    if cens.size != v.size:
+        raise ValueError(f"need one censored flag per excess: {v.size} excesses, {cens.size} flags")
+    keep = v > 0
+    v, cens = v[keep], cens[keep]
+    if v.size == 0:
         raise ValueError("fit_gpd needs at least one positive excess, got none")
-    mean, ymax = float(y.mean()), float(y.max())
-    if y.size < MIN_PEAKS_MLE or ymax <= y.min():
-        return 0.0, mean
-    # theta must keep 1 + theta*y > 0: negative side as fractions of -1/ymax, positive side log-spaced.
-    grid = np.concatenate([-np.geomspace(0.999, 1e-3, 12) / ymax, [0.0], np.geomspace(1e-3, 1e3, 19) / mean])
-    xis = np.log1p(grid[:, None] * y[None, :]).mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigmas = np.where(grid == 0.0, mean, xis / np.where(grid == 0.0, 1.0, grid))
-        ll = np.where(xis >= XI_MIN, -(np.log(sigmas) + xis + 1.0), -np.inf)
+    admitted = ~cens
+    n_a = int(admitted.sum())
+    total, vmax = float(v.sum()), float(v.max())
+    if n_a == 0:  # censored only: the MLE scale is unbounded; the mean is a finite, conservative stand-in
+        return 0.0, total / v.size
+    if n_a < MIN_PEAKS_MLE or vmax <= v.min():
+        return 0.0, total / n_a
+    mean = total / v.size
+    # theta must keep 1 + theta*v > 0: negative side as fractions of -1/vmax, positive side log-spaced.
+    grid = np.concatenate([-np.geomspace(0.999, 1e-3, 12) / vmax, [0.0], np.geomspace(1e-3, 1e3, 19) / mean])
+    ll = _profile(grid, v, admitted)[0]
     best = int(np.argmax(ll))
     lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
-    # Golden-section refinement inside the bracket around the best grid point.
-    g = (math.sqrt(5.0) - 1.0) / 2.0
+    g = (math.sqrt(5.0) - 1.0) / 2.0  # golden-section refinement inside the bracket around the best grid point
     a, b = lo + (1 - g) * (hi - lo), lo + g * (hi - lo)
-    fa, fb = _profile_loglik(a, y)[0], _profile_loglik(b, y)[0]
+    fa, fb = _profile(np.array([a, b]), v, admitted)[0]
     for _ in range(40):
         if fa >= fb:
             hi, b, fb = b, a, fa
             a = lo + (1 - g) * (hi - lo)
-            fa = _profile_loglik(a, y)[0]
+            fa = float(_profile(a, v, admitted)[0][0])
         else:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
-            fb = _profile_loglik(b, y)[0]
+            fb = float(_profile(b, v, admitted)[0][0])
         if (hi - lo) * mean < 1e-6:  # theta*mean is the dimensionless scale of the problem
             break
-    candidates = [_profile_loglik(float(th), y) for th in (grid[best], (lo + hi) / 2)]
-    _, xi, sigma = max(candidates, key=lambda c: c[0])
-    if limits is not None:
-        c = np.asarray(limits, dtype=np.float64).reshape(-1)[np.asarray(excesses).reshape(-1) > 0]
-        if np.isfinite(c).any():
-            return _fit_truncated(y, c, xi, sigma)
-    return xi, sigma
+    ll, xi, sigma = _profile(np.array([grid[best], (lo + hi) / 2]), v, admitted)
+    i = int(np.argmax(ll))
+    return float(xi[i]), float(sigma[i])
 
 
-def gpd_log_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
-    """log P(Y > y) of a GPD; -inf beyond the upper end point when xi < 0."""
-    if abs(xi) < 1e-9:
-        return -y / sigma
-    z = xi * y / sigma
+def gpd_isf(p: Any, xi: float, sigma: float) -> Any:
+    """The excess exceeded with probability p under a GPD (xi, sigma).
+
+    >>> round(float(gpd_isf(0.5, 0.0, 1.0)), 4)  # ln 2
+    0.6931
+    """
+    p = np.asarray(p, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / xi, -np.inf)
+        return (-sigma * np.log(p) if abs(xi) < 1e-9 else sigma / xi * (p ** (-xi) - 1.0))[()]
 
 
-def _fit_truncated(y: np.ndarray, c: np.ndarray, xi0: float, sigma0: float) -> tuple[float, float]:
-    """Maximise the right-truncated GPD likelihood from the complete-data fit (Nelder-Mead on xi, log sigma)."""
-    from scipy.optimize import minimize  # only SPOT refits need it
+def spot_threshold(t: float, xi: float, sigma: float, q: float, n: Any, n_t: Any) -> Any:
+    """SPOT alert level z_q = t + sigma/xi * (r^-xi - 1), r = q*n/N_t (t - sigma*ln(r) when xi ~ 0).
 
-    finite = np.isfinite(c)
-    cf = c[finite]
-
-    def nll(p: np.ndarray) -> float:
-        xi, sigma = float(p[0]), math.exp(p[1])
-        if xi < XI_MIN or xi > 5.0 or (xi < 0 and float(y.max()) >= -sigma / xi):
-            return math.inf
-        log_f = -math.log(sigma) + (1.0 + xi) * gpd_log_sf(y, xi, sigma)  # GPD log density, any xi
-        with np.errstate(divide="ignore"):
-            log_cdf = np.log(-np.expm1(gpd_log_sf(cf, xi, sigma)))
-        return float(-(log_f.sum() - log_cdf.sum()))
-
-    x0 = np.array([xi0, math.log(sigma0)])
-    simplex = x0 + np.array([[0.0, 0.0], [0.05, 0.0], [0.0, 0.05]])
-    res = minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-4, "initial_simplex": simplex})
-    if not np.isfinite(res.fun) or res.fun > nll(x0):
-        return xi0, sigma0
-    return float(res.x[0]), math.exp(float(res.x[1]))
-
-
-def spot_threshold(t: float, xi: float, sigma: float, q: float, n: Any, n_peaks: int) -> Any:
-    """SPOT alert level z_q = t + sigma/xi * ((q*n/N_t)^-xi - 1), or t - sigma*ln(q*n/N_t) when xi ~ 0.
-
-    `n` may be an array (thresholds for a run of normal scores). When q >= N_t/n (the risk is not
-    rarer than exceeding t) or there are no peaks, the tail model does not apply and t itself is returned.
+    `n` and `N_t` (the count of observations and of exceedances of t) may be arrays. r is the tail
+    probability of the excess at z_q; it is capped at 0.5, so z_q never falls below the median excess over
+    t: when the estimated rate of exceeding t drops to the risk (after an idle stretch), or there are no
+    exceedances at all, z_q stays above t, the exceedances below it are still admitted as peaks, and the
+    rate and the fit keep learning (a level equal to t would judge every exceedance anomalous, for good).
 
     >>> round(float(spot_threshold(1.0, 0.0, 1.0, 1e-3, 1000, 20)), 3)  # 1 + ln(20)
     3.996
+    >>> round(float(spot_threshold(1.0, 0.0, 1.0, 1e-3, 1000, 0)), 3)  # no exceedances: 1 + ln 2
+    1.693
     """
-    n = np.asarray(n, dtype=np.float64)
-    if n_peaks == 0 or sigma <= 0:
-        return np.broadcast_to(np.float64(t), n.shape)[()]
-    r = q * n / n_peaks
+    n, n_t = np.asarray(n, np.float64), np.asarray(n_t, np.float64)
+    sigma = sigma if sigma > 0 else 1e-12 * max(1.0, abs(t))  # constant calibration scores: just above t
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = t - sigma * np.log(r) if abs(xi) < 1e-9 else t + sigma / xi * (r ** (-xi) - 1.0)
-    return np.where(r >= 1.0, t, z)[()]
+        r = np.where(n_t > 0, q * n / np.where(n_t > 0, n_t, 1.0), R_MAX)
+    return (t + gpd_isf(np.minimum(r, R_MAX), xi, sigma))[()]

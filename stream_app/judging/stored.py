@@ -50,3 +50,20 @@ def unb64(s: str) -> np.ndarray:
     [1.5, -2.0]
     """
     return frozen(np.frombuffer(base64.b64decode(s), dtype="<f4"))
+
+
+def b64_bits(flags: np.ndarray) -> str:
+    """Base64 of packed booleans (one bit each)."""
+    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
+
+
+def unb64_bits(s: str, size: int) -> np.ndarray:
+    """Inverse of `b64_bits` for `size` flags, as a frozen bool array.
+
+    >>> unb64_bits(b64_bits(np.array([True, False, True])), 3).tolist()
+    [True, False, True]
+    """
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(s), dtype=np.uint8))
+    if bits.size < size:
+        raise ValueError(f"expected {size} flags, got {bits.size}")
+    return frozen(bits[:size], dtype=bool)

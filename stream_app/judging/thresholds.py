@@ -24,6 +24,7 @@ with the corrections).
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left, insort
 from collections import deque
@@ -33,9 +34,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 
-from stream_app.judging.gpd import fit_gpd, spot_threshold  # re-exported: the tail math lives in gpd.py
-from stream_app.judging.stored import b64, frozen, json_object, unb64
+from stream_app.judging.gpd import MIN_PEAKS_MLE, fit_gpd, spot_threshold
+from stream_app.judging.stored import b64, b64_bits, frozen, json_object, unb64, unb64_bits
 from stream_app.settings import ThresholdSettings
+
+log = logging.getLogger(__name__)
 
 REFIT_FRACTION_INV = 20  # SPOT refits the tail once 1/20 of the kept peaks are new...
 REFIT_MIN_NEW = 5  # ...and at least 5 (a refit costs ~5-10 ms; one peak among dozens barely moves it)
@@ -61,30 +64,43 @@ class _State:
 
 @dataclass(frozen=True, eq=False)
 class SpotState(_State):
-    """SPOT state: initial threshold t, GPD fit (xi, sigma) of the kept peaks, and the observation count.
+    """SPOT state: initial threshold t, GPD fit (xi, sigma) of the kept excesses, and decayed counts.
 
-    Only the `window` most recent peaks are kept (float32 excesses, oldest first), so the state stays small
-    (8 KB at 2000 peaks) and the tail fit follows drift. When the oldest peak is dropped, `n` is rescaled
-    by window/(window + 1) so N_t/n, the estimated rate of exceeding t, is unchanged: the rate then has a
-    memory of roughly window/rate observations, like the peaks. `count` counts the normal scores absorbed
-    since calibration (exact, for tests and metrics).
+    Counts forget: every finite score multiplies `n` (observations), `n_t` (exceedances of t) and `alarms`
+    by 1 - 1/horizon before adding itself, so they hold about `horizon` events and never grow without
+    bound. `n_t` counts EVERY exceedance of t, admitted as a peak or judged anomalous: counting only the
+    admitted ones made the rate N_t/n fall after an idle stretch until z_q reached t and nothing could be
+    admitted again (an absorbing state). Non-finite scores are judged anomalous and touch nothing.
 
-    Refitting cheaply: the tail is refitted when `unfit`, the peaks added since the last fit, reaches 5% of
-    the kept peaks and at least 5 (the fit at startup rests on calibration peaks). z_q always uses the
-    current n and N_t; only (xi, sigma) wait, and one new peak in hundreds does not move them measurably.
+    `peaks` are the `window` newest excesses over t (float32, oldest first); an exceedance judged anomalous
+    is kept `censored`, at the alert level it beat minus t (see `fit_gpd`). The tail is refitted once per
+    batch at most, when `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at
+    least 5. `count` counts the scores judged normal since calibration (exact, for tests and metrics).
 
-    `limits` make the refit truncation-aware (see `fit_gpd`): without them the threshold ratchets down.
+    `alarms` and `seen` decay the same way over every finite score, learned or not (the store does not let
+    a source learn while an incident is open on it). `high_for` counts the events since the alarm rate
+    (`alarms` / `seen`) went above `stuck_factor` x risk;
+    `stuck` says it stayed there for `stuck_events` (the worker turns it into a metric and a log line).
     """
 
     t: float
     xi: float
     sigma: float
     n: float
+    n_t: float
     peaks: np.ndarray
-    limits: np.ndarray  # per peak, the alert level minus t when it was admitted (inf: calibration)
+    censored: np.ndarray
+    alarms: float = 0.0
+    seen: float = 0.0
     count: int = 0
     unfit: int = 0
+    high_for: int = 0
+    stuck: bool = False
     mode: Mode = "spot"
+
+    @property
+    def alarm_rate(self) -> float:
+        return self.alarms / self.seen if self.seen > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,8 +145,12 @@ class ThresholdRule:
         """The alert threshold the next score would be judged against."""
         raise NotImplementedError
 
-    def judge(self, state: Any, x: np.ndarray) -> Judged:
-        """(threshold each score met, anomalous flags, new state) for float64 scores `x` in order."""
+    def judge(self, state: Any, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
+        """(threshold each score met, anomalous flags, new state) for float64 scores `x` in order.
+
+        `learn` (optional, one flag per score) marks scores the state may learn from; the others are judged
+        but leave the state as a non-finite score would (the store passes anomalies inside incidents).
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -144,84 +164,136 @@ class ThresholdRule:
         raise NotImplementedError
 
 
-def _cap_peaks(peaks: np.ndarray, limits: np.ndarray, n: float, window: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Keep the `window` newest peaks, rescaling n so the exceedance rate N_t/n is preserved."""
-    if peaks.size <= window:
-        return peaks, limits, n
-    return peaks[-window:], limits[-window:], n * window / peaks.size
+def _spot_t(cfg: ThresholdSettings, cal: np.ndarray) -> float:
+    """SPOT's t: the `init_quantile` of the calibration scores, lowered to leave 10 scores above it.
+
+    Fewer than 10 peaks cannot fit a tail (the shape is noise and a tiny scale pins z_q near t), so a
+    small calibration set moves t down to its (1 - 10/N) quantile (at most to the median) and says so:
+    at the defaults (0.98, risk 1e-3) that is any set under 500 scores. The rate and the tail then keep
+    learning from traffic, since every exceedance of t counts (measured in benchmarks/calibration.py).
+    """
+    level, n = cfg.init_quantile, cal.size
+    if n * (1.0 - level) < MIN_PEAKS_MLE:
+        lowered = max(1.0 - MIN_PEAKS_MLE / n, 0.5)
+        log.warning(
+            "%d calibration scores leave %.1f above their %.3g quantile, fewer than the %d peaks a tail fit "
+            "needs for risk %g: t moves down to the %.3g quantile; calibrate on >= %d scores to keep t at %.3g",
+            n, n * (1.0 - level), level, MIN_PEAKS_MLE, cfg.risk, lowered,
+            math.ceil(MIN_PEAKS_MLE / (1.0 - level)), level,
+        )  # fmt: skip
+        level = lowered
+    return float(np.quantile(cal, level))
 
 
 class Spot(ThresholdRule):
     """Streaming peaks-over-threshold: z_q from a GPD fitted to the excesses over t (see `SpotState`).
+
+    A batch is judged in one numpy pass: within it the fit (xi, sigma) is fixed and only the decayed counts
+    move, which have closed forms, so each score still meets the counts left by the scores before it. The
+    refit happens after the batch; per-event judging would refit a few events earlier, which moves the
+    thresholds by under 3% (tested). Scores are processed in chunks of at most 20 horizons so that the
+    closed forms' growth factors stay below e^20.
 
     >>> rule = Spot(ThresholdSettings(risk=1e-3))
     >>> state = rule.initial(np.random.default_rng(0).exponential(size=2000))
     >>> state.peaks.size, round(state.t, 2), round(rule.threshold(state), 1)
     (40, 4.01, 7.3)
     >>> thr, anomalous, state = rule.judge(state, np.array([1.0, 5.0, 50.0]))
-    >>> anomalous.tolist(), state.count
-    ([False, False, True], 2)
+    >>> anomalous.tolist(), state.count, state.censored.tolist()[-2:]
+    ([False, False, True], 2, [False, True])
     """
 
     mode = "spot"
     state_type = SpotState
 
     def initial(self, cal: np.ndarray) -> SpotState:
-        t = float(np.quantile(cal, self.cfg.init_quantile))
-        peaks = (cal[cal > t] - t).astype(np.float32)
-        inf = np.full(peaks.size, np.inf, np.float32)
-        peaks, limits, n = _cap_peaks(peaks, inf, float(cal.size), self.cfg.window)
+        t = _spot_t(self.cfg, cal)
+        above = cal[cal > t]
+        peaks = (above - t).astype(np.float32)[-self.cfg.window :]
         xi, sigma = fit_gpd(peaks) if peaks.size else (0.0, 0.0)
-        return SpotState(t=t, xi=xi, sigma=sigma, n=n, peaks=frozen(peaks), limits=frozen(limits))
+        return SpotState(
+            t=t, xi=xi, sigma=sigma, n=float(cal.size), n_t=float(above.size), seen=float(cal.size), peaks=frozen(peaks),
+            censored=frozen(np.zeros(peaks.size, bool), dtype=bool),
+        )  # fmt: skip
 
     def threshold(self, state: SpotState) -> float:
-        return float(spot_threshold(state.t, state.xi, state.sigma, self.cfg.risk, state.n, state.peaks.size))
+        return float(spot_threshold(state.t, state.xi, state.sigma, self.cfg.risk, state.n, state.n_t))
 
-    def judge(self, st: SpotState, x: np.ndarray) -> Judged:
-        thr, anomalous = np.empty(x.size), np.zeros(x.size, dtype=bool)
-        t, xi, sigma, n, count, unfit = st.t, st.xi, st.sigma, st.n, st.count, st.unfit
-        peaks, limits = st.peaks, st.limits
-        q = self.cfg.risk
-        i = 0
-        # Between two scores above t, every score is normal and only increments n: do those runs in bulk.
-        for j in np.flatnonzero(~(x <= t) | ~np.isfinite(x)):
-            if j > i:
-                thr[i:j] = spot_threshold(t, xi, sigma, q, n + np.arange(j - i), peaks.size)
-                n, count = n + (j - i), count + (j - i)
-            z = float(spot_threshold(t, xi, sigma, q, n, peaks.size))
-            thr[j] = z
-            if not np.isfinite(x[j]) or x[j] > z:
-                anomalous[j] = True  # anomalies do not touch the state
-            else:  # a new peak in (t, z_q]: refit the tail
-                peaks, limits, n = _cap_peaks(
-                    np.append(peaks, np.float32(x[j] - t)),
-                    np.append(limits, np.float32(z - t)),
-                    n + 1.0,
-                    self.cfg.window,
-                )
-                count, unfit = count + 1, unfit + 1
-                if unfit >= REFIT_MIN_NEW and unfit * REFIT_FRACTION_INV >= peaks.size:
-                    (xi, sigma), unfit = fit_gpd(peaks, limits), 0
-            i = j + 1
-        if i < x.size:
-            thr[i:] = spot_threshold(t, xi, sigma, q, n + np.arange(x.size - i), peaks.size)
-            n, count = n + (x.size - i), count + (x.size - i)
+    def judge(self, st: SpotState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
+        cfg = self.cfg
+        counted = np.isfinite(x) if learn is None else np.isfinite(x) & np.asarray(learn, bool)
+        chunk = 20 * cfg.horizon
+        thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
+        n, n_t, alarms, seen = st.n, st.n_t, st.alarms, st.seen
+        new_peaks, new_cens = [st.peaks], [st.censored]
+        for lo in range(0, x.size, chunk):
+            xs = x[lo : lo + chunk]
+            z, anom, (n, n_t, alarms, seen), (peaks, cens) = self._chunk(
+                st, xs, counted[lo : lo + chunk], (n, n_t, alarms, seen)
+            )
+            thr[lo : lo + xs.size], anomalous[lo : lo + xs.size] = z, anom
+            new_peaks.append(peaks)
+            new_cens.append(cens)
+        added = sum(p.size for p in new_peaks[1:])
+        peaks = np.concatenate(new_peaks)[-cfg.window :]
+        censored = np.concatenate(new_cens)[-cfg.window :]
+        xi, sigma, unfit = st.xi, st.sigma, st.unfit + added
+        if unfit >= REFIT_MIN_NEW and unfit * REFIT_FRACTION_INV >= peaks.size and (~censored).any():
+            (xi, sigma), unfit = fit_gpd(peaks, censored), 0
+        high = seen > 0 and alarms / seen > cfg.stuck_factor * cfg.risk
+        high_for = st.high_for + int(np.isfinite(x).sum()) if high else 0
         new = SpotState(
-            t=t, xi=xi, sigma=sigma, n=float(n), peaks=frozen(peaks), limits=frozen(limits),
-            count=int(count), unfit=unfit,
+            t=st.t, xi=xi, sigma=sigma, n=float(n), n_t=float(n_t), peaks=frozen(peaks),
+            censored=frozen(censored, dtype=bool), alarms=float(alarms),
+            seen=float(seen), count=st.count + int((counted & ~anomalous).sum()), unfit=unfit, high_for=high_for,
+            stuck=high_for >= cfg.stuck_events,
         )  # fmt: skip
         return thr, anomalous, new
+
+    def _chunk(self, st: SpotState, x: np.ndarray, fin: np.ndarray, counts: tuple[float, float, float, float]):
+        """Thresholds, flags, end counts and new excesses of one chunk, counts in closed form.
+
+        `fin` marks the scores the counts see (finite, learned). Before the i-th score with k_i of those
+        ahead of it in the chunk, a decayed count is lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted
+        scores j before i); n counts all of them, whose sum is the geometric series.
+        """
+        n0, nt0, a0, seen0 = counts
+        h, lam = self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
+        k = np.cumsum(fin) - fin  # counted scores before each one
+        decay = lam**k
+        n_i = n0 * decay + (1.0 - decay) * h
+        exc = fin & (x > st.t)
+        w_exc = np.where(exc, lam ** -(k + 1.0), 0.0)
+        nt_i = decay * (nt0 + np.cumsum(w_exc) - w_exc)
+        z = spot_threshold(st.t, st.xi, st.sigma, self.cfg.risk, n_i, nt_i)
+        finite = np.isfinite(x)
+        anomalous = ~finite | (x > z)
+        end = lam ** float(fin.sum())
+        k_all = np.cumsum(finite) - finite  # the alarm rate sees every finite score
+        end_all = lam ** float(finite.sum())
+        alarm_w = lam ** -(k_all[finite & anomalous] + 1.0)
+        new_counts = (
+            n0 * end + (1.0 - end) * h,
+            end * (nt0 + float(w_exc.sum())),
+            end_all * (a0 + float(alarm_w.sum())),
+            seen0 * end_all + (1.0 - end_all) * h,
+        )
+        cens = anomalous[exc]
+        excess = np.where(cens, z[exc], x[exc]) - st.t
+        return z, anomalous, new_counts, (excess.astype(np.float32), cens)
 
     @staticmethod
     def dump(state: SpotState) -> dict[str, Any]:
         return {
-            "t": state.t, "xi": state.xi, "sigma": state.sigma, "n": state.n, "count": state.count,
-            "unfit": state.unfit, "peaks": b64(state.peaks), "limits": b64(state.limits),
+            "t": state.t, "xi": state.xi, "sigma": state.sigma, "n": state.n, "n_t": state.n_t,
+            "alarms": state.alarms, "seen": state.seen, "count": state.count, "unfit": state.unfit, "high_for": state.high_for,
+            "stuck": state.stuck, "peaks": b64(state.peaks), "censored": b64_bits(state.censored),
         }  # fmt: skip
 
     @staticmethod
     def load(d: dict[str, Any]) -> SpotState:
-        return SpotState(**{**d, "peaks": unb64(d["peaks"]), "limits": unb64(d["limits"])})
+        peaks = unb64(d["peaks"])
+        return SpotState(**{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size)})
 
 
 def _quantile_sorted(srt: list[float], p: float) -> float:
@@ -271,16 +343,19 @@ class RollingQuantile(ThresholdRule):
     def threshold(self, state: QuantileState) -> float:
         return quantile_threshold(sorted(state.window.tolist()), self.cfg.risk, self.cfg.init_quantile)
 
-    def judge(self, st: QuantileState, x: np.ndarray) -> Judged:
+    def judge(self, st: QuantileState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         cfg = self.cfg
         thr, anomalous = np.empty(x.size), np.zeros(x.size, dtype=bool)
         buf = deque(st.window[-cfg.window :].tolist())
         srt = sorted(buf)
         count = st.count
-        for i, s in enumerate(x.tolist()):
+        learned = [True] * x.size if learn is None else np.asarray(learn, bool).tolist()
+        for i, (s, ok) in enumerate(zip(x.tolist(), learned, strict=True)):
             thr[i] = z = quantile_threshold(srt, cfg.risk, cfg.init_quantile)
             if not math.isfinite(s) or s > z:
                 anomalous[i] = True
+                continue
+            if not ok:
                 continue
             v = float(np.float32(s))  # the window stores float32, keep memory and Redis identical
             buf.append(v)
@@ -317,13 +392,16 @@ class Ewma(ThresholdRule):
     def threshold(self, state: EwmaState) -> float:
         return state.mean + self.cfg.ewma_k * math.sqrt(max(state.var, 0.0))
 
-    def judge(self, st: EwmaState, x: np.ndarray) -> Judged:
+    def judge(self, st: EwmaState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         thr, anomalous = np.empty(x.size), np.zeros(x.size, dtype=bool)
         mean, var, count, a, k = st.mean, st.var, st.count, self.cfg.ewma_alpha, self.cfg.ewma_k
-        for i, s in enumerate(x.tolist()):
+        learned = [True] * x.size if learn is None else np.asarray(learn, bool).tolist()
+        for i, (s, ok) in enumerate(zip(x.tolist(), learned, strict=True)):
             thr[i] = z = mean + k * math.sqrt(max(var, 0.0))
             if not math.isfinite(s) or s > z:
                 anomalous[i] = True
+                continue
+            if not ok:
                 continue
             diff = s - mean
             mean += a * diff
@@ -375,11 +453,12 @@ def current_threshold(cfg: ThresholdSettings, state: ThresholdState) -> float:
     return RULES[state.mode](cfg).threshold(state)
 
 
-def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray) -> Judged:
+def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray, learn: np.ndarray | None = None) -> Judged:
     """Judge `scores` in order: (threshold each was judged against, anomalous flags, new state).
 
-    Each score meets the state left by the scores before it; only normal scores update the state.
-    Non-finite scores are judged anomalous (and never update it).
+    Each score meets the state left by the scores before it. Non-finite scores are judged anomalous and
+    never update the state, nor do scores whose `learn` flag is False. The quantile and EWMA rules learn
+    normal scores only; SPOT also counts anomalous exceedances (censored at the alert level, see `Spot`).
 
     >>> cfg = ThresholdSettings(mode="quantile", risk=0.01, window=100)
     >>> state = initial_state(cfg, np.arange(100.0))
@@ -389,7 +468,10 @@ def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray) -> 
     """
     if state.mode != cfg.mode:
         raise ValueError(f"state is for mode {state.mode!r} but settings say {cfg.mode!r}")
-    return rule_for(cfg).judge(state, np.asarray(scores, dtype=np.float64).reshape(-1))
+    x = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if learn is not None and np.shape(learn) != x.shape:
+        raise ValueError(f"need one learn flag per score: {x.size} scores, {np.size(learn)} flags")
+    return rule_for(cfg).judge(state, x, learn)
 
 
 def to_dict(state: ThresholdState) -> dict[str, Any]:

@@ -432,7 +432,11 @@ def rule_for(cfg: ThresholdSettings) -> ThresholdRule:
 # ---------------------------------------------------------------- what the store calls
 
 
-def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray) -> ThresholdState:
+class CalibrationError(ValueError):
+    """A model version's calibration scores cannot start a threshold (missing, empty or non-finite)."""
+
+
+def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray | None) -> ThresholdState:
     """The state a source starts from, fitted on a model version's calibration (normal) scores.
 
     >>> cal = np.random.default_rng(0).exponential(size=2000)
@@ -440,11 +444,16 @@ def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray) -> Thr
     >>> s.mode, s.peaks.size, round(s.t, 2), round(current_threshold(ThresholdSettings(risk=1e-3), s), 1)
     ('spot', 40, 4.01, 7.3)
     """
-    cal = np.asarray(calibration_scores, dtype=np.float64).reshape(-1)
+    if calibration_scores is None:
+        raise CalibrationError("no calibration scores; expected an array of finite scores of normal data")
+    try:
+        cal = np.asarray(calibration_scores, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"calibration scores are not numbers: {exc}") from None
     if cal.size == 0:
-        raise ValueError("calibration scores are empty; expected at least one finite score")
+        raise CalibrationError("calibration scores are empty; expected at least one finite score")
     if not np.isfinite(cal).all():
-        raise ValueError(f"calibration scores must be finite; got {int((~np.isfinite(cal)).sum())} NaN/inf")
+        raise CalibrationError(f"calibration scores must be finite; got {int((~np.isfinite(cal)).sum())} NaN/inf")
     return rule_for(cfg).initial(cal)
 
 

@@ -17,6 +17,7 @@ version 0 and starts from the model version's calibration scores, so a new model
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -122,6 +123,9 @@ class SourceState:
             return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
+
+
+_new_judgement = functools.partial(tuple.__new__, Judgement)  # from a row, without _make's Python frame
 
 
 def severities(scores: np.ndarray, thresholds_: np.ndarray) -> np.ndarray:
@@ -304,23 +308,18 @@ class ThresholdStore:
         thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
         flags = anomalous.tolist()
         steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
-        opened = next((i for i, (_, event) in enumerate(steps) if event == "opened"), None) if learn is None else None
-        if opened is not None:  # learning stops at the event that opens an incident: judge again without the rest
-            learn = np.arange(scores.size) < opened  # the scores before it meet the same state, so it still opens
+        inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
+        if learn is None and "opened" in inc_events:  # learning stops at the event that opens an incident:
+            learn = np.arange(scores.size) < inc_events.index("opened")  # judge again, same state before it
             thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
             flags = anomalous.tolist()
             steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
+            inc_ids, inc_events = zip(*steps, strict=True)
+        n = scores.size
         stuck = bool(getattr(thr_state, "stuck", False))
-        verdicts = list(
-            map(
-                Judgement._make,
-                zip(
-                    [source] * scores.size, scores.tolist(), thr.tolist(), flags, severities(scores, thr).tolist(),
-                    *zip(*steps, strict=True) if steps else ((), ()), [stuck] * scores.size,
-                    strict=True,
-                ),
-            )
-        )  # fmt: skip
+        rows = zip([source] * n, scores.tolist(), thr.tolist(), flags, severities(scores, thr).tolist(),
+                   inc_ids, inc_events, [stuck] * n, strict=True)  # fmt: skip
+        verdicts = list(map(_new_judgement, rows))
         return SourceState(thr_state, inc_state), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:

@@ -11,7 +11,7 @@ import pytest
 from stream_app.judging.store import ThresholdStore
 from stream_app.judging.thresholds import CalibrationError
 from stream_app.ops.connections import redis_client
-from stream_app.settings import Settings, ThresholdSettings
+from stream_app.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -167,7 +167,7 @@ async def test_read_window_from_kafka_keeps_recent_normal_events_and_drops_incid
     a = series("line-1/a", 120, now - 300, 0.0, rng)
     for e in a[50:60]:
         e.anomalous, e.incident_id = True, "inc-a"
-    a[90].anomalous = True  # lone false alarm
+    a[90].anomalous = True  # lone false alarm: kept
     b = series("line-1/b", 120, now - 300, 1000.0, rng)
     for e in b[-10:]:
         e.anomalous = None  # not judged yet
@@ -178,11 +178,11 @@ async def test_read_window_from_kafka_keeps_recent_normal_events_and_drops_incid
 
     w = await read_window(settings, settings.topics.vectors, "vectors", model="sensors")
     kept = set(np.r_[w.train[:, 0], w.holdout[:, 0]].astype(int).tolist())
-    expect_a = {i for i in range(120) if not 45 <= i <= 64 and i != 90}
+    expect_a = {i for i in range(120) if not 45 <= i <= 64}
     expect_b = {1000 + i for i in range(110)}
     assert kept == expect_a | expect_b
     assert w.counts["records"] == 242 and w.counts["other_model"] == 1 and w.bad == {"malformed_json": 1}
-    assert sorted(w.incidents[:, 0].astype(int).tolist()) == list(range(50, 60))
+    assert sorted(w.incidents[:, 0].astype(int).tolist()) == list(range(50, 60)) and w.closed.all()
     assert len(w.holdout) == round(0.2 * len(kept)) and w.start_ts >= now - 301
     assert sum(end - start for start, end in w.offsets.values()) == 242
 

@@ -89,7 +89,7 @@ def plot(doc: dict) -> None:
         vals = [run["results"].get(k, {}).get("source_us_per_event", np.nan) for k in labels]
         ax.bar(np.arange(len(labels)) + i * width, vals, width, label=label)
     ax.set_xticks(np.arange(len(labels)) + width * (len(doc) - 1) / 2, labels, rotation=45, ha="right")
-    ax.set_ylabel("us per event (threshold + incidents + verdicts)")
+    ax.set_ylabel("CPU us / event, whole source")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()

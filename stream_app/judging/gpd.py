@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-MIN_PEAKS_MLE = 10  # below this a GPD shape estimate is noise: fall back to an exponential tail
+MIN_PEAKS_MLE = 30  # below this a GPD shape estimate is noise (xi = 0.46 from 10 normal peaks, seen): exponential
 XI_MIN = -0.5  # the GPD likelihood is irregular (and unbounded below -1) for shorter tails
 XI_MAX = 1.0  # no finite mean beyond: a fit that wants more is fed by anomalies, not by a score's tail
 R_MAX = 0.5  # the alert level is never below the median excess over t (see `spot_threshold`)
@@ -31,7 +31,9 @@ def _profile(theta: np.ndarray, v: np.ndarray, admitted: np.ndarray) -> tuple[np
     return ll, np.where(theta == 0.0, 0.0, xi), sigma
 
 
-def fit_gpd(excesses: np.ndarray, censored: np.ndarray | None = None) -> tuple[float, float]:
+def fit_gpd(
+    excesses: np.ndarray, censored: np.ndarray | None = None, limits: np.ndarray | None = None
+) -> tuple[float, float]:
     """Maximum-likelihood (xi, sigma) of a Generalized Pareto distribution (location 0) on positive excesses.
 
     `censored` (optional, one flag per excess) marks right-censored values: the excess is only known to
@@ -40,12 +42,16 @@ def fit_gpd(excesses: np.ndarray, censored: np.ndarray | None = None) -> tuple[f
     the fit (it contributes log S(limit), an admitted peak log f(y)). Dropping those exceedances instead
     leaves a truncated sample whose naive fit is too light, which lowers the alert level and truncates more.
 
+    `limits` (optional, one per excess, inf for none) are right-truncation points of admitted excesses: the
+    excess could only have been admitted below its limit. SPOT records them for the peaks it learns while an
+    incident is open, when anomalies are not counted; they contribute log f(y) - log F(limit).
+
     Grimshaw's reduction, as in SPOT: at the optimum xi is a function of theta = xi / sigma alone, so we
-    maximise over theta on a coarse grid, then refine by golden section (no scipy optimiser; ~1-2 ms for
-    2000 excesses). The shape is kept in [-0.5, 1] (irregular likelihood below, no mean above). With fewer
-    than 10 admitted
+    maximise over theta on a coarse grid, then refine by golden section (~1-2 ms for 2000 excesses). The shape is kept in [-0.5, 1] (irregular likelihood below, no mean above). With fewer
+    than 30 admitted
     excesses, or all equal, the shape estimate is noise and we return the exponential tail (xi = 0,
-    sigma = sum / admitted count, its censored MLE), which is robust and mildly conservative.
+    sigma = sum / admitted count, its censored MLE), which is robust and mildly conservative. Truncation
+    limits need the two-parameter likelihood: the profile fit is refined by scipy's Nelder-Mead then.
 
     >>> y = np.random.default_rng(0).exponential(2.0, size=5000)
     >>> xi, sigma = fit_gpd(y)
@@ -56,8 +62,11 @@ def fit_gpd(excesses: np.ndarray, censored: np.ndarray | None = None) -> tuple[f
     cens = np.zeros(v.size, bool) if censored is None else np.asarray(censored, bool).reshape(-1)
     if cens.size != v.size:
         raise ValueError(f"need one censored flag per excess: {v.size} excesses, {cens.size} flags")
+    lim = np.full(v.size, np.inf) if limits is None else np.asarray(limits, np.float64).reshape(-1)
+    if lim.size != v.size:
+        raise ValueError(f"need one limit per excess: {v.size} excesses, {lim.size} limits")
     keep = v > 0
-    v, cens = v[keep], cens[keep]
+    v, cens, lim = v[keep], cens[keep], lim[keep]
     if v.size == 0:
         raise ValueError("fit_gpd needs at least one positive excess, got none")
     admitted = ~cens
@@ -89,7 +98,47 @@ def fit_gpd(excesses: np.ndarray, censored: np.ndarray | None = None) -> tuple[f
             break
     ll, xi, sigma = _profile(np.array([grid[best], (lo + hi) / 2]), v, admitted)
     i = int(np.argmax(ll))
+    truncated = admitted & np.isfinite(lim)
+    if truncated.any():
+        return _refine_truncated(v, admitted, np.where(truncated, lim, np.inf), float(xi[i]), float(sigma[i]))
     return float(xi[i]), float(sigma[i])
+
+
+def gpd_log_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
+    """log P(Y > y) of a GPD; -inf beyond the upper end point when xi < 0."""
+    if abs(xi) < 1e-9:
+        return -y / sigma
+    z = xi * y / sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / xi, -np.inf)
+
+
+def _refine_truncated(
+    v: np.ndarray, admitted: np.ndarray, limits: np.ndarray, xi0: float, sigma0: float
+) -> tuple[float, float]:
+    """Maximise the likelihood with censored values and right-truncated admitted ones (Nelder-Mead on
+    xi, log sigma), from the profile fit that ignored the truncation."""
+    from scipy.optimize import minimize  # only refits after an incident need it
+
+    y, c = v[admitted], v[~admitted]
+    trunc = limits[admitted]
+    tc = trunc[np.isfinite(trunc)]
+
+    def nll(p: np.ndarray) -> float:
+        xi, sigma = float(p[0]), math.exp(p[1])
+        if xi < XI_MIN or xi > XI_MAX or (xi < 0 and float(y.max()) >= -sigma / xi):
+            return math.inf
+        log_f = -math.log(sigma) + (1.0 + xi) * gpd_log_sf(y, xi, sigma)  # GPD log density, any xi
+        with np.errstate(divide="ignore"):
+            log_cdf = np.log(-np.expm1(gpd_log_sf(tc, xi, sigma)))
+        return float(-(log_f.sum() - log_cdf.sum() + gpd_log_sf(c, xi, sigma).sum()))
+
+    x0 = np.array([xi0, math.log(sigma0)])
+    simplex = x0 + np.array([[0.0, 0.0], [0.05, 0.0], [0.0, 0.05]])
+    res = minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-4, "initial_simplex": simplex})
+    if not np.isfinite(res.fun) or res.fun > nll(x0):
+        return xi0, sigma0
+    return float(res.x[0]), math.exp(float(res.x[1]))
 
 
 def gpd_isf(p: Any, xi: float, sigma: float) -> Any:

@@ -166,8 +166,9 @@ class ThresholdStore:
     `CalibrationError` for a version whose calibration scores are missing or non-finite (keep the current
     version serving then).
 
-    A source learns nothing from the event that opens an incident until a batch starts with none open (a
-    persisting fault must not teach SPOT that it is normal); its verdicts still come from its state. `stuck` maps
+    From the event that opens an incident until a batch starts with none open, a source learns only from
+    scores judged normal (a persisting fault must not teach SPOT that it is normal, while a drift still
+    moves the threshold through its normal scores, so an incident made of drift alarms can close). `stuck` maps
     (model, version, source) to the alarm rate of each source whose state is flagged stuck (see
     `SpotState`); a warning is logged when a source becomes stuck.
 
@@ -309,7 +310,7 @@ class ThresholdStore:
         flags = anomalous.tolist()
         steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
         inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
-        if learn is None and "opened" in inc_events:  # learning stops at the event that opens an incident:
+        if learn is None and "opened" in inc_events:  # from the event that opens an incident, normal scores only:
             learn = np.arange(scores.size) < inc_events.index("opened")  # judge again, same state before it
             thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
             flags = anomalous.tolist()

@@ -26,6 +26,7 @@ over stationary laws, idle stretches, small calibration sets, drift and a retrai
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from bisect import bisect_left, insort
@@ -36,12 +37,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import orjson
 
-from stream_app.judging.gpd import MIN_PEAKS_MLE, fit_gpd, spot_threshold
+from stream_app.judging.gpd import fit_gpd, spot_threshold
 from stream_app.judging.stored import b64, b64_bits, frozen, json_object, unb64, unb64_bits
 from stream_app.settings import ThresholdSettings
 
 log = logging.getLogger(__name__)
 
+MIN_CAL_PEAKS = 10  # calibration scores SPOT keeps above t: fewer cannot even estimate an exponential scale
 REFIT_FRACTION_INV = 20  # SPOT refits the tail once 1/20 of the kept peaks are new...
 REFIT_MIN_NEW = 5  # ...and at least 5 (a refit costs ~5-10 ms; one peak among dozens barely moves it)
 QUANTILE_SPAN = 5.0  # the quantile rule's lower anchor sits at 5x the upper anchor's tail probability
@@ -75,12 +77,15 @@ class SpotState(_State):
     admitted again (an absorbing state). Non-finite scores are judged anomalous and touch nothing.
 
     `peaks` are the `window` newest excesses over t (float32, oldest first); an exceedance judged anomalous
-    is kept `censored`, at the alert level it beat minus t (see `fit_gpd`). The tail is refitted once per
+    is kept `censored`, at the alert level it beat minus t (see `fit_gpd`). While an incident is open the
+    store lets only normal scores teach the state; a peak admitted then is a truncated observation (it
+    could only be admitted below the alert level) and keeps that level minus t in `limits`, so the fit
+    stays unbiased and a drift's normal scores can still raise the threshold (naive fits ratchet it down). The tail is refitted once per
     batch at most, when `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at
     least 5. `count` counts the scores judged normal since calibration (exact, for tests and metrics).
 
-    `alarms` and `seen` decay the same way over every finite score, learned or not (the store does not let
-    a source learn while an incident is open on it). `high_for` counts the events since the alarm rate
+    `alarms` and `seen` decay the same way over every finite score, learned or not (inside an incident the
+    store lets a source learn its normal scores only). `high_for` counts the events since the alarm rate
     (`alarms` / `seen`) went above `stuck_factor` x risk;
     `stuck` says it stayed there for `stuck_events` (the worker turns it into a metric and a log line).
     """
@@ -92,6 +97,7 @@ class SpotState(_State):
     n_t: float
     peaks: np.ndarray
     censored: np.ndarray
+    limits: np.ndarray  # per peak, its truncation point minus t (inf: none, see `fit_gpd`)
     alarms: float = 0.0
     seen: float = 0.0
     count: int = 0
@@ -150,8 +156,9 @@ class ThresholdRule:
     def judge(self, state: Any, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         """(threshold each score met, anomalous flags, new state) for float64 scores `x` in order.
 
-        `learn` (optional, one flag per score) marks scores the state may learn from; the others are judged
-        but leave the state as a non-finite score would (the store passes anomalies inside incidents).
+        `learn` (optional, one flag per score; default all True) says whether a score judged anomalous may
+        still teach the state (SPOT's censored exceedances). False: only if judged normal, as the store
+        asks inside an incident. Rules that learn normal scores only ignore it.
         """
         raise NotImplementedError
 
@@ -169,19 +176,19 @@ class ThresholdRule:
 def _spot_t(cfg: ThresholdSettings, cal: np.ndarray) -> float:
     """SPOT's t: the `init_quantile` of the calibration scores, lowered to leave 10 scores above it.
 
-    Fewer than 10 peaks cannot fit a tail (the shape is noise and a tiny scale pins z_q near t), so a
+    Fewer than 10 peaks cannot fit a tail (a scale from one or two peaks pins z_q near t), so a
     small calibration set moves t down to its (1 - 10/N) quantile (at most to the median) and says so:
     at the defaults (0.98, risk 1e-3) that is any set under 500 scores. The rate and the tail then keep
     learning from traffic, since every exceedance of t counts (measured in benchmarks/calibration.py).
     """
     level, n = cfg.init_quantile, cal.size
-    if n * (1.0 - level) < MIN_PEAKS_MLE:
-        lowered = max(1.0 - MIN_PEAKS_MLE / n, 0.5)
+    if n * (1.0 - level) < MIN_CAL_PEAKS:
+        lowered = max(1.0 - MIN_CAL_PEAKS / n, 0.5)
         log.warning(
             "%d calibration scores leave %.1f above their %.3g quantile, fewer than the %d peaks a tail fit "
             "needs for risk %g: t moves down to the %.3g quantile; calibrate on >= %d scores to keep t at %.3g",
-            n, n * (1.0 - level), level, MIN_PEAKS_MLE, cfg.risk, lowered,
-            math.ceil(MIN_PEAKS_MLE / (1.0 - level)), level,
+            n, n * (1.0 - level), level, MIN_CAL_PEAKS, cfg.risk, lowered,
+            math.ceil(MIN_CAL_PEAKS / (1.0 - level)), level,
         )  # fmt: skip
         level = lowered
     return float(np.quantile(cal, level))
@@ -215,7 +222,7 @@ class Spot(ThresholdRule):
         xi, sigma = fit_gpd(peaks) if peaks.size else (0.0, 0.0)
         return SpotState(
             t=t, xi=xi, sigma=sigma, n=float(cal.size), n_t=float(above.size), seen=float(cal.size), peaks=frozen(peaks),
-            censored=frozen(np.zeros(peaks.size, bool), dtype=bool),
+            censored=frozen(np.zeros(peaks.size, bool), dtype=bool), limits=frozen(np.full(peaks.size, np.inf)),
         )  # fmt: skip
 
     def threshold(self, state: SpotState) -> float:
@@ -223,31 +230,45 @@ class Spot(ThresholdRule):
 
     def judge(self, st: SpotState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         cfg = self.cfg
-        counted = np.isfinite(x) if learn is None else np.isfinite(x) & np.asarray(learn, bool)
-        chunk = 20 * cfg.horizon
+        finite = np.isfinite(x)
+        learn_all = np.ones(x.size, bool) if learn is None else np.asarray(learn, bool)
+        # An exceedance that may teach the state only if judged normal depends on its own verdict: those are
+        # judged one by one; the runs between them in closed form (in chunks of at most 20 horizons).
+        one_by_one = np.flatnonzero(finite & ~learn_all & (x > st.t))
+        bounds = sorted(
+            {0, x.size, *one_by_one.tolist(), *(one_by_one + 1).tolist(), *range(0, x.size, 20 * cfg.horizon)}
+        )
         thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
-        n, n_t, alarms, seen = st.n, st.n_t, st.alarms, st.seen
-        new_peaks, new_cens = [st.peaks], [st.censored]
-        for lo in range(0, x.size, chunk):
-            xs = x[lo : lo + chunk]
-            z, anom, (n, n_t, alarms, seen), (peaks, cens) = self._chunk(
-                st, xs, counted[lo : lo + chunk], (n, n_t, alarms, seen)
-            )
-            thr[lo : lo + xs.size], anomalous[lo : lo + xs.size] = z, anom
+        counts = (st.n, st.n_t, st.alarms, st.seen)
+        new_peaks, new_cens, new_limits = [st.peaks], [st.censored], [st.limits]
+        single = set(one_by_one.tolist())
+        for lo, hi in itertools.pairwise(bounds):
+            xs = x[lo:hi]
+            counted = finite[lo:hi]
+            truncated = lo in single
+            if truncated:  # judged first without counting it, counted only when normal
+                z, anom, _, _ = self._chunk(st, xs, np.zeros(1, bool), counts)
+                counted = ~anom
+            z, anom, counts, (peaks, cens) = self._chunk(st, xs, counted, counts)
+            thr[lo:hi], anomalous[lo:hi] = z, anom
             new_peaks.append(peaks)
             new_cens.append(cens)
+            new_limits.append(np.full(peaks.size, z[0] - st.t if truncated else np.inf, np.float32))
+        n, n_t, alarms, seen = counts
         added = sum(p.size for p in new_peaks[1:])
         peaks = np.concatenate(new_peaks)[-cfg.window :]
         censored = np.concatenate(new_cens)[-cfg.window :]
+        limits = np.concatenate(new_limits)[-cfg.window :]
         xi, sigma, unfit = st.xi, st.sigma, st.unfit + added
         if unfit >= REFIT_MIN_NEW and unfit * REFIT_FRACTION_INV >= peaks.size and (~censored).any():
-            (xi, sigma), unfit = fit_gpd(peaks, censored), 0
+            (xi, sigma), unfit = fit_gpd(peaks, censored, limits), 0
         high = seen > 0 and alarms / seen > cfg.stuck_factor * cfg.risk
-        high_for = st.high_for + int(np.isfinite(x).sum()) if high else 0
+        high_for = st.high_for + int(finite.sum()) if high else 0
+        learned_normal = finite & ~anomalous
         new = SpotState(
             t=st.t, xi=xi, sigma=sigma, n=float(n), n_t=float(n_t), peaks=frozen(peaks),
-            censored=frozen(censored, dtype=bool), alarms=float(alarms),
-            seen=float(seen), count=st.count + int((counted & ~anomalous).sum()), unfit=unfit, high_for=high_for,
+            censored=frozen(censored, dtype=bool), limits=frozen(limits), alarms=float(alarms), seen=float(seen),
+            count=st.count + int(learned_normal.sum()), unfit=unfit, high_for=high_for,
             stuck=high_for >= cfg.stuck_events,
         )  # fmt: skip
         return thr, anomalous, new
@@ -290,12 +311,15 @@ class Spot(ThresholdRule):
             "t": state.t, "xi": state.xi, "sigma": state.sigma, "n": state.n, "n_t": state.n_t,
             "alarms": state.alarms, "seen": state.seen, "count": state.count, "unfit": state.unfit, "high_for": state.high_for,
             "stuck": state.stuck, "peaks": b64(state.peaks), "censored": b64_bits(state.censored),
+            "limits": b64(state.limits),
         }  # fmt: skip
 
     @staticmethod
     def load(d: dict[str, Any]) -> SpotState:
         peaks = unb64(d["peaks"])
-        return SpotState(**{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size)})
+        return SpotState(
+            **{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size), "limits": unb64(d["limits"])}
+        )
 
 
 def _quantile_sorted(srt: list[float], p: float) -> float:
@@ -351,13 +375,10 @@ class RollingQuantile(ThresholdRule):
         buf = deque(st.window[-cfg.window :].tolist())
         srt = sorted(buf)
         count = st.count
-        learned = [True] * x.size if learn is None else np.asarray(learn, bool).tolist()
-        for i, (s, ok) in enumerate(zip(x.tolist(), learned, strict=True)):
+        for i, s in enumerate(x.tolist()):
             thr[i] = z = quantile_threshold(srt, cfg.risk, cfg.init_quantile)
             if not math.isfinite(s) or s > z:
                 anomalous[i] = True
-                continue
-            if not ok:
                 continue
             v = float(np.float32(s))  # the window stores float32, keep memory and Redis identical
             buf.append(v)
@@ -397,13 +418,10 @@ class Ewma(ThresholdRule):
     def judge(self, st: EwmaState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         thr, anomalous = np.empty(x.size), np.zeros(x.size, dtype=bool)
         mean, var, count, a, k = st.mean, st.var, st.count, self.cfg.ewma_alpha, self.cfg.ewma_k
-        learned = [True] * x.size if learn is None else np.asarray(learn, bool).tolist()
-        for i, (s, ok) in enumerate(zip(x.tolist(), learned, strict=True)):
+        for i, s in enumerate(x.tolist()):
             thr[i] = z = mean + k * math.sqrt(max(var, 0.0))
             if not math.isfinite(s) or s > z:
                 anomalous[i] = True
-                continue
-            if not ok:
                 continue
             diff = s - mean
             mean += a * diff
@@ -468,8 +486,8 @@ def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray, lea
     """Judge `scores` in order: (threshold each was judged against, anomalous flags, new state).
 
     Each score meets the state left by the scores before it. Non-finite scores are judged anomalous and
-    never update the state, nor do scores whose `learn` flag is False. The quantile and EWMA rules learn
-    normal scores only; SPOT also counts anomalous exceedances (censored at the alert level, see `Spot`).
+    never update the state. The quantile and EWMA rules learn normal scores only; SPOT also counts
+    anomalous exceedances (censored at the alert level, see `Spot`) unless their `learn` flag is False.
 
     >>> cfg = ThresholdSettings(mode="quantile", risk=0.01, window=100)
     >>> state = initial_state(cfg, np.arange(100.0))

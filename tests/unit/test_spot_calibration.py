@@ -93,19 +93,22 @@ def test_exceedances_judged_anomalous_count_in_the_rate_but_their_size_does_not_
     assert a_bad.all() and bad == state  # non-finite scores are no measurement: the state is untouched
 
 
-def test_scores_not_to_be_learned_are_judged_but_leave_the_threshold_alone() -> None:
+def test_anomalies_not_to_be_learned_are_judged_but_only_normal_scores_teach_the_state() -> None:
     cfg = ThresholdSettings(risk=RISK)
     state = T.initial_state(cfg, np.random.default_rng(3).exponential(size=3000))
-    x = np.random.default_rng(4).exponential(size=300) + 5.0
-    thr, anomalous, after = T.judge(cfg, state, x, learn=np.zeros(300, bool))
-    assert anomalous.any() and np.all(thr == T.current_threshold(cfg, state))
-    assert (after.n, after.n_t, after.count) == (state.n, state.n_t, state.count)
-    assert np.array_equal(after.peaks, state.peaks)
+    x = np.random.default_rng(4).exponential(size=300) + 2.0
+    _, anomalous, after = T.judge(cfg, state, x, learn=np.zeros(300, bool))
+    _, _, normal_only = T.judge(cfg, state, x[~anomalous])  # the same normal scores, nothing else
+    assert anomalous.any() and not after.censored.any()
+    assert after.n == pytest.approx(normal_only.n) and after.n_t == pytest.approx(normal_only.n_t)
+    assert after.count == normal_only.count == (~anomalous).sum()
     assert after.alarm_rate > state.alarm_rate  # the alarm rate sees every score, learned or not
+    one = T.judge(cfg, state, np.array([T.current_threshold(cfg, state) * 2]), learn=np.zeros(1, bool))
+    assert one[1].all() and (one[2].n, one[2].n_t) == (state.n, state.n_t)  # judged, not counted at all
 
 
 def test_a_level_shift_not_learned_keeps_alarming_and_flags_the_state_stuck() -> None:
-    # The store does not let anomalies inside an incident teach the state; a persistent fault then keeps
+    # Inside an incident the store lets only normal scores teach the state; a persistent fault then keeps
     # alarming, and a state stuck above stuck_factor x risk for stuck_events is flagged instead of kept quietly.
     cfg = ThresholdSettings(risk=RISK, stuck_events=5000)
     gen = np.random.default_rng(4)
@@ -153,3 +156,29 @@ def test_spot_false_alarm_rate_is_within_a_factor_two_of_the_risk_for_other_laws
     cfg = ThresholdSettings(risk=RISK)
     _, anomalous, _ = run(cfg, T.initial_state(cfg, sample(2000)), sample(300_000))
     assert RISK / 2 <= anomalous.mean() <= 2 * RISK, anomalous.mean() / RISK
+
+
+@pytest.mark.parametrize("xi, sigma", [(0.2, 1.0), (0.0, 1.0)])
+def test_gpd_fit_with_truncation_limits_undoes_the_truncation_bias(xi: float, sigma: float) -> None:
+    # Peaks learned inside an incident (normal scores only) were admitted below the alert level: truncated.
+    y = stats.genpareto.rvs(xi, scale=sigma, size=20000, random_state=np.random.default_rng(2))
+    limit = float(stats.genpareto.isf(0.05, xi, scale=sigma))
+    kept = y[y <= limit]
+    naive_xi, _ = fit_gpd(kept)
+    xi_hat, sigma_hat = fit_gpd(kept, limits=np.full(kept.size, limit))
+    assert naive_xi < xi - 0.1  # the bias the limits exist to remove
+    assert abs(xi_hat - xi) < 0.07
+    assert sigma_hat == pytest.approx(sigma, rel=0.1)
+
+
+def test_a_drift_inside_an_incident_raises_the_threshold_through_its_normal_scores() -> None:
+    # Learning normal scores only (the store's rule inside an incident) must not ratchet the level down: the
+    # peaks are truncated at the alert level, and the fit knows it.
+    cfg = ThresholdSettings(risk=RISK)
+    gen = np.random.default_rng(9)
+    state = T.initial_state(cfg, gen.exponential(size=2000))
+    _, _, state = run(cfg, state, gen.exponential(size=20_000))
+    thr, anomalous, state = run(cfg, state, gen.exponential(size=60_000) * 1.4, learn=False)
+    assert thr[-1] > thr[0]
+    assert anomalous[-20_000:].mean() < anomalous[:20_000].mean()
+    assert np.isfinite(state.limits).any()

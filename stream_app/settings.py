@@ -94,6 +94,11 @@ class ThresholdSettings(BaseModel):
     window: int = Field(2000, ge=50, description="scores (quantile) or peaks (SPOT) kept per source")
     ewma_alpha: float = Field(0.01, gt=0, le=1)
     ewma_k: float = Field(4.0, gt=0)
+    horizon: int = Field(
+        100_000, ge=100, description="SPOT: events its rate estimates remember (exponential decay, 1/e after this many)"
+    )
+    stuck_factor: float = Field(10.0, gt=1, description="SPOT: an alarm rate above this x risk counts as high...")
+    stuck_events: int = Field(20_000, ge=1, description="...and flags the source stuck after this many events")
 
 
 class IncidentSettings(BaseModel):
@@ -142,10 +147,15 @@ class RetrainSettings(BaseModel):
     holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="newest clean events kept for validation")
     epochs: int = Field(60, ge=1)
     max_false_alarm_rate: float = Field(0.01, gt=0, lt=1, description="candidate on held-back normal data")
-    detection_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop in incident detection rate")
-    min_incident_events: int = Field(5, ge=0, description="fewer incident events: the detection check is skipped")
+    detection_tolerance: float = Field(0.1, ge=0, le=1, description="allowed drop in regression-set detection rate")
+    canary_sigma: float = Field(6.0, gt=0, description="vector canaries: sensor offset / stuck level in robust sigmas")
+    canary_events: int = Field(200, ge=10, description="canary events per fault kind (images: a quarter)")
+    max_threshold_ratio: float = Field(
+        4.0, gt=1, description="candidate/production calibrated threshold ratio allowed, either way"
+    )
+    regression_max_events: int = Field(2000, ge=10, description="confirmed incident events kept per model")
     incident_min_severity: float = Field(
-        3.0, ge=1.0, description="incident events that check detection score >= this x threshold (drift alarms do not)"
+        3.0, ge=1.0, description="incident events that join the regression set score >= this x threshold"
     )
     threads: int | None = Field(1, ge=1, description="torch CPU threads of a running agent (None: all cores)")
     auto_promote: bool = True

@@ -70,3 +70,42 @@ def test_mismatched_lengths_and_impossible_settings_are_rejected() -> None:
         step(IncidentSettings(open_k=6, open_n=5), IncidentState(), "s", [True], ["a"])
     with pytest.raises(ValueError, match="incident state"):
         IncidentState.loads(b"[1, 2]")
+
+
+def reference_step(cfg: IncidentSettings, state: IncidentState, source: str, flags: list[bool], keys: list[str]):
+    """The event-by-event definition the bulk implementation must reproduce."""
+    mask = (1 << cfg.open_n) - 1
+    recent, open_id, run = state.recent, state.open_id, state.normal_run
+    out = []
+    for flag, key in zip(flags, keys, strict=True):
+        recent = ((recent << 1) | flag) & mask
+        event = None
+        if open_id is None:
+            if flag and recent.bit_count() >= cfg.open_k:
+                open_id, run, event = incident_id(source, key), 0, "opened"
+            out.append((open_id, event))
+            continue
+        current = open_id
+        if flag:
+            run = 0
+        else:
+            run += 1
+            if run >= cfg.close_m:
+                open_id, run, event = None, 0, "closed"
+        out.append((current, event))
+    return out, IncidentState(recent=recent, open_id=open_id, normal_run=run)
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.2, 0.6])
+def test_bulk_runs_of_normal_events_give_the_event_by_event_result(rate: float) -> None:
+    import numpy as np
+
+    gen = np.random.default_rng(int(rate * 100))
+    for cfg in (CFG, IncidentSettings(open_k=1, open_n=1, close_m=1), IncidentSettings(open_k=2, open_n=3, close_m=4)):
+        state = ref_state = IncidentState()
+        for b in range(30):
+            flags = (gen.random(int(gen.integers(0, 60))) < rate).tolist()
+            keys = ids(len(flags), b * 100)
+            out, state = step(cfg, state, "s", flags, keys)
+            ref, ref_state = reference_step(cfg, ref_state, "s", flags, keys)
+            assert out == ref and state == ref_state

@@ -24,7 +24,7 @@ MODEL = "sensors"
 
 def retrain_settings(**kw) -> RetrainSettings:
     base = dict(window_s=3600, min_samples=100, epochs=8, guard_margin_events=10, guard_margin_s=0.0,
-                max_false_alarm_rate=0.03, min_incident_events=10, detection_tolerance=0.1)  # fmt: skip
+                max_false_alarm_rate=0.03, detection_tolerance=0.1)  # fmt: skip
     return RetrainSettings(**{**base, **kw})
 
 
@@ -124,7 +124,9 @@ async def test_retrain_on_drifted_normal_traffic_publishes_a_validated_version_t
     assert manifest["training_window"]["counts"]["incidents"] == 30 and manifest["metrics"]["fit"]["epochs_run"] >= 1
     metrics = result.metrics["validation"]
     assert metrics["false_alarm_rate"] <= settings.retrain.max_false_alarm_rate < far_v1
-    assert metrics["detection_rate"] >= metrics["current_detection_rate"] - 0.1
+    for name, row in metrics["regression"].items():  # confirmed (none closed in this window) and canaries
+        assert not row["events"] or row["detection_rate"] >= row["current_detection_rate"] - 0.1, name
+    assert "canaries only" in result.reason and manifest["validation"]["validated_against"] == "0001"
     _, v2 = registry.load(MODEL)
     fresh = (rng.normal(size=(2000, F)) * scale + shift).astype(np.float32)
     far_after = np.mean(v2.score(fresh) > calibrated_threshold(settings.thresholds, v2.calibration_scores))
@@ -151,7 +153,8 @@ async def test_candidate_trained_on_poisoned_window_without_guard_fails_validati
     assert registry.production(MODEL).version == "0001"
     audit = registry.manifest(MODEL, poisoned.version)["validation"]  # rejected candidates are kept for audit
     assert audit["decision"] == "rejected" and audit["reason"] == poisoned.reason
-    assert poisoned.reason.startswith("incident detection") and audit["metrics"]["detection_rate"] < 0.5
+    assert poisoned.reason.startswith("regression: confirmed detection")
+    assert audit["metrics"]["regression"]["confirmed"]["detection_rate"] < 0.5
     with pytest.raises(ValueError, match="failed validation"):
         registry.promote(MODEL, poisoned.version)
 

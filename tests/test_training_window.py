@@ -90,9 +90,9 @@ def test_guard_orders_a_source_by_event_time_not_arrival():
     assert keep.tolist() == [True, True, False, False, False]
 
 
-def test_unjudged_and_anomalous_events_are_never_kept():
-    normal = np.array([1, 0, 1, 0], bool)  # 1: normal verdict; 0: anomalous or no verdict
-    keep = guard_mask(["s"] * 4, np.arange(4.0), normal, np.zeros(4, bool), 5, 5.0)
+def test_unjudged_events_are_never_kept_and_lone_alarms_are():
+    judged = np.array([1, 0, 1, 0], bool)  # 1: a verdict (normal or a lone alarm); 0: no verdict
+    keep = guard_mask(["s"] * 4, np.arange(4.0), judged, np.zeros(4, bool), 5, 5.0)
     assert keep.tolist() == [True, False, True, False]
 
 
@@ -112,19 +112,29 @@ def _settings(**retrain) -> Settings:
     return Settings(retrain=RetrainSettings(**{"guard_margin_events": 3, "guard_margin_s": 0.0, **retrain}))
 
 
-def test_select_lone_false_alarm_drops_only_itself_and_incidents_are_returned_for_validation():
+def test_select_keeps_lone_alarms_drops_incidents_with_margins_and_returns_incident_events():
     rng = np.random.default_rng(0)
     events = series("a", 40, 0.0, 0.0, rng)
-    events[10].anomalous = True  # lone false alarm: no incident id
+    events[10].anomalous = True  # lone alarm, no incident id: drift's false alarms are what a retrain must learn
     for e in events[25:28]:
         e.anomalous, e.incident_id = True, "inc-1"
     events[28].incident_id = "inc-1"  # still inside the open incident, judged normal
     w = select(_settings(holdout_fraction=0.25), *_records(events), "in", "vectors", "sensors", guard=True)
     kept = sorted(np.r_[w.train[:, 0], w.holdout[:, 0]].astype(int).tolist())
-    assert kept == [i for i in range(40) if i != 10 and not 22 <= i <= 31]
+    assert kept == [i for i in range(40) if not 22 <= i <= 31]
     assert w.incidents[:, 0].astype(int).tolist() == [25, 26, 27]
+    assert w.incident_ids == ["inc-1"] * 3 and w.closed.tolist() == [True] * 3  # event 29 is outside it
     assert w.holdout[:, 0].min() > w.train[:, 0].max()  # the newest events are held back
-    assert w.counts["anomalous"] == 4 and w.counts["incident_events"] == 4
+    assert w.counts["anomalous"] == 4 and w.counts["incident_events"] == 4 and w.counts["confirmed"] == 3
+
+
+def test_an_incident_still_open_at_the_end_of_the_window_is_not_confirmed():
+    rng = np.random.default_rng(3)
+    events = series("a", 30, 0.0, 0.0, rng) + series("b", 5, 30.0, 100.0, rng)
+    for e in events[27:30]:
+        e.anomalous, e.incident_id = True, "inc-open"
+    w = select(_settings(), *_records(events), "in", "vectors", "sensors", guard=True)
+    assert w.incident_ids == ["inc-open"] * 3 and not w.closed.any()  # source b's events do not close a's
 
 
 def test_select_without_guard_keeps_everything_that_decodes_and_counts_bad_records():
@@ -157,7 +167,7 @@ async def test_read_window_from_kafka_keeps_recent_normal_events_and_drops_incid
     a = series("line-1/a", 120, now - 300, 0.0, rng)
     for e in a[50:60]:
         e.anomalous, e.incident_id = True, "inc-a"
-    a[90].anomalous = True  # lone false alarm
+    a[90].anomalous = True  # lone false alarm: kept
     b = series("line-1/b", 120, now - 300, 1000.0, rng)
     for e in b[-10:]:
         e.anomalous = None  # not judged yet
@@ -168,11 +178,11 @@ async def test_read_window_from_kafka_keeps_recent_normal_events_and_drops_incid
 
     w = await read_window(settings, settings.topics.vectors, "vectors", model="sensors")
     kept = set(np.r_[w.train[:, 0], w.holdout[:, 0]].astype(int).tolist())
-    expect_a = {i for i in range(120) if not 45 <= i <= 64 and i != 90}
+    expect_a = {i for i in range(120) if not 45 <= i <= 64}
     expect_b = {1000 + i for i in range(110)}
     assert kept == expect_a | expect_b
     assert w.counts["records"] == 242 and w.counts["other_model"] == 1 and w.bad == {"malformed_json": 1}
-    assert sorted(w.incidents[:, 0].astype(int).tolist()) == list(range(50, 60))
+    assert sorted(w.incidents[:, 0].astype(int).tolist()) == list(range(50, 60)) and w.closed.all()
     assert len(w.holdout) == round(0.2 * len(kept)) and w.start_ts >= now - 301
     assert sum(end - start for start, end in w.offsets.values()) == 242
 

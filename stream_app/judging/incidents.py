@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from stream_app.judging.thresholds import json_object
+from stream_app.judging.stored import json_object
 from stream_app.settings import IncidentSettings
 
 IncidentEvent = Literal["opened", "closed"]
@@ -86,21 +86,38 @@ def step(
         raise ValueError(f"need one alert id per event: {len(anomalous)} flags, {len(alert_ids)} ids")
     mask = (1 << cfg.open_n) - 1
     recent, open_id, run = state.recent, state.open_id, state.normal_run
+    flags = [bool(f) for f in anomalous]
     out: list[tuple[str | None, IncidentEvent | None]] = []
-    for flag, alert_id in zip(anomalous, alert_ids, strict=True):
-        recent = ((recent << 1) | bool(flag)) & mask
-        event: IncidentEvent | None = None
-        if open_id is None:
-            if flag and recent.bit_count() >= cfg.open_k:
-                open_id, run, event = incident_id(source, alert_id), 0, "opened"
-            out.append((open_id, event))
+    # Runs of normal events are handled in bulk (most batches have no anomaly at all); anomalies one by one.
+    i, total = 0, len(flags)
+    while i < total:
+        try:
+            j = flags.index(True, i)  # the next anomaly...
+        except ValueError:
+            j = total  # ...or the end
+        if j > i:
+            length = j - i
+            recent = (recent << min(length, cfg.open_n)) & mask
+            if open_id is None:
+                out += [(None, None)] * length
+            elif run + length < cfg.close_m:
+                out += [(open_id, None)] * length
+                run += length
+            else:  # closes on the event that completes close_m normal ones
+                closing = cfg.close_m - run - 1
+                out += [(open_id, None)] * closing + [(open_id, "closed")] + [(None, None)] * (length - closing - 1)
+                open_id, run = None, 0
+            i = j
             continue
-        current = open_id
-        if flag:
-            run = 0
+        recent = ((recent << 1) | 1) & mask
+        if open_id is None:
+            if recent.bit_count() >= cfg.open_k:
+                open_id, run = incident_id(source, alert_ids[i]), 0
+                out.append((open_id, "opened"))
+            else:
+                out.append((None, None))
         else:
-            run += 1
-            if run >= cfg.close_m:
-                open_id, run, event = None, 0, "closed"
-        out.append((current, event))
+            run = 0
+            out.append((open_id, None))
+        i += 1
     return out, IncidentState(recent=recent, open_id=open_id, normal_run=run)

@@ -86,6 +86,10 @@ class ModelVersion:
     path: Path
 
 
+class PromotionConflict(RuntimeError):
+    """Production is not the version the caller validated against (compare-and-set on the pointer failed)."""
+
+
 class ModelStore(Protocol):
     """What the CLI, the retraining agent and the workers need from a registry."""
 
@@ -96,7 +100,9 @@ class ModelStore(Protocol):
     def production(self, model: str) -> ModelVersion: ...
     def promotions(self, model: str) -> list[dict[str, Any]]: ...
     def publish(self, model: str, scorer: Any, extra: dict[str, Any] | None = None) -> ModelVersion: ...
-    def promote(self, model: str, version: str, force: bool = False) -> ModelVersion: ...
+    def promote(
+        self, model: str, version: str, force: bool = False, expected_current: str | None = None
+    ) -> ModelVersion: ...
     def rollback(self, model: str) -> ModelVersion: ...
     def load(
         self, model: str, version: str | None = None, device: str | None = None, expected_sha256: str | None = None
@@ -228,14 +234,20 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def promote(self, model: str, version: str, force: bool = False) -> ModelVersion:
-        """Point PRODUCTION at `version` after verifying its files; a rejected candidate needs `force`."""
+    def promote(
+        self, model: str, version: str, force: bool = False, expected_current: str | None = None
+    ) -> ModelVersion:
+        """Point PRODUCTION at `version` after verifying its files; a rejected candidate needs `force`.
+
+        `expected_current` makes it a compare-and-set: PromotionConflict unless production is still that
+        version (what a candidate was validated against), checked under the pointer's lock.
+        """
         manifest = self.check_contents(model, version)
         decision = (manifest.get("validation") or {}).get("decision")
         if decision == "rejected" and not force:
             reason = manifest["validation"].get("reason", "")
             raise ValueError(f"{model} version {version} failed validation ({reason}); use force to promote anyway")
-        return self._point(model, version, "promote")
+        return self._point(model, version, "promote", expected_current)
 
     def rollback(self, model: str) -> ModelVersion:
         """Serve the version promoted before the current one (a stack: rolling back twice goes two back)."""
@@ -247,11 +259,15 @@ class Registry:
         self.check_contents(model, target)
         return self._point(model, target, "rollback")
 
-    def _point(self, model: str, version: str, action: str) -> ModelVersion:
+    def _point(self, model: str, version: str, action: str, expected_current: str | None = None) -> ModelVersion:
         with self._locked(model):
             previous = None
             with contextlib.suppress(LookupError):
                 previous = self.production(model).version
+            if expected_current is not None and previous != expected_current:
+                raise PromotionConflict(
+                    f"{model}: production is {previous}, not {expected_current} as expected; {version} not promoted"
+                )
             pointer = self._dir(model) / PRODUCTION
             tmp = pointer.with_suffix(".tmp")
             tmp.write_text(version + "\n")

@@ -6,12 +6,16 @@ One cycle for a model (`RetrainAgent.run_cycle`):
 2. read the recent window of its input topic, judged by its verdicts (`training_window.read_window`);
 3. fit a candidate of the same kind and config in a thread (the event loop keeps serving triggers), with a
    progress bar in a terminal and log lines otherwise;
-4. decide (`validation.decide`) on the held-back normal slice and the incident events, candidate vs current;
-5. publish the candidate with the window, counts, fit metrics, decision, reason and parent version in its
-   manifest (rejected ones too when `keep_rejected`), then promote and announce it on model-updates when it
-   passed and `auto_promote` is on.
+4. decide (`decision.decide`) on the held-back normal slice and the regression sets (confirmed incident
+   events, kept per model by `regression.RegressionSet`, and synthetic canaries), candidate vs production;
+   if production changed during the fit, the candidate is validated again against the new production;
+5. publish the candidate with the window, counts, fit metrics, decision, reason, parent version and the
+   version it was validated against in its manifest (rejected ones too when `keep_rejected`), then promote
+   it with a compare-and-set on the production pointer and announce it on model-updates when it passed and
+   `auto_promote` is on. If production changed between validation and promotion, it is not promoted.
 
-Nothing reaches the registry before step 5, so a failed or cancelled fit leaves it unchanged. Triggers:
+Nothing but the regression set reaches the state dir or the registry before step 5, so a failed or
+cancelled fit leaves the registry unchanged. Triggers:
 per-model schedules (cron via croniter, or an interval), control-topic messages
 `{"action": "retrain", "model": NAME, "requested_at": ts}` and the CLI (`--once`, `trigger`).
 A model's cycles never overlap: a trigger for a model already queued or running is dropped.
@@ -42,9 +46,11 @@ from stream_app.registry.announcements import (
     load_json_object,
     validated,
 )
-from stream_app.registry.versions import Registry
-from stream_app.retraining.decision import Decision, calibrated_threshold, decide
+from stream_app.registry.versions import PromotionConflict, Registry
+from stream_app.retraining.canaries import canaries
+from stream_app.retraining.decision import CONFIRMED, Decision, calibrated_threshold, decide
 from stream_app.retraining.fitting import fit_options, fit_summary
+from stream_app.retraining.regression import RegressionSet
 from stream_app.retraining.window import TrainingWindow, read_window
 from stream_app.settings import RetrainSchedule, Settings
 from stream_app.wire.kinds import data_kind
@@ -123,12 +129,27 @@ def _scores(scorer: Any, data: np.ndarray) -> np.ndarray:
     return scorer.score(data) if len(data) else np.zeros(0, np.float32)
 
 
+def regression_sets(
+    settings: Settings, kind: str, confirmed: np.ndarray | None, holdout: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The events every candidate must keep flagging: confirmed incident events and canaries from the holdout."""
+    cfg = settings.retrain
+    sets = {CONFIRMED: confirmed if confirmed is not None else holdout[:0]}
+    return sets | canaries(kind, holdout, k=cfg.canary_sigma, n=cfg.canary_events)
+
+
 def validate(
-    settings: Settings, candidate: Any, current: Any, window: TrainingWindow, candidate_holdout: np.ndarray
+    settings: Settings,
+    candidate: Any,
+    current: Any,
+    window: TrainingWindow,
+    candidate_holdout: np.ndarray,
+    regression: dict[str, np.ndarray] | None = None,
 ) -> Decision:
-    """Score the held-back and incident events with both versions and apply `validation.decide`.
+    """Score the held-back events and the regression sets with both versions and apply `decision.decide`.
 
     `candidate_holdout` is the candidate's scores of `window.holdout`, which the caller reuses for calibration.
+    `regression` defaults to the window's incident events (as confirmed) and canaries from its holdout.
     """
     thr = settings.thresholds
     try:
@@ -139,14 +160,19 @@ def validate(
     with contextlib.suppress(ValueError):  # a version without calibration scores cannot be compared with
         cur_t = calibrated_threshold(thr, getattr(current, "calibration_scores", None))
     compare = cur_t is not None
+    if regression is None:
+        regression = regression_sets(settings, window.kind, window.incidents, window.holdout)
+    scored = {
+        name: (_scores(candidate, events), _scores(current, events) if compare else None)
+        for name, events in regression.items()
+    }
     return decide(
         settings.retrain,
         cand_t,
         candidate_holdout,
-        _scores(candidate, window.incidents),
+        scored,
         cur_t,
         _scores(current, window.holdout) if compare else None,
-        _scores(current, window.incidents) if compare else None,
     )
 
 
@@ -228,8 +254,21 @@ class RetrainAgent:
         fit = fit_summary(history, time.monotonic() - fit_started)
 
         held = await asyncio.to_thread(_scores, candidate, window.holdout)
-        decision = await asyncio.to_thread(validate, self.settings, candidate, current, window, held)
-        result.metrics = {"fit": fit, "validation": decision.metrics}
+        confirmed, stored = await asyncio.to_thread(self._confirmed, model, window)
+        sets = regression_sets(self.settings, kind, confirmed, window.holdout)
+        against, decision = (
+            prod.version,
+            await asyncio.to_thread(validate, self.settings, candidate, current, window, held, sets),
+        )
+        now = self.registry.production(model).version
+        if now != against:  # production changed during the fit: validate against what serves now
+            log.warning("retrain %s: production moved %s -> %s during the fit; validating again", model, against, now)
+            _, current = await asyncio.to_thread(self.registry.load, model, now, self.device)
+            against, decision = (
+                now,
+                await asyncio.to_thread(validate, self.settings, candidate, current, window, held, sets),
+            )
+        result.metrics = {"fit": fit, "validation": decision.metrics, "regression_set": stored}
         result.decision, result.reason = decision.decision, decision.reason
         if not decision.passed and not cfg.keep_rejected:
             return self._done(result, started)
@@ -239,8 +278,10 @@ class RetrainAgent:
             "trigger": trigger,
             "training_window": window.manifest(),
             "metrics": result.metrics,
-            "validation": {**decision.to_dict(), "decided_at": datetime.now(UTC).isoformat()},
-        }
+            "validation": {
+                **decision.to_dict(), "validated_against": against, "decided_at": datetime.now(UTC).isoformat()
+            },
+        }  # fmt: skip
         if decision.passed and len(window.holdout):
             # Serve with a threshold calibrated on more unseen normal data: the validated holdout joins the
             # fit's own held-out scores (validation above used the fit's scores alone, so no leakage).
@@ -249,7 +290,11 @@ class RetrainAgent:
         mv = await asyncio.to_thread(self.registry.publish, model, candidate, extra)
         result.version = mv.version
         if decision.passed and cfg.auto_promote:
-            await asyncio.to_thread(self.registry.promote, model, mv.version)
+            try:
+                await asyncio.to_thread(self.registry.promote, model, mv.version, False, against)
+            except PromotionConflict as exc:  # production moved again after validation: never promote blind
+                result.reason += f"; not promoted: {exc}"
+                return self._done(result, started)
             result.announced = await announce_version(self.settings, self.registry, mv)
             result.decision = "promoted"
         return self._done(result, started)
@@ -272,6 +317,17 @@ class RetrainAgent:
         finally:
             # The thread cannot be interrupted; its result is simply never published.
             fit.cancel()
+
+    def _confirmed(self, model: str, window: TrainingWindow) -> tuple[np.ndarray | None, dict[str, int]]:
+        """Add the window's closed incidents to the model's regression set; the whole set, and its counts."""
+        rs = RegressionSet(self.settings.state_dir, model, self.settings.retrain.regression_max_events)
+        shape = tuple(window.holdout.shape[1:]) if len(window.holdout) else None
+        added = 0
+        if window.closed.any():
+            ids = [i for i, ok in zip(window.incident_ids, window.closed.tolist(), strict=True) if ok]
+            added = rs.add(window.incidents[window.closed], ids)
+        events, ids = rs.load(shape)
+        return events, {"events": 0 if events is None else len(events), "incidents": len(set(ids)), "added": added}
 
     def _done(self, result: CycleResult, started: float) -> CycleResult:
         result.seconds = time.monotonic() - started

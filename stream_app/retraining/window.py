@@ -7,15 +7,17 @@ the same way and joined on (topic, partition, offset).
 
 Poisoning guard (`guard=True`): a candidate must learn normal traffic only, so an event is kept when
 
-- it has a verdict, from this model, and the verdict was normal (unjudged events are not trusted), and
+- it has a verdict from this model (unjudged events are not trusted), and
 - it lies more than `guard_margin_events` events and `guard_margin_s` seconds away from every incident
   event of its source. Incident events are those the worker tagged with an `incident_id` (the hysteresis
-  in `incidents.py`), or every anomalous verdict when verdicts carry no `incident_id` field. A lone false
-  alarm (common right after drift, which is when retraining matters) drops only itself.
+  in `incidents.py`), or every anomalous verdict when verdicts carry no `incident_id` field.
 
+A lone alarm outside any incident stays: lone false alarms are common right after drift, which is when
+retraining matters, and leaving them out would teach the candidate that the drifted tail is abnormal.
 `guard=False` keeps everything of this model that decodes (experiments, e.g. the poisoning test).
-Anomalous verdicts inside incidents are returned separately: likely true anomalies, which the candidate
-must still flag (see `validation.py`). Bad records are skipped and counted by dead-letter reason; the
+Anomalous verdicts inside incidents with severity >= `incident_min_severity` are returned separately,
+with their incident ids and whether the incident closed inside the window: likely true anomalies, which
+the candidate must still flag (see `decision.py` and `regression.py`). Bad records are skipped and counted by dead-letter reason; the
 clean events are capped at `max_samples`, evenly spaced in time, and the newest `holdout_fraction` of
 them is held back for validation.
 """
@@ -56,23 +58,23 @@ def _near(x: np.ndarray, marks: np.ndarray, margin: float) -> np.ndarray:
 def guard_mask(
     sources: Sequence[str],
     ts: np.ndarray,
-    normal: np.ndarray,
+    judged: np.ndarray,
     incident: np.ndarray,
     margin_events: int,
     margin_s: float,
 ) -> np.ndarray:
-    """Which events the poisoning guard keeps: judged normal and away from its source's incident events.
+    """Which events the poisoning guard keeps: judged, and away from its source's incident events.
 
     Events of a source are ordered by `ts` (ties keep input order); the margin counts events of the same
-    source on both sides of each incident event, and seconds of event time.
+    source on both sides of each incident event, and seconds of event time. Lone alarms are kept.
 
-    >>> keep = guard_mask(["a"] * 7, np.arange(7.0), np.array([1, 1, 1, 0, 1, 1, 1], bool),
+    >>> keep = guard_mask(["a"] * 7, np.arange(7.0), np.array([1, 0, 1, 1, 1, 1, 1], bool),
     ...                   np.array([0, 0, 0, 1, 0, 0, 0], bool), margin_events=1, margin_s=0)
     >>> keep.astype(int).tolist()
-    [1, 1, 0, 0, 0, 1, 1]
+    [1, 0, 0, 0, 0, 1, 1]
     """
     ts = np.asarray(ts, np.float64)
-    keep = np.asarray(normal, bool) & ~np.asarray(incident, bool)
+    keep = np.asarray(judged, bool) & ~np.asarray(incident, bool)
     incident = np.asarray(incident, bool)
     if not incident.any():
         return keep
@@ -112,6 +114,8 @@ class TrainingWindow:
     train: np.ndarray
     holdout: np.ndarray
     incidents: np.ndarray  # anomalous events inside incidents: likely true anomalies
+    incident_ids: list[str] = field(default_factory=list)  # one per row of `incidents`
+    closed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # its incident closed in the window
     start_ts: float | None = None  # event time of the oldest / newest record read
     end_ts: float | None = None
     offsets: dict[int, list[int]] = field(default_factory=dict)  # partition -> [start, end)
@@ -264,9 +268,8 @@ def select(
          for r in rows],
         bool,
     )  # fmt: skip
-    normal = judged & ~anomalous
     if guard:
-        keep = guard_mask(sources, ts, normal, in_incident, cfg.guard_margin_events, cfg.guard_margin_s)
+        keep = guard_mask(sources, ts, judged, in_incident, cfg.guard_margin_events, cfg.guard_margin_s)
     else:
         keep = np.ones(n, bool)
     counts.update(
@@ -286,14 +289,20 @@ def select(
     severity = np.array([_severity(r[3]) for r in rows], np.float64)
     true_anomalies = np.flatnonzero(anomalous & in_incident & (severity >= cfg.incident_min_severity))
     true_anomalies = true_anomalies[evenly_spaced(len(true_anomalies), cfg.max_samples)]
+    inc_ids = [str((rows[i][3] or {}).get("incident_id") or f"{sources[i]}@{ts[i]:.3f}") for i in true_anomalies]
+    closed_ids = _closed_incidents(sources, [r[3] for r in rows])
 
     bad: Counter[str] = Counter()
-    clean = _decode(settings, kind, [rows[i][0] for i in kept], bad)
+    clean, _ = _decode(settings, kind, [rows[i][0] for i in kept], bad)
     shape = clean.shape[1:] if len(clean) else None
     incidents = _decode(settings, kind, [rows[i][0] for i in true_anomalies], bad, shape)
+    kept_inc = [j for j, ok in enumerate(incidents[1]) if ok]
+    incidents, inc_ids = incidents[0], [inc_ids[j] for j in kept_inc]
     n_hold = round(len(clean) * cfg.holdout_fraction) if len(clean) >= 2 else 0
     train, holdout = clean[: len(clean) - n_hold], clean[len(clean) - n_hold :]
-    counts |= {"sampled": len(kept), "train": len(train), "holdout": len(holdout), "incidents": len(incidents)}
+    closed = np.array([i in closed_ids for i in inc_ids], bool)
+    counts |= {"sampled": len(kept), "train": len(train), "holdout": len(holdout), "incidents": len(incidents),
+               "confirmed": int(closed.sum())}  # fmt: skip
     counts["bad"] = int(sum(bad.values()))
     return TrainingWindow(
         topic=topic,
@@ -303,11 +312,52 @@ def select(
         train=train,
         holdout=holdout,
         incidents=incidents,
+        incident_ids=inc_ids,
+        closed=closed,
         start_ts=float(ts.min()) if n else None,
         end_ts=float(ts.max()) if n else None,
         counts=dict(counts),
         bad=dict(bad),
     )
+
+
+def _closed_incidents(sources: Sequence[str], verdicts: Sequence[dict[str, Any] | None]) -> set[str]:
+    """Incident ids followed, on their source (rows in time order), by a verdict outside that incident."""
+    current: dict[str, str | None] = {}
+    closed: set[str] = set()
+    for src, v in zip(sources, verdicts, strict=True):
+        if v is None:
+            continue
+        inc = v.get("incident_id")
+        prev = current.get(src)
+        if prev is not None and inc != prev:
+            closed.add(prev)
+        current[src] = inc
+    return closed
+
+
+def _decode(
+    settings: Settings, kind: str, records: Sequence[Record], bad: Counter[str], shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, list[bool]]:
+    """Decoded arrays stacked in the given order, all of `shape` (default: the most common one; others count
+    as `wrong_width`), and which of `records` made it (to keep per-event labels aligned)."""
+    spec = data_kind(kind)
+    decoded: list[np.ndarray | None] = []
+    for event in spec.decode(records, settings):
+        if isinstance(event, BadEvent):
+            bad[event.reason] += 1
+            decoded.append(None)
+        else:
+            decoded.append(spec.stack([event])[0])
+    if shape is None and any(a is not None for a in decoded):
+        shape = Counter(a.shape for a in decoded if a is not None).most_common(1)[0][0]
+    ok = [a is not None and a.shape == shape for a in decoded]
+    if wrong := sum(1 for a, good in zip(decoded, ok, strict=True) if a is not None and not good):
+        bad["wrong_width"] += wrong
+    arrays = [a for a, good in zip(decoded, ok, strict=True) if good]
+    if not arrays:
+        return np.zeros((0, *(shape or (0,))), spec.dtype), ok
+    return np.stack(arrays), ok
 
 
 def _severity(verdict: dict[str, Any] | None) -> float:
@@ -316,25 +366,3 @@ def _severity(verdict: dict[str, Any] | None) -> float:
         return severity(float(verdict["score"]), float(verdict["threshold"]))  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         return float("inf")
-
-
-def _decode(
-    settings: Settings, kind: str, records: Sequence[Record], bad: Counter[str], shape: tuple[int, ...] | None = None
-) -> np.ndarray:
-    """Decoded arrays stacked in the given order; all of `shape` (default: the most common one), others count
-    as `wrong_width`."""
-    arrays = []
-    spec = data_kind(kind)
-    for event in spec.decode(records, settings):
-        if isinstance(event, BadEvent):
-            bad[event.reason] += 1
-        else:
-            arrays.append(spec.stack([event])[0])
-    if shape is None and arrays:
-        shape = Counter(a.shape for a in arrays).most_common(1)[0][0]
-    same = [a for a in arrays if a.shape == shape]
-    if len(same) < len(arrays):
-        bad["wrong_width"] += len(arrays) - len(same)
-    if not same:
-        return np.zeros((0, *(shape or (0,))), spec.dtype)
-    return np.stack(same)

@@ -1,0 +1,61 @@
+"""Canary faults, the per-model confirmed set, and the production pointer's compare-and-set. No servers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import RVAEScorer
+from stream_app.registry.versions import PromotionConflict, Registry
+from stream_app.retraining.canaries import image_canaries, robust_sigma, vector_canaries
+from stream_app.retraining.regression import RegressionSet
+
+
+def test_vector_canaries_offset_one_sensor_by_k_robust_sigmas_stick_one_and_swap_a_pair() -> None:
+    x = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32) * [1, 2, 3, 4] + [0, 10, 0, 0]
+    c = vector_canaries(x, k=6.0, n=100, seed=1)
+    sig = robust_sigma(x)
+    assert {k: v.shape for k, v in c.items()} == {"offset": (100, 4), "stuck": (100, 4), "swap": (100, 4)}
+    rows = vector_canaries(x, k=0.0, n=100, seed=1)["offset"]  # same rows, no offset
+    diff = np.abs(c["offset"] - rows) / sig
+    assert np.allclose(np.sort(diff, axis=1)[:, -1], 6.0, rtol=1e-3) and (np.sort(diff, axis=1)[:, :-1] < 1e-4).all()
+    swapped = np.flatnonzero((np.abs(c["swap"] - rows) > 1e-6).any(axis=0))
+    assert 1 in swapped and len(swapped) == 2  # feature 1 has the most distant median
+    assert np.array_equal(vector_canaries(x, n=100, seed=1)["stuck"], c["stuck"])  # deterministic
+
+
+def test_image_canaries_change_a_patch_a_region_and_a_line() -> None:
+    imgs = np.random.default_rng(0).integers(0, 256, size=(20, 48, 64), dtype=np.uint8)
+    c = image_canaries(imgs, n=8, seed=0)
+    assert sorted(c) == ["blur", "patch", "scratch"]
+    for kind, out in c.items():
+        assert out.shape == (8, 48, 64) and out.dtype == np.uint8, kind
+        assert all((o != imgs).any() for o in out), kind  # every canary differs from every source image
+    rgb = np.repeat(imgs[..., None], 3, axis=-1)
+    assert image_canaries(rgb, n=2)["blur"].shape == (2, 48, 64, 3)
+    with pytest.raises(ValueError, match="uint8 images"):
+        image_canaries(imgs.astype(np.float32))
+
+
+def test_the_confirmed_set_keeps_each_incident_once_newest_first_capped_and_survives_a_restart(tmp_path) -> None:
+    rs = RegressionSet(tmp_path, "press", cap=5)
+    assert rs.load() == (None, [])
+    assert rs.add(np.ones((3, 2), np.float32), ["a", "a", "b"]) == 3
+    assert rs.add(np.full((3, 2), 2, np.float32), ["b", "c", "c"]) == 2  # b is stored already
+    assert rs.add(np.full((2, 2), 3, np.float32), ["d", "d"]) == 2
+    events, ids = RegressionSet(tmp_path, "press", cap=5).load()
+    assert ids == ["a", "b", "c", "c", "d", "d"][-5:] and events.shape == (5, 2)
+    assert RegressionSet(tmp_path, "press").load(shape=(3,)) == (None, [])  # the model's width changed
+    assert not list((tmp_path / "regression" / "press").glob(".*"))  # no temp files left
+
+
+def test_promotion_is_a_compare_and_set_on_the_production_pointer(tmp_path) -> None:
+    registry = Registry(tmp_path)
+    scorer = RVAEScorer(3, n_layers=1, hidden=8, latent=2, device="cpu")
+    scorer.fit(np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32), epochs=1)
+    v1, v2, v3 = (registry.publish("m", scorer).version for _ in range(3))
+    registry.promote("m", v1)
+    registry.promote("m", v2, expected_current=v1)
+    with pytest.raises(PromotionConflict, match=f"production is {v2}, not {v1}"):
+        registry.promote("m", v3, expected_current=v1)  # validated against v1, but v2 serves now
+    assert registry.production("m").version == v2

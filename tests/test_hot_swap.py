@@ -80,7 +80,7 @@ async def test_drift_retrain_hot_swap_and_rollback_while_traffic_flows(make_sett
     rng = np.random.default_rng(0)
 
     registry = Registry(settings.registry_dir)
-    v1 = RVAEScorer(n_features=F, n_layers=1, hidden=32, latent=2, seed=0, device="cpu")
+    v1 = RVAEScorer(n_features=F, n_layers=1, hidden=32, latent=2, seed=0, device="cpu", whiten=False)
     v1.fit(line(rng, 3000, drift=0.0), epochs=30, batch_size=128)
     registry.promote("sensors", registry.publish("sensors", v1).version)
 
@@ -103,9 +103,9 @@ async def test_drift_retrain_hot_swap_and_rollback_while_traffic_flows(make_sett
         # Phase B: traffic keeps flowing while the agent retrains on the recent normal window.
         flowing = asyncio.create_task(send(settings, line(rng, 1500, drift=0.7), rate=150))
         result = await RetrainAgent(settings, progress=False).run_cycle("sensors", trigger="schedule")
+        assert result.decision == "promoted", result.reason
         swap_s = await seconds_until_serving(settings, "0002")  # announced -> the worker serves it
         await flowing
-        assert result.decision == "promoted", result.reason
         assert result.version == "0002" and result.announced["version"] == "0002"
         assert registry.manifest("sensors", "0002")["validation"]["decision"] == "passed"
         assert result.counts["incidents"] >= 10, "the fault burst is used to check detection"

@@ -255,7 +255,7 @@ class RetrainAgent:
 
         held = await asyncio.to_thread(_scores, candidate, window.holdout)
         confirmed, stored = await asyncio.to_thread(self._confirmed, model, window)
-        sets = regression_sets(self.settings, kind, confirmed, window.holdout)
+        sets = regression_sets(self.settings, kind.name, confirmed, window.holdout)
         against, decision = (
             prod.version,
             await asyncio.to_thread(validate, self.settings, candidate, current, window, held, sets),

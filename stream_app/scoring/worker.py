@@ -35,6 +35,7 @@ from stream_app.registry.announcements import parse_update
 from stream_app.registry.versions import Registry
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
+from stream_app.scoring.offsets import OffsetLedger
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import KafkaSettings, Settings
@@ -176,17 +177,14 @@ class Worker:
             fetch_max_bytes=max(s.kafka.max_message_bytes, 52428800),
             **aiokafka_kwargs(s.kafka),
         )
-        unacked: deque[tuple[asyncio.Future, dict[TopicPartition, tuple[int, int]]]] = deque()
+        ledger = OffsetLedger()
+        in_flight: deque[tuple[int, asyncio.Future]] = deque()  # (ledger batch, its outputs' acks), fetch order
 
-        async def retry_from_oldest(failed: dict[TopicPartition, tuple[int, int]] | None) -> None:
-            """Rewind every partition to its oldest uncommitted offset and drop what is in flight."""
-            batches = [offsets for _, offsets in unacked] + ([failed] if failed else [])
-            for acked, _ in unacked:
-                with contextlib.suppress(Exception):
-                    await acked
-            unacked.clear()
-            for tp in {tp for offsets in batches for tp in offsets}:
-                consumer.seek(tp, min(offsets[tp][0] for offsets in batches if tp in offsets))
+        async def rewind(seeks: dict[TopicPartition, int]) -> None:
+            """Seek the failed partitions back to their oldest unacked offset (assigned ones only)."""
+            for tp, offset in seeks.items():
+                if tp in consumer.assignment():
+                    consumer.seek(tp, offset)
             await asyncio.sleep(1.0)
 
         await consumer.start()
@@ -195,9 +193,11 @@ class Worker:
                 polled = await consumer.getmany(
                     timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch
                 )
+                ledger.assign(consumer.assignment())
                 self.partitions = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
                 if polled:
                     offsets = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in polled.items()}
+                    batch = ledger.track(offsets)
                     by_kind: dict[str, list[Record]] = {}
                     for tp, msgs in polled.items():
                         by_kind.setdefault(kinds[tp.topic], []).extend(Record.of(m, m.timestamp) for m in msgs)
@@ -207,22 +207,25 @@ class Worker:
                         )
                     except Exception:  # not scored or not sent: rewind and retry (at-least-once), keep running
                         log.exception("batch failed; rewinding %d partitions to retry", len(polled))
-                        await retry_from_oldest(offsets)
+                        await rewind(ledger.fail(batch))
                         continue
-                    unacked.append((asyncio.gather(*(f for _, acks in submitted for f in acks)), offsets))
+                    in_flight.append((batch, asyncio.gather(*(f for _, acks in submitted for f in acks))))
                     self.batches += 1
                     self._observe_lag(consumer.highwater, {tp: end for tp, (_, end) in offsets.items()})
-                # Commit in order what the broker acknowledged; at most one batch waits behind the next.
-                while unacked and (unacked[0][0].done() or len(unacked) > 1 or not polled):
-                    acked, done_offsets = unacked[0]
+                # Settle in order what the broker answered; at most one batch waits behind the next.
+                while in_flight and (in_flight[0][1].done() or len(in_flight) > 1 or not polled):
+                    batch, acked = in_flight.popleft()
                     try:
                         await acked
                     except Exception:
                         log.exception("outputs not acknowledged; rewinding to retry")
-                        await retry_from_oldest(None)
-                        break
-                    unacked.popleft()
-                    await consumer.commit({tp: end for tp, (_, end) in done_offsets.items()})
+                        await rewind(ledger.fail(batch))
+                        continue
+                    ledger.ack(batch)
+                positions = ledger.committable()
+                if positions:
+                    await consumer.commit(positions)
+                    ledger.committed(positions)
         finally:
             await consumer.stop()
 

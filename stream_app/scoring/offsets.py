@@ -7,7 +7,8 @@ acknowledged (or refused) their outputs, not necessarily in fetch order. The led
    acknowledged: a later batch acked first waits for the earlier one (commits stay in order, nothing skipped).
 2. Where to rewind after a failure? Per partition the failed batch touched, the oldest offset not yet acked;
    every other in-flight range of that partition is dropped (it will be fetched again), other partitions
-   keep going.
+   keep going. Until the loop confirms the seek (`rewound`), ranges of that partition are not tracked: records
+   fetched before the seek must not advance its commit position past the gap.
 3. What to forget on a rebalance? A revoked partition's ranges and positions; a partition that is not assigned
    is never offered for a commit or a seek, so a late ack after a rebalance cannot commit someone else's work.
 
@@ -52,6 +53,7 @@ class OffsetLedger:
         self._committed: dict[TP, int] = {}  # what the broker has from us
         self._seen: dict[TP, int] = {}  # highest end ever tracked, to tell redeliveries from new events
         self._batches: dict[int, set[TP]] = {}  # batch -> partitions where it still has a pending range
+        self._rewinding: dict[TP, int] = {}  # partition -> offset to seek to, until the loop has done it
         self._next_batch = 0
 
     # ---- assignment ---------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class OffsetLedger:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
             self._seen.pop(tp, None)
+            self._rewinding.pop(tp, None)
         return final
 
     # ---- batches ------------------------------------------------------------------------------------
@@ -86,13 +89,13 @@ class OffsetLedger:
         return sum(max(0, min(end, self._seen[tp]) - start) for tp, (start, end) in offsets.items() if tp in self._seen)
 
     def track(self, offsets: Mapping[TP, tuple[int, int]]) -> int:
-        """Record a fetched batch ([start, end) per partition); returns its id. Unassigned partitions are
-        ignored (records fetched just before a revoke)."""
+        """Record a fetched batch ([start, end) per partition); returns its id. Unassigned partitions (records
+        fetched just before a revoke) and partitions waiting for their rewind are ignored: never committed."""
         batch = self._next_batch
         self._next_batch += 1
         held = set()
         for tp, (start, end) in offsets.items():
-            if tp not in self._assigned:
+            if tp not in self._assigned or tp in self._rewinding:
                 continue
             if end <= start:
                 raise ValueError(f"offset range of {tp} must be [start, end) with end > start, got [{start}, {end})")
@@ -118,14 +121,24 @@ class OffsetLedger:
 
     def fail(self, batch: int) -> dict[TP, int]:
         """The batch was not scored or its outputs were refused: returns, per partition it still holds, the
-        offset to seek to (the oldest unacked one); all in-flight ranges of those partitions are dropped."""
+        offset to seek to (the oldest unacked one); all in-flight ranges of those partitions are dropped.
+        The same positions stay in `rewinds()` until `rewound` confirms each seek."""
         rewinds: dict[TP, int] = {}
         for tp in self._batches.get(batch, set()).copy():
             queue = self._pending.pop(tp)
             rewinds[tp] = queue[0].start
             for r in queue:
                 self._drop(r.batch, tp)
+        self._rewinding.update(rewinds)
         return rewinds
+
+    def rewinds(self) -> dict[TP, int]:
+        """Seeks still to perform (assigned partitions only)."""
+        return dict(self._rewinding)
+
+    def rewound(self, tp: TP) -> None:
+        """The consumer now fetches `tp` from its rewind offset: its ranges are tracked again."""
+        self._rewinding.pop(tp, None)
 
     def _drop(self, batch: int, tp: TP) -> None:
         held = self._batches.get(batch)
@@ -158,4 +171,6 @@ class OffsetLedger:
         queue = self._pending.get(tp)
         if queue:
             return queue[0].start
+        if tp in self._rewinding:
+            return self._rewinding[tp]
         return self._done.get(tp)

@@ -61,6 +61,7 @@ def test_a_batch_whose_ranges_were_rewound_rewinds_nothing_when_it_fails_later()
     ledger = ledger_with(A)
     stale = ledger.track({A: (0, 10)})
     assert ledger.fail(ledger.track({A: (10, 20)})) == {A: 0}
+    ledger.rewound(A)
     refetched = ledger.track({A: (0, 20)})
     assert ledger.fail(stale) == {}
     ledger.ack(refetched)
@@ -82,6 +83,7 @@ def test_a_partition_not_assigned_is_never_committed_or_rewound():
     ledger = ledger_with(A)
     batch = ledger.track({A: (0, 5), B: (0, 5)})  # B's records arrived just after it was revoked
     assert ledger.fail(batch) == {A: 0}
+    ledger.rewound(A)
     ledger.ack(ledger.track({A: (0, 5)}))
     ledger.revoke([A])
     late = ledger.track({A: (5, 9)})
@@ -115,8 +117,35 @@ def test_low_watermark_is_the_oldest_unacked_offset():
     assert ledger.low_watermark(A) == 3
     ledger.ack(first)
     assert ledger.low_watermark(A) == 8
+    ledger.fail(ledger.track({A: (12, 15)}))
+    assert ledger.low_watermark(A) == 8  # the failed batch and the one before it are to be redone
+
+
+def test_low_watermark_after_a_first_batch_failed_is_the_rewind_offset():
+    ledger = ledger_with(A)
+    ledger.fail(ledger.track({A: (3, 8)}))
+    assert ledger.low_watermark(A) == 3
 
 
 def test_an_empty_range_is_refused():
     with pytest.raises(ValueError, match="end > start"):
         ledger_with(A).track({A: (5, 5)})
+
+
+def test_records_fetched_before_the_rewind_is_performed_never_advance_the_commit():
+    ledger = ledger_with(A)
+    failed = ledger.track({A: (0, 10)})
+    assert ledger.fail(failed) == {A: 0} and ledger.rewinds() == {A: 0}
+    ledger.ack(ledger.track({A: (10, 20)}))  # fetched after the failure, before the seek: a gap below it
+    assert ledger.committable() == {}
+    ledger.rewound(A)
+    assert ledger.rewinds() == {}
+    ledger.ack(ledger.track({A: (0, 20)}))
+    assert ledger.committable() == {A: 20}
+
+
+def test_a_revoke_cancels_a_pending_rewind():
+    ledger = ledger_with(A)
+    ledger.fail(ledger.track({A: (0, 10)}))
+    ledger.revoke([A])
+    assert ledger.rewinds() == {}

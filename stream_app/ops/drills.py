@@ -64,9 +64,16 @@ class Traffic:
         self.failed = 0
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._started = asyncio.Event()
 
     async def start(self) -> None:
+        """Start sending; returns once the producer is connected (raises what stopped it otherwise)."""
         self._task = asyncio.create_task(self._run())
+        started = asyncio.create_task(self._started.wait())
+        await asyncio.wait([self._task, started], return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            started.cancel()
+            self._task.result()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -74,11 +81,10 @@ class Traffic:
             await self._task
 
     async def _run(self) -> None:
-        producer = AIOKafkaProducer(
-            acks="all", enable_idempotence=True, linger_ms=5, request_timeout_ms=120_000,
-            **{**aiokafka_kwargs(self.settings.kafka), "request_timeout_ms": 120_000},
-        )  # fmt: skip
+        kwargs = {**aiokafka_kwargs(self.settings.kafka), "request_timeout_ms": 120_000}  # outlive any outage
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, **kwargs)
         await producer.start()
+        self._started.set()
         pending: set[asyncio.Future] = set()
 
         def settled(fut: asyncio.Future) -> None:

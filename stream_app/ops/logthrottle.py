@@ -51,7 +51,7 @@ class RepeatFilter(logging.Filter):
             if len(self._seen) > 10_000:  # many distinct messages: forget the old ones rather than grow
                 self._seen = {key: (now, 0)}
         if dropped:
-            record.msg, record.args = f"{message} (repeated {dropped} times in the last {now - logged_at:.0f} s)", None
+            record.msg, record.args = f"{message} (repeated {dropped} times in the last {now - logged_at:.0f} s)", ()
         return True
 
 

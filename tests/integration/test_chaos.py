@@ -73,7 +73,10 @@ def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
     assert drill.unexpected_exits() == [], "no worker may exit by itself"
     print(
         f"events in {counted.events_in}, verdicts out {counted.verdicts_out}, duplicates {counted.duplicates}; "
-        + "; ".join(f"{f.name}: recovery {counted.recovery_s(f):.1f} s" for f in drill.faults)
+        + "; ".join(
+            f"{f.name}: recovery {counted.recovery_s(f, until=nxt.started if nxt else None):.1f} s"
+            for f, nxt in zip(drill.faults, [*drill.faults[1:], None], strict=True)
+        )
     )
 
 

@@ -90,3 +90,17 @@ def test_health_problems_keep_their_first_time_and_clear():
     assert health.report() == ["redis: unreachable: ConnectionError (for 12 s)"]
     health.resolved("redis")
     assert not health.has_problem("redis") and health.report() == []
+
+
+def test_a_throttled_message_still_formats_through_a_formatter_that_rewrites_args():
+    """mode's formatter (faust's logging) wraps args that are not a tuple: the count suffix must survive it."""
+    now = [0.0]
+    throttle = RepeatFilter(1.0, clock=lambda: now[0])
+    record = logging.LogRecord("aiokafka", logging.WARNING, __file__, 1, "node %s down", ("1",), None)
+    throttle.filter(record)
+    throttle.filter(logging.LogRecord("aiokafka", logging.WARNING, __file__, 1, "node %s down", ("1",), None))
+    now[0] = 2.0
+    later = logging.LogRecord("aiokafka", logging.WARNING, __file__, 1, "node %s down", ("1",), None)
+    assert throttle.filter(later)
+    later.args = tuple(later.args)  # what mode's ExtensionFormatter does before formatting
+    assert logging.Formatter().format(later) == "node 1 down (repeated 1 times in the last 2 s)"

@@ -7,6 +7,8 @@ arrived), worker RSS before/after, whether /health said 503 and why, and unexpec
 
     PYTHONPATH=. nice -n 10 python benchmarks/reliability.py                 # every scenario, getmany path
     PYTHONPATH=. python benchmarks/reliability.py --consumer faust --only redis-stop worker-kill
+    PYTHONPATH=. python benchmarks/reliability.py --worker-code /tmp/old --label "before" --only worker-kill
+        (workers run another checkout's code, e.g. `git archive <commit> | tar -x -C /tmp/old`: before/after)
 
 Writes benchmarks/results/reliability.json (one section per consumer path) and reliability.png.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import tempfile
@@ -40,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def drill_settings(stack: LocalStack, base: Path, consumer: str) -> Settings:
+def drill_settings(stack: LocalStack, base: Path, consumer: str, metrics_port: int | None) -> Settings:
     tag = f"rel-{uuid.uuid4().hex[:8]}"
     s = Settings(
         app_id=f"lw-{tag}",
@@ -48,7 +51,7 @@ def drill_settings(stack: LocalStack, base: Path, consumer: str) -> Settings:
         routes=[Route(pattern="line-*", model="sensors")],
         registry_dir=base / tag / "registry",
         state_dir=base / tag / "state",
-        metrics_port=free_port(),
+        metrics_port=free_port() if metrics_port is None else metrics_port,  # one setting for all workers
     )
     s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
     s.kafka.request_timeout_ms = 10_000
@@ -130,9 +133,11 @@ SCENARIOS: dict[str, tuple[int, Scenario]] = {  # name -> (workers at the start,
 }
 
 
-async def run_scenario(name: str, stack: LocalStack, base: Path, consumer: str, rate: float) -> dict[str, Any]:
+async def run_scenario(
+    name: str, stack: LocalStack, base: Path, consumer: str, rate: float, label: str, metrics_port: int | None
+) -> dict[str, Any]:
     workers, fault_fn = SCENARIOS[name]
-    settings = drill_settings(stack, base, consumer)
+    settings = drill_settings(stack, base, consumer, metrics_port)
     publish_tiny_model(settings, F)
     await ensure_topics(settings)
     logs = base / f"logs-{name}-{consumer}"
@@ -141,17 +146,22 @@ async def run_scenario(name: str, stack: LocalStack, base: Path, consumer: str, 
     for _ in range(workers):
         drill.start_worker()
     started = time.monotonic()
+    error = None
     async with drill:
-        await drill.wait_consuming(workers)
-        await asyncio.sleep(10)  # steady state before the fault
-        await fault_fn(drill, stack)
-        await asyncio.sleep(5)
-        counted = await drill.finish()
-    fault = drill.faults[0]
+        try:
+            await drill.wait_consuming(workers)
+            await asyncio.sleep(10)  # steady state before the fault
+            await fault_fn(drill, stack)
+            await asyncio.sleep(5)
+        except Exception as exc:  # the drill could not go on (a worker died, never recovered): count anyway
+            error = f"{type(exc).__name__}: {exc}"
+        counted = await drill.finish(timeout_s=60 if error else 120)
+    fault = drill.faults[0] if drill.faults else drill.begin(name)
     problems = log_problems(logs)
     return {
         "scenario": fault.name,
         "consumer": consumer,
+        "code": label,
         "workers": workers,
         "events_in": counted.events_in,
         "verdicts_out": counted.verdicts_out,
@@ -163,6 +173,7 @@ async def run_scenario(name: str, stack: LocalStack, base: Path, consumer: str, 
         "fault_duration_s": round((fault.ended or fault.started) - fault.started, 2),
         "rss_before_mb": sorted(round(v, 1) for v in fault.rss_before_mb.values() if v),
         "rss_after_mb": sorted(round(v, 1) for v in fault.rss_after_mb.values() if v),
+        "max_lag_reported": fault.max_lag,
         "health_503_seen": fault.health_503,
         "health_reasons": fault.health_reasons,
         "workers_exited_by_themselves": len(drill.unexpected_exits()),
@@ -171,6 +182,7 @@ async def run_scenario(name: str, stack: LocalStack, base: Path, consumer: str, 
         "log_tracebacks": problems["tracebacks"],
         "producer_closed_lines": problems["producer_closed"],
         "wall_s": round(time.monotonic() - started, 1),
+        "drill_error": error,
     }
 
 
@@ -180,16 +192,17 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = [k for k in ("getmany", "faust") if k in results]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    sections = [k for k, v in results.items() if isinstance(v, dict) and "scenarios" in v]
+    names = list(dict.fromkeys(r["scenario"] for k in sections for r in results[k]["scenarios"]))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.6 * len(names) + 2))
+    height = 0.8 / max(1, len(sections))
     for i, section in enumerate(sections):
-        rows = results[section]["scenarios"]
-        names = [r["scenario"] for r in rows]
-        y = [j + i * 0.4 for j in range(len(rows))]
-        axes[0].barh(y, [r["recovery_s"] for r in rows], height=0.4, label=section)
-        axes[1].barh(y, [r["lost"] for r in rows], height=0.4, label=f"{section} lost")
-        axes[0].set_yticks(range(len(rows)), names, fontsize=8)
-        axes[1].set_yticks(range(len(rows)), names, fontsize=8)
+        rows = {r["scenario"]: r for r in results[section]["scenarios"]}
+        y = [j + i * height for j, n in enumerate(names) if n in rows]
+        axes[0].barh(y, [rows[n]["recovery_s"] for n in names if n in rows], height=height, label=section)
+        axes[1].barh(y, [rows[n]["lost"] for n in names if n in rows], height=height, label=section)
+    for ax in axes:
+        ax.set_yticks(range(len(names)), names, fontsize=8)
     axes[0].set_xlabel("recovery seconds (fault -> last verdict delayed > 2 s)")
     axes[1].set_xlabel("input offsets without a verdict (lost)")
     for ax in axes:
@@ -203,7 +216,14 @@ async def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="scenarios to run (default: all)")
     parser.add_argument("--consumer", choices=["getmany", "faust"], default="getmany")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second, steady")
+    parser.add_argument("--worker-code", type=Path, help="run the workers from this checkout (before/after)")
+    parser.add_argument("--metrics-port", type=int, help="for every worker (default: one free port for all)")
+    parser.add_argument("--label", help="results section (default: the consumer path)")
     args = parser.parse_args()
+    label = args.label or args.consumer
+    if args.worker_code:  # `python -m` puts the working directory first: spawned workers import that code
+        os.environ["PYTHONPATH"] = str(args.worker_code.resolve())
+        os.chdir(args.worker_code)
 
     path = RESULTS / "reliability.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -220,15 +240,17 @@ async def main() -> None:
         rows = []
         try:
             for name in args.only or list(SCENARIOS):
-                row = await run_scenario(name, stack, base, args.consumer, args.rate)
+                row = await run_scenario(name, stack, base, args.consumer, args.rate, label, args.metrics_port)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         finally:
             stack.down()
-    section = results.setdefault(args.consumer, {"scenarios": []})
+    section = results.setdefault(label, {"scenarios": []})
     done = {r["scenario"] for r in rows}
     section["scenarios"] = [r for r in section["scenarios"] if r["scenario"] not in done] + rows
     section["rate_events_per_s"] = args.rate
+    section["consumer"] = args.consumer
+    section["worker_code"] = str(args.worker_code) if args.worker_code else "this checkout"
     results["machine"] = machine()
     results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["recovery_definition"] = "seconds from the fault's injection until the last verdict delayed > 2 s arrived"

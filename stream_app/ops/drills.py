@@ -145,6 +145,7 @@ class Fault:
     rss_after_mb: dict[int, float | None] = field(default_factory=dict)
     health_503: bool = False
     health_reasons: list[str] = field(default_factory=list)
+    max_lag: int = 0  # the largest total lag /health reported during the fault
 
 
 @dataclass
@@ -239,6 +240,7 @@ class Drill:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             answers = [await asyncio.to_thread(health_of, p) for p in worker_ports(self.settings)]
+            answers = [(status, body) for status, body in answers if status]  # a port file nobody serves
             held = [set(body.get("partitions", [])) & want for _, body in answers]
             if len(answers) >= n and sum(1 for h in held if h) >= min(n, len(want)) and set().union(*held) == want:
                 return
@@ -277,12 +279,14 @@ class Drill:
     def end(self, fault: Fault) -> None:
         fault.ended = time.time()
 
-    async def settle(self, fault: Fault, quiet_s: float = 3.0, timeout_s: float = 90.0) -> None:
-        """Wait until every worker's lag is 0 (all caught up), then record RSS after the fault."""
+    async def settle(self, fault: Fault, quiet_s: float = 2.0, timeout_s: float = 120.0) -> None:
+        """Wait until every worker is healthy and the backlog is under a second of traffic, then record RSS."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             answers = [await asyncio.to_thread(health_of, p) for p in worker_ports(self.settings)]
-            if answers and all(status == 200 and not any(body.get("lag", {}).values()) for status, body in answers):
+            answers = [(status, body) for status, body in answers if status]
+            backlog = sum(sum(body.get("lag", {}).values()) for _, body in answers)
+            if answers and all(status == 200 for status, _ in answers) and backlog <= self.traffic.rate:
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(quiet_s)
@@ -295,6 +299,8 @@ class Drill:
             fault = self._current
             for port in worker_ports(self.settings):
                 status, body = await asyncio.to_thread(health_of, port, 2.0)
+                if fault is not None:
+                    fault.max_lag = max(fault.max_lag, sum(body.get("lag", {}).values()))
                 if fault is not None and status == 503:
                     fault.health_503 = True
                     for reason in body.get("problems", []):

@@ -51,7 +51,8 @@ def live_port_files(state_dir: Path) -> list[Path]:
     live = []
     for path in sorted(Path(state_dir).glob(PORT_FILES)):
         owner_host, _, pid = path.stem.removeprefix("worker-").rpartition("-")
-        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+        is_pid = pid.isdigit() and int(pid) < 2**22  # Linux's largest pid_max; older files named otherwise
+        if owner_host == host and is_pid and not _pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             continue
         live.append(path)

@@ -80,25 +80,22 @@ def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
     )
 
 
-async def test_worker_kills_stops_and_rebalances_lose_no_verdict(stack, tmp_path):
+async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):
+    """Two workers on one host (one metrics port setting); one is SIGKILLed and replaced (the newcomer's join
+    rebalances partitions with batches in flight), then one stops gracefully (2 -> 1)."""
     settings = chaos_settings(stack, tmp_path)
     publish_tiny_model(settings, F)
     await ensure_topics(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     port_file(settings.state_dir, 2**22 + 7).write_text("1")  # a dead worker's leftover: ignored and removed
     drill = Drill(settings, stack, RATE, F, tmp_path)
-    first = drill.start_worker()
+    first, second = drill.start_worker(), drill.start_worker()
     async with drill:
-        await drill.wait_consuming(1)
-        fault = drill.begin("scale 1 -> 2 (rebalance with batches in flight)")
-        second = drill.start_worker()
         await drill.wait_consuming(2)
         ports = worker_ports(settings)
         assert len(ports) == 2 and len(set(ports)) == 2, f"two workers, two metrics ports on one host: {ports}"
-        drill.end(fault)
-        await drill.settle(fault)
 
-        fault = drill.begin("worker SIGKILL + restart")
+        fault = drill.begin("worker SIGKILL + restart (rebalance with batches in flight)")
         drill.signal_worker(first, signal.SIGKILL)
         await asyncio.sleep(1.0)
         drill.start_worker()
@@ -126,24 +123,25 @@ async def test_redis_and_broker_outages_pause_report_and_resume(stack, tmp_path)
     async with drill:
         await drill.wait_consuming(1)
 
-        fault = drill.begin("Redis SIGSTOP 8 s")
+        fault = drill.begin("Redis SIGSTOP 6 s")
         stack.signal("redis", signal.SIGSTOP)
-        await asyncio.sleep(8)
+        await asyncio.sleep(6)
         stack.signal("redis", signal.SIGCONT)
         drill.end(fault)
         await drill.settle(fault)
         assert fault.health_503 and any("redis" in r for r in fault.health_reasons), fault.health_reasons
+        assert fault.max_lag > 0, "lag comes from the broker's end offsets, also while batches fail"
 
         fault = drill.begin("Redis SIGKILL + restart (AOF)")
         await asyncio.to_thread(stack.kill, "redis")
-        await asyncio.sleep(2)
+        await asyncio.sleep(1)
         await asyncio.to_thread(stack.restart, "redis")
         drill.end(fault)
         await drill.settle(fault)
 
-        fault = drill.begin("broker SIGSTOP 8 s (outputs scored, acks time out)")
+        fault = drill.begin("broker SIGSTOP 7 s (outputs scored, acks time out)")
         stack.signal("kafka", signal.SIGSTOP)
-        await asyncio.sleep(8)
+        await asyncio.sleep(7)
         stack.signal("kafka", signal.SIGCONT)
         drill.end(fault)
         await drill.settle(fault)
@@ -151,7 +149,7 @@ async def test_redis_and_broker_outages_pause_report_and_resume(stack, tmp_path)
 
         fault = drill.begin("broker SIGKILL + restart on the same log dir")
         await asyncio.to_thread(stack.kill, "kafka")
-        await asyncio.sleep(3)
+        await asyncio.sleep(1)
         await asyncio.to_thread(stack.restart, "kafka")
         drill.end(fault)
         await drill.settle(fault)

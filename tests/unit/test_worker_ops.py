@@ -104,3 +104,20 @@ def test_a_throttled_message_still_formats_through_a_formatter_that_rewrites_arg
     assert throttle.filter(later)
     later.args = tuple(later.args)  # what mode's ExtensionFormatter does before formatting
     assert logging.Formatter().format(later) == "node 1 down (repeated 1 times in the last 2 s)"
+
+
+def test_redis_and_kafka_clients_carry_timeouts_from_settings():
+    from stream_app.ops.connections import aiokafka_kwargs, redis_client
+    from stream_app.settings import Settings
+
+    settings = Settings()
+    settings.redis.socket_timeout_s, settings.kafka.request_timeout_ms = 1.5, 7000
+    pool = redis_client(settings.redis).connection_pool.connection_kwargs
+    assert pool["socket_timeout"] == 1.5 and pool["socket_connect_timeout"] == settings.redis.socket_connect_timeout_s
+    assert aiokafka_kwargs(settings.kafka)["request_timeout_ms"] == 7000
+
+
+def test_metrics_bind_loopback_by_default():
+    from stream_app.settings import Settings
+
+    assert Settings().metrics_host == "127.0.0.1"

@@ -163,7 +163,8 @@ class BatchConsumer:
             await self._retry_when_due(consumer)
             if self._hold is not None:
                 self._seek_rewinds(consumer)
-                await asyncio.sleep(min(0.2, max(0.0, self._hold[1] - time.monotonic())))
+                # Polling paused partitions returns nothing but keeps within max.poll.interval (group membership).
+                self._unread(consumer, await consumer.getmany(timeout_ms=200))
                 return
         await self._wait_for_room()
         polled = await consumer.getmany(timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch)
@@ -172,11 +173,15 @@ class BatchConsumer:
         polled = {tp: msgs for tp, msgs in polled.items() if tp not in rewound and tp in self.ledger.assigned}
         if polled and self._hold is None:
             await self._submit(polled)
-        elif polled:  # paused meanwhile: fetch these again once resumed
-            for tp, msgs in polled.items():
-                with contextlib.suppress(Exception):
-                    consumer.seek(tp, msgs[0].offset)
+        else:
+            self._unread(consumer, polled)
         await self._commit(consumer)
+
+    def _unread(self, consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Records fetched while paused (a partition assigned meanwhile): fetch them again once resumed."""
+        for tp, msgs in polled.items():
+            with contextlib.suppress(Exception):  # revoked meanwhile: the next owner reads them
+                consumer.seek(tp, msgs[0].offset)
 
     async def _wait_for_room(self) -> None:
         while len(self._settled) >= MAX_IN_FLIGHT and not self._stopping.is_set():

@@ -236,9 +236,9 @@ async def main() -> None:
             controller_port=free_port(),
             redis_port=free_port(),
         )
-        stack.up()
         rows = []
         try:
+            await asyncio.to_thread(stack.up)  # it runs its own event loop for its probes
             for name in args.only or list(SCENARIOS):
                 row = await run_scenario(name, stack, base, args.consumer, args.rate, label, args.metrics_port)
                 print(json.dumps(row), flush=True)

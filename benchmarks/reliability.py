@@ -169,6 +169,7 @@ async def run_scenario(
         "duplicates": counted.duplicates,
         "duplicates_with_other_score": len(counted.inconsistent),
         "duplicates_with_other_threshold": counted.threshold_differs,
+        "max_score_spread_of_duplicates": counted.max_score_spread,
         "recovery_s": round(counted.recovery_s(fault), 2),
         "fault_duration_s": round((fault.ended or fault.started) - fault.started, 2),
         "rss_before_mb": sorted(round(v, 1) for v in fault.rss_before_mb.values() if v),

@@ -156,8 +156,9 @@ class Tally:
     verdicts_out: int
     lost: list[tuple[int, int]]
     duplicates: int
-    inconsistent: list[tuple[int, int]]  # offsets whose copies differ in score, source or model version
+    inconsistent: list[tuple[int, int]]  # offsets whose copies differ in source, model version or score (> 1e-4)
     threshold_differs: int  # duplicates whose threshold differs (judged twice against a moved threshold)
+    max_score_spread: float  # the largest score difference between copies of one event
     first_verdict_ms: dict[tuple[int, int], int]
     input_ms: dict[tuple[int, int], int]
 
@@ -186,9 +187,14 @@ async def tally(settings: Settings) -> Tally:
         first[key] = min(first.get(key, r.timestamp), r.timestamp)
     input_ms = {(r.partition, r.offset): r.timestamp for r in inputs}
     lost = sorted(k for k in input_ms if k not in by_offset)
+    # Scores of a redelivered event may differ in the last float bits (another batch size, another BLAS path).
     inconsistent = sorted(
-        k for k, copies in by_offset.items() if len({(c["score"], c["source"], c["version"]) for c in copies}) > 1
+        k
+        for k, copies in by_offset.items()
+        if len({(c["source"], c["version"]) for c in copies}) > 1
+        or not np.allclose([c["score"] for c in copies], copies[0]["score"], rtol=1e-4, atol=1e-6)
     )
+    score_spread = max((float(np.ptp([c["score"] for c in copies])) for copies in by_offset.values()), default=0.0)
     threshold_differs = sum(1 for copies in by_offset.values() if len({c["threshold"] for c in copies}) > 1)
     return Tally(
         events_in=len(input_ms),
@@ -197,6 +203,7 @@ async def tally(settings: Settings) -> Tally:
         duplicates=len(verdicts) - len(by_offset),
         inconsistent=inconsistent,
         threshold_differs=threshold_differs,
+        max_score_spread=score_spread,
         first_verdict_ms=first,
         input_ms=input_ms,
     )

@@ -138,6 +138,7 @@ class BatchConsumer:
         consumer.subscribe(list(self.kinds), listener=_Listener(self))
         self.ledger = OffsetLedger()
         self._settled.clear()
+        self.health.forget(list(self.health.lag()))  # a restarted consumer reports afresh
         await consumer.start()
         self.running = True
         monitor = asyncio.create_task(self._monitor(consumer))
@@ -329,7 +330,7 @@ class BatchConsumer:
                 await asyncio.wait_for(consumer.commit(final), self.settings.kafka.request_timeout_ms / 1000)
             except Exception as exc:
                 log.warning("commit on revoke failed (%s); the next owner redoes that work", describe(exc))
-        self.health.forget(revoked)
+        self.health.forget(f"{tp.topic}/{tp.partition}" for tp in revoked)
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))

@@ -348,8 +348,10 @@ class BatchConsumer:
         """Every probe interval: each dependency's reachability and every assigned partition's lag."""
         while True:
             await asyncio.sleep(self.settings.recovery.probe_interval_s)
-            for name in [*self.probes, "kafka"]:
-                await self._probe(name, self._probe_for(name, consumer))  # type: ignore[arg-type]
+            # Concurrently: a Redis that does not answer must not hold back the lag measurement.
+            await asyncio.gather(
+                *(self._probe(name, self._probe_for(name, consumer)) for name in [*self.probes, "kafka"])  # type: ignore[arg-type]
+            )
 
     async def _probe(self, name: str, probe: Probe) -> None:
         try:

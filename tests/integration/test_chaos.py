@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +89,9 @@ async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):
     publish_tiny_model(settings, F)
     await ensure_topics(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    port_file(settings.state_dir, 2**22 + 7).write_text("1")  # a dead worker's leftover: ignored and removed
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    port_file(settings.state_dir, gone.pid).write_text("1")  # a dead worker's leftover: ignored and removed
     drill = Drill(settings, stack, RATE, F, tmp_path)
     first, second = drill.start_worker(), drill.start_worker()
     async with drill:

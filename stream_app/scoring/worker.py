@@ -262,13 +262,22 @@ class Worker:
             "app_id": self.settings.app_id,
             "models": self.models.versions(),
             "batches": self.batches,
-            "partitions": self.consumer.partitions,
+            "partitions": self._partitions(),
             "lag": self.health_state.lag(),
             "last_batch_age_s": None
             if self.metrics.last_batch_at is None
             else time.time() - self.metrics.last_batch_at,
             "uptime_s": time.time() - self.metrics.started_at,
         }
+
+    def _partitions(self) -> list[str]:
+        """Input partitions this worker consumes now (the faust path: its app consumer's assignment)."""
+        if self.settings.batching.consumer == "getmany":
+            return self.consumer.partitions
+        try:
+            return sorted(f"{tp.topic}/{tp.partition}" for tp in self.app.consumer.assignment())
+        except Exception:  # not started yet
+            return []
 
     async def close(self) -> None:
         """Stop consuming first (in-flight batches settle and commit), then close what their outputs went to."""

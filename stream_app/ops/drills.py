@@ -251,18 +251,15 @@ class Drill:
             held = [set(body.get("partitions", [])) & want for _, body in answers]
             if len(answers) >= n and sum(1 for h in held if h) >= min(n, len(want)) and set().union(*held) == want:
                 return
-            if len(answers) >= n and not any(body.get("partitions") for _, body in answers) and self._no_partitions():
+            if (
+                len(answers) >= n
+                and self.settings.batching.consumer == "faust"
+                and not any(b.get("partitions") for _, b in answers)
+            ):
+                await asyncio.sleep(15)  # a worker version whose /health lists no partitions: let faust's group settle
                 return
             await asyncio.sleep(0.5)
         raise TimeoutError(f"{n} workers did not share the {len(want)} input partitions within {timeout_s:.0f} s")
-
-    def _no_partitions(self) -> bool:
-        """A worker version whose /health does not list partitions (the old faust path): wait for its group
-        to settle instead (faust's first rebalance takes a few seconds)."""
-        if self.settings.batching.consumer != "faust":
-            return False
-        time.sleep(15)
-        return True
 
     def unexpected_exits(self) -> list[tuple[int, int | None]]:
         """Workers that ended without us ending them: (pid, exit code)."""

@@ -195,15 +195,18 @@ def plot(results: dict[str, Any]) -> None:
 
     sections = [k for k, v in results.items() if isinstance(v, dict) and "scenarios" in v]
     names = list(dict.fromkeys(r["scenario"] for k in sections for r in results[k]["scenarios"]))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 0.6 * len(names) + 2))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.7 * len(names) + 2), sharey=True)
     height = 0.8 / max(1, len(sections))
     for i, section in enumerate(sections):
         rows = {r["scenario"]: r for r in results[section]["scenarios"]}
         y = [j + i * height for j, n in enumerate(names) if n in rows]
-        axes[0].barh(y, [rows[n]["recovery_s"] for n in names if n in rows], height=height, label=section)
-        axes[1].barh(y, [rows[n]["lost"] for n in names if n in rows], height=height, label=section)
-    for ax in axes:
-        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for ax, key in zip(axes, ("recovery_s", "lost"), strict=True):
+            values = [rows[n][key] for n in names if n in rows]
+            ax.barh(y, values, height=height, label=section)
+            for yy, v in zip(y, values, strict=True):
+                ax.annotate(f"{v:g}", (v, yy), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
     axes[0].set_xlabel("recovery seconds (fault -> last verdict delayed > 2 s)")
     axes[1].set_xlabel("input offsets without a verdict (lost)")
     for ax in axes:

@@ -141,6 +141,31 @@ class LocalStack:
                 _stop_group(pid, timeout_s)
             self._pid_file(name).unlink(missing_ok=True)
 
+    def signal(self, name: str, sig: int) -> None:
+        """Send `sig` to a server's process group: fault drills (SIGKILL, SIGSTOP/SIGCONT) on the real servers."""
+        pid = self._pid(name)
+        if pid is None or not _pid_alive(pid):
+            raise StackError(f"{name} is not running (pid file {self._pid_file(name)})")
+        os.killpg(pid, sig)
+
+    def kill(self, name: str, timeout_s: float = 10.0) -> None:
+        """SIGKILL a server and wait until it is gone; `restart(name)` starts it again on the same data dir."""
+        pid = self._pid(name)
+        self.signal(name, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:  # type: ignore[arg-type]
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # type: ignore[arg-type]
+            time.sleep(0.05)
+        if _pid_alive(pid):  # type: ignore[arg-type]
+            raise StackError(f"{name} (pid {pid}) survived SIGKILL for {timeout_s:.0f} s")
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # type: ignore[arg-type]
+
+    def restart(self, name: str) -> list[ServerStatus]:
+        """Start a stopped server again on its existing data (Kafka's log dir, Redis's AOF) and wait for it."""
+        return self.up((name,))
+
     def status(self) -> list[ServerStatus]:
         kafka_pid, redis_pid = self._pid("kafka"), self._pid("redis")
         kafka_ok, kafka_detail = _kafka_healthy(self.bootstrap, **self.kafka_client)

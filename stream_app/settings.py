@@ -41,6 +41,11 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     max_message_bytes: int = 8 * 1024 * 1024
+    request_timeout_ms: int = Field(
+        15_000, ge=1000, description="every Kafka request and connect; a batch's outputs fail after this"
+    )
+    session_timeout_ms: int = Field(10_000, ge=1000, description="a silent worker's partitions move on after this")
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
 
     _dump_password = field_serializer("sasl_password", when_used="json")(_secret_json)
 
@@ -53,6 +58,8 @@ class RedisSettings(BaseModel):
     password: SecretStr | None = None
     ssl_ca_certs: str | None = None
     key_prefix: str = "lw"
+    socket_timeout_s: float = Field(5.0, gt=0, description="a Redis that accepts but never answers fails a batch")
+    socket_connect_timeout_s: float = Field(2.0, gt=0)
 
     _dump_password = field_serializer("password", when_used="json")(_secret_json)
 
@@ -85,6 +92,17 @@ class BatchSettings(BaseModel):
     max_batch: int = Field(256, ge=1)
     max_wait_ms: float = Field(50.0, gt=0)
     consumer: Literal["getmany", "faust"] = "getmany"
+
+
+class RecoverySettings(BaseModel):
+    """How a worker rides out unreachable dependencies and rebalances (see stream_app/scoring/consumer.py)."""
+
+    retry_base_s: float = Field(0.5, gt=0, description="first retry delay after a failed batch; doubles each time")
+    retry_max_s: float = Field(15.0, gt=0, description="cap on the retry delay (jittered in its upper half)")
+    probe_interval_s: float = Field(2.0, gt=0, description="Redis/Kafka reachability and lag are checked this often")
+    stall_after_s: float = Field(60.0, gt=0, description="/health: a partition with lag that has not advanced")
+    revoke_wait_s: float = Field(8.0, ge=0, description="on a rebalance, wait this long for in-flight batches")
+    log_repeat_s: float = Field(30.0, gt=0, description="identical warnings/errors logged once per interval")
 
 
 class ThresholdSettings(BaseModel):
@@ -259,6 +277,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     batching: BatchSettings = BatchSettings()
+    recovery: RecoverySettings = RecoverySettings()
     thresholds: ThresholdSettings = ThresholdSettings()
     incidents: IncidentSettings = IncidentSettings()
     stack: StackSettings = StackSettings()
@@ -278,7 +297,11 @@ class Settings(BaseSettings):
         description="inference processes per `linewatch worker` (None: one per physical core, capped by partitions)",
     )
     web_port: int = 6066
-    metrics_port: int = 9108
+    metrics_host: str = Field("127.0.0.1", description="/metrics and /health bind here; 0.0.0.0 to scrape remotely")
+    metrics_port: int = Field(9108, ge=-1, description="first port tried; 0: any free port; -1: no HTTP server")
+    metrics_port_range: int = Field(
+        16, ge=1, description="workers on one host take the first free of metrics_port .. +range-1"
+    )
     max_image_bytes: int = 8 * 1024 * 1024
     claim_check_dirs: list[Path] = Field(default_factory=list, description="file:// URIs must lie under one")
 

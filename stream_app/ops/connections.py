@@ -31,6 +31,7 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
         "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,  # aiokafka bounds connects by it too
     }
     if context := kafka_ssl_context(kafka):
         kwargs["ssl_context"] = context
@@ -44,8 +45,15 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def redis_client(cfg: RedisSettings) -> aioredis.Redis:
-    """An asyncio Redis client; `rediss://` URLs get TLS; credentials from settings or the URL."""
-    kwargs: dict[str, Any] = {}
+    """An asyncio Redis client; `rediss://` URLs get TLS; credentials from settings or the URL.
+
+    Socket timeouts are set so a Redis that accepts connections but never answers (paused, overloaded) fails
+    the call instead of blocking a batch forever; the caller retries.
+    """
+    kwargs: dict[str, Any] = {
+        "socket_timeout": cfg.socket_timeout_s,
+        "socket_connect_timeout": cfg.socket_connect_timeout_s,
+    }
     if cfg.username:
         kwargs["username"] = cfg.username
     if cfg.password is not None:

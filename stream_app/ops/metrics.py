@@ -5,6 +5,7 @@ Each worker gets its own CollectorRegistry so several pipelines (tests, benchmar
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,7 +65,19 @@ class BatchHistogram:
 class WorkerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.events = Counter("linewatch_events", "input events consumed", ["topic"], registry=r)
+        self.events = Counter(
+            "linewatch_events", "input events consumed (redeliveries included)", ["topic"], registry=r
+        )
+        self.redelivered = Counter(
+            "linewatch_redelivered_events", "events consumed again after a rewind (subtract from events)", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "linewatch_retries", "failed batches and dependency probes retried", ["cause"], registry=r
+        )
+        self.paused = Gauge("linewatch_consumption_paused", "1 while a dependency is unreachable", registry=r)
+        self.dependency_up = Gauge("linewatch_dependency_up", "last reachability probe", ["dependency"], registry=r)
+        self.rebalances = Counter("linewatch_rebalances", "partitions revoked or assigned", ["event"], registry=r)
         self.batch_size = Histogram(
             "linewatch_batch_size", "events per micro-batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
         )
@@ -81,7 +94,12 @@ class WorkerMetrics:
         self.alerts = Counter("linewatch_alerts", "alerts published", ["model"], registry=r)
         self.incidents = Counter("linewatch_incidents", "incidents opened/closed", ["model", "event"], registry=r)
         self.deadletters = Counter("linewatch_deadletters", "events dead-lettered", ["reason"], registry=r)
-        self.lag = Gauge("linewatch_consumer_lag", "highwater - next offset", ["topic", "partition"], registry=r)
+        self.lag = Gauge(
+            "linewatch_consumer_lag",
+            "broker end offset - first offset not yet done",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.model_version = Gauge("linewatch_model_version", "serving version", ["model"], registry=r)
         self.swaps = Counter("linewatch_model_swaps", "model versions swapped in", ["model"], registry=r)
         self.refused = Counter("linewatch_model_refused", "model versions refused", ["model"], registry=r)
@@ -90,9 +108,11 @@ class WorkerMetrics:
 
 
 async def serve_http(
-    metrics: WorkerMetrics, host: str, port: int, health: Callable[[], dict[str, Any]]
+    metrics: WorkerMetrics, host: str, port: int, health: Callable[[], dict[str, Any]], tries: int = 1
 ) -> tuple[web.AppRunner, int]:
-    """Start /metrics and /health on host:port (0 picks a free port); returns the runner and the bound port."""
+    """Start /metrics and /health on host at the first free port of port .. port+tries-1 (0 picks any free
+    port), so several workers on one host get predictable ports; returns the runner and the bound port.
+    Raises OSError naming the range when none is free."""
 
     async def metrics_page(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -106,7 +126,20 @@ async def serve_http(
     app.router.add_get("/health", health_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, bound
+    candidates = [0] if port == 0 else list(range(port, port + max(1, tries)))
+    for candidate in candidates:
+        site = web.TCPSite(runner, host, candidate)
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                await runner.cleanup()
+                raise
+            continue
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await runner.cleanup()
+    raise OSError(
+        errno.EADDRINUSE,
+        f"no free port for /metrics and /health on {host} in {candidates[0]}..{candidates[-1]} (all in use); "
+        "set LINEWATCH_METRICS_PORT to another first port, 0 for any free port, or widen LINEWATCH_METRICS_PORT_RANGE",
+    )

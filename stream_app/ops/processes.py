@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,6 +24,39 @@ import orjson
 from stream_app.settings import REVEAL_SECRETS, Settings
 
 PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port here, in settings.state_dir
+
+
+def port_file(state_dir: Path, pid: int | None = None) -> Path:
+    """Where the worker process `pid` (this one by default) on this host writes its metrics/health port."""
+    return Path(state_dir) / PORT_FILES.replace("*", f"{socket.gethostname()}-{pid or os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie (killed, not yet reaped) is dead too
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def live_port_files(state_dir: Path) -> list[Path]:
+    """Port files of live workers; those of this host's dead workers (SIGKILLed, no goodbye) are removed.
+    Files of other hosts (a shared state dir) are kept: their processes cannot be checked from here."""
+    host = socket.gethostname()
+    live = []
+    for path in sorted(Path(state_dir).glob(PORT_FILES)):
+        owner_host, _, pid = path.stem.removeprefix("worker-").rpartition("-")
+        is_pid = pid.isdigit() and int(pid) < 2**22  # Linux's largest pid_max; older files named otherwise
+        if owner_host == host and is_pid and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            continue
+        live.append(path)
+    return live
 
 
 def _config_content_and_path(settings: Settings, directory: Path) -> tuple[bytes, Path]:
@@ -91,8 +125,12 @@ def running(settings: Settings, *command: str, log_file: Path | None = None) -> 
 
 
 def worker_ports(settings: Settings) -> list[int]:
-    """Metrics/health ports of the workers started with these settings (port 0 picks a free one)."""
-    return [int(p.read_text()) for p in Path(settings.state_dir).glob(PORT_FILES)]
+    """Metrics/health ports of the live workers started with these settings (port 0 picks a free one)."""
+    ports = []
+    for path in live_port_files(Path(settings.state_dir)):
+        with contextlib.suppress(FileNotFoundError, ValueError):  # removed or half-written meanwhile
+            ports.append(int(path.read_text()))
+    return ports
 
 
 def worker_health(port: int, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""The inspection worker: a faust-streaming app whose agents micro-batch input topics into the pipeline.
+"""The inspection worker: a faust-streaming app that owns the resources and runs the consume loop.
 
-- Micro-batches come from one of two consumers (`batching.consumer`): by default an aiokafka `getmany` loop run
-  as a task of the faust app (measured faster than faust's per-event stream path on this machine, see
-  benchmarks/results/pipeline.json), committing offsets explicitly once the broker acknowledged every output
-  `InspectionPipeline.submit` queued for them; or faust agents with `take_events(max_batch, within=max_wait)`, whose offsets faust acks
-  when the agent loop resumes, i.e. also after the outputs are acknowledged. Either way delivery is
-  at-least-once, and alert ids are deterministic so redeliveries de-duplicate.
+- Micro-batches come from one of two consumers (`batching.consumer`): by default the aiokafka `getmany` loop
+  of `scoring/consumer.py` (measured faster than faust's per-event stream path on this machine, see
+  benchmarks/results/pipeline.json; rebalance-safe, pauses and retries while Redis or Kafka is unreachable,
+  commits only acknowledged work); or faust agents with `take_events(max_batch, within=max_wait)`, which
+  retry a failed batch in place (with backoff) until its outputs are acknowledged, because faust acks the
+  events it handed out even when the agent raises. Either way delivery is at-least-once and alert ids are
+  deterministic, so redeliveries de-duplicate.
 - Model announcements (`inspection.model-updates`) must reach *every* worker, so they are read by a plain
   aiokafka consumer without a group, from the end of the topic; each one triggers a background load and a
   swap between batches. A worker always starts on the registry's production versions.
-- Outputs go through one aiokafka producer (acks=all) owned by the app; inference runs on one thread.
+- Outputs go through one aiokafka producer (acks=all) owned by the worker; inference runs on one thread.
+  On shutdown consumption stops (in-flight batches settle, offsets commit) before the producer closes.
+- /metrics and /health bind `metrics_host` (127.0.0.1 by default) on the first free port from
+  `metrics_port` (`metrics_port_range` ports), so several workers share a host; /health answers 503 with the
+  reasons while a dependency is unreachable, consumption is paused or a partition with lag does not advance.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,15 @@ import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.judging.store import ThresholdStore
+from stream_app.ops.backoff import Backoff
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
+from stream_app.ops.health import HealthState
+from stream_app.ops.logthrottle import throttle_repeats
 from stream_app.ops.metrics import WorkerMetrics, serve_http
-from stream_app.ops.processes import PORT_FILES
+from stream_app.ops.processes import live_port_files, port_file
 from stream_app.registry.announcements import parse_update
 from stream_app.registry.versions import Registry
+from stream_app.scoring.consumer import BatchConsumer, cause_of, describe
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
@@ -64,7 +71,7 @@ def to_record(event: Any) -> Record:
 
 
 class Worker:
-    """Owns the worker's resources (producer, Redis, executor, models, HTTP) and builds the faust app."""
+    """Owns the worker's resources (producer, Redis, executor, models, HTTP, consumer) and builds the faust app."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -75,14 +82,28 @@ class Worker:
         self.redis = redis_client(settings.redis)
         self.store = ThresholdStore(self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
+        self.health_state = HealthState(settings.recovery.stall_after_s)
+        self.consumer = BatchConsumer(
+            settings, self._submit, self.metrics, self.health_state, {"redis": self.redis.ping}
+        )
         self.producer: AIOKafkaProducer | None = None
         self.publisher: Publisher | None = None
+        self._http: Any = None
         self._port_file: Path | None = None
+        self._consume_task: asyncio.Task | None = None
         self.http_port: int | None = None
-        self.batches = 0
+        self._faust_batches = 0
         self.ready = asyncio.Event()
-        self.partitions: list[str] = []  # input partitions this worker consumes now (getmany path)
         self.app = self._build_app()
+
+    @property
+    def batches(self) -> int:
+        return self.consumer.batches + self._faust_batches
+
+    async def _submit(self, kind: str, records: Sequence[Record]) -> list[asyncio.Future]:
+        assert self.publisher is not None, "the producer starts before consumption"
+        _, acks = await self.pipeline.submit(kind, records, self.publisher)
+        return acks
 
     def _build_app(self) -> faust.App:
         s = self.settings
@@ -97,8 +118,8 @@ class Worker:
             web_enabled=False,
             topic_partitions=s.topics.partitions,
             broker_commit_interval=0.5,
-            broker_session_timeout=10.0,  # a killed worker's partitions move on after 10 s, not faust's 60
-            broker_heartbeat_interval=3.0,
+            broker_session_timeout=s.kafka.session_timeout_ms / 1000,  # a killed worker's partitions move on
+            broker_heartbeat_interval=s.kafka.heartbeat_interval_ms / 1000,
             consumer_max_fetch_size=s.kafka.max_message_bytes,
             producer_max_request_size=s.kafka.max_message_bytes,
             consumer_auto_offset_reset="earliest",
@@ -111,19 +132,11 @@ class Worker:
             await self.ready.wait()
             async for events in stream.take_events(s.batching.max_batch, within=within):
                 records = [to_record(e) for e in events]
-                try:
-                    report = await self.pipeline.handle(kind, records, self.publisher)
-                except Exception:
-                    # Outputs were not all acknowledged: stop rather than ack offsets of unsent verdicts;
-                    # the group rebalances and the batch is redelivered (at-least-once).
-                    log.exception("batch of %d %s failed; stopping so it is redelivered", len(records), kind)
-                    raise
-                self.batches += 1
+                await self._handle_until_acknowledged(kind, records)
+                self._faust_batches += 1
                 self._observe_lag(
                     app.consumer.highwater, {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
                 )
-                log.debug("batch kind=%s events=%d scored=%d alerts=%d", kind, report.events, report.scored,
-                          report.alerts)  # fmt: skip
 
         if s.batching.consumer == "faust":
 
@@ -135,12 +148,6 @@ class Worker:
             async def score_frames(stream: Any) -> None:
                 await run_batches("images", stream)
 
-        else:
-
-            @app.task
-            async def score_batches() -> None:
-                await self._getmany_loop()
-
         @app.task
         async def follow_model_updates() -> None:
             await self._follow_model_updates()
@@ -149,7 +156,7 @@ class Worker:
 
         @app.service
         class Resources(faust.Service):  # type: ignore[misc]
-            """Starts with the app, before agents get events; closes the producer, Redis and executor."""
+            """Starts with the app, before agents get events; stops consuming, then closes the producer."""
 
             async def on_start(self) -> None:
                 await worker._start()
@@ -159,85 +166,42 @@ class Worker:
 
         return app
 
-    async def _getmany_loop(self) -> None:
-        """The aiokafka path: `getmany` returns what is there (up to max_batch) as soon as anything is, so
-        batches grow with load and stay small (low latency) when traffic is light. While one batch's outputs
-        wait for the broker's acks, the next batch is fetched and scored; offsets are committed in order,
-        each only once its batch's outputs are all acknowledged (at-least-once)."""
-        s = self.settings
-        await self.ready.wait()
-        kinds = {s.topics.vectors: "vectors", s.topics.frames: "images"}
-        consumer = AIOKafkaConsumer(
-            *kinds,
-            group_id=f"{s.app_id}.inspect",  # faust's own consumer holds the group named app_id
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=s.kafka.max_message_bytes,
-            fetch_max_bytes=max(s.kafka.max_message_bytes, 52428800),
-            **aiokafka_kwargs(s.kafka),
-        )
-        unacked: deque[tuple[asyncio.Future, dict[TopicPartition, tuple[int, int]]]] = deque()
-
-        async def retry_from_oldest(failed: dict[TopicPartition, tuple[int, int]] | None) -> None:
-            """Rewind every partition to its oldest uncommitted offset and drop what is in flight."""
-            batches = [offsets for _, offsets in unacked] + ([failed] if failed else [])
-            for acked, _ in unacked:
-                with contextlib.suppress(Exception):
-                    await acked
-            unacked.clear()
-            for tp in {tp for offsets in batches for tp in offsets}:
-                consumer.seek(tp, min(offsets[tp][0] for offsets in batches if tp in offsets))
-            await asyncio.sleep(1.0)
-
-        await consumer.start()
-        try:
-            while True:
-                polled = await consumer.getmany(
-                    timeout_ms=int(s.batching.max_wait_ms), max_records=s.batching.max_batch
-                )
-                self.partitions = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-                if polled:
-                    offsets = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in polled.items()}
-                    by_kind: dict[str, list[Record]] = {}
-                    for tp, msgs in polled.items():
-                        by_kind.setdefault(kinds[tp.topic], []).extend(Record.of(m, m.timestamp) for m in msgs)
-                    try:
-                        submitted = await asyncio.gather(
-                            *(self.pipeline.submit(k, recs, self.publisher) for k, recs in by_kind.items())
-                        )
-                    except Exception:  # not scored or not sent: rewind and retry (at-least-once), keep running
-                        log.exception("batch failed; rewinding %d partitions to retry", len(polled))
-                        await retry_from_oldest(offsets)
-                        continue
-                    unacked.append((asyncio.gather(*(f for _, acks in submitted for f in acks)), offsets))
-                    self.batches += 1
-                    self._observe_lag(consumer.highwater, {tp: end for tp, (_, end) in offsets.items()})
-                # Commit in order what the broker acknowledged; at most one batch waits behind the next.
-                while unacked and (unacked[0][0].done() or len(unacked) > 1 or not polled):
-                    acked, done_offsets = unacked[0]
-                    try:
-                        await acked
-                    except Exception:
-                        log.exception("outputs not acknowledged; rewinding to retry")
-                        await retry_from_oldest(None)
-                        break
-                    unacked.popleft()
-                    await consumer.commit({tp: end for tp, (_, end) in done_offsets.items()})
-        finally:
-            await consumer.stop()
+    async def _handle_until_acknowledged(self, kind: str, records: list[Record]) -> None:
+        """The faust path: faust acks a batch's offsets once the agent body moves on, even when it raised, so a
+        failed batch is retried here (backoff and jitter) until its outputs are acknowledged."""
+        assert self.publisher is not None
+        backoff = Backoff(self.settings.recovery.retry_base_s, self.settings.recovery.retry_max_s)
+        while True:
+            try:
+                await self.pipeline.handle(kind, records, self.publisher)
+            except Exception as exc:
+                cause = cause_of(exc)
+                delay = backoff.next_delay()
+                self.metrics.retries.labels(cause).inc()
+                self.metrics.paused.set(1)
+                self.health_state.problem("consumption", f"retrying a failed batch ({cause}: {describe(exc)})")
+                log.warning("batch of %d %s failed (%s); retrying it with backoff", len(records), kind, describe(exc))
+                await asyncio.sleep(delay)
+                continue
+            if backoff.attempts:
+                self.metrics.paused.set(0)
+                self.health_state.resolved("consumption")
+                log.info("batch of %d %s done after %d retries", len(records), kind, backoff.attempts)
+            return
 
     def _observe_lag(
         self, highwater: Callable[[TopicPartition], int | None], next_offsets: dict[TopicPartition, int]
     ) -> None:
-        """Consumer lag per partition after a batch: the partition's highwater minus the next offset."""
+        """Consumer lag per partition after a batch (faust path): the partition's highwater minus the next offset."""
         for tp, offset in next_offsets.items():
             with contextlib.suppress(Exception):  # a partition revoked meanwhile has no highwater
                 lag = (highwater(tp) or 0) - offset
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
 
     async def _start(self) -> None:
-        """Create topics, start the producer, load production models, serve /metrics and /health."""
+        """Create topics, start the producer, load production models, serve /metrics and /health, consume."""
         s = self.settings
+        throttle_repeats(s.recovery.log_repeat_s)  # faust has configured logging by now
         await ensure_topics(s)
         self.producer = output_producer(s.kafka)
         await self.producer.start()
@@ -250,12 +214,19 @@ class Worker:
             except Exception as exc:
                 log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
         if s.metrics_port >= 0:
-            self._http, self.http_port = await serve_http(self.metrics, "0.0.0.0", s.metrics_port, self.health)
-            log.info("metrics and health on port %d", self.http_port)
-            # Tests and tools find a port-0 server here; removed again on close.
+            self._http, self.http_port = await serve_http(
+                self.metrics, s.metrics_host, s.metrics_port, self.health, tries=s.metrics_port_range
+            )
+            log.info("metrics and health on http://%s:%d", s.metrics_host, self.http_port)
+            # Tests and tools find the port here (stale files of dead workers are removed); removed on close.
             s.state_dir.mkdir(parents=True, exist_ok=True)
-            self._port_file = s.state_dir / PORT_FILES.replace("*", f"{socket.gethostname()}-{id(self)}")
-            self._port_file.write_text(str(self.http_port))
+            live_port_files(s.state_dir)
+            self._port_file = port_file(s.state_dir)
+            tmp = self._port_file.with_suffix(".tmp")
+            tmp.write_text(str(self.http_port))
+            tmp.replace(self._port_file)
+        if s.batching.consumer == "getmany":
+            self._consume_task = asyncio.create_task(self.consumer.run(), name="linewatch-consume")
         self.ready.set()
 
     async def _follow_model_updates(self) -> None:
@@ -280,22 +251,52 @@ class Worker:
             await consumer.stop()
 
     def health(self) -> dict[str, Any]:
-        serving = self.models.versions()
+        problems = self.health_state.report()
+        if self.producer is None:
+            problems.insert(0, "starting: the output producer is not started")
+        elif self._consume_task is not None and self._consume_task.done():
+            problems.insert(0, "the consume loop has ended")
         return {
-            "ok": self.producer is not None,
+            "ok": not problems,
+            "problems": problems,
             "app_id": self.settings.app_id,
-            "models": serving,
+            "models": self.models.versions(),
             "batches": self.batches,
-            "partitions": self.partitions,
+            "partitions": self._partitions(),
+            "lag": self.health_state.lag(),
             "last_batch_age_s": None
             if self.metrics.last_batch_at is None
             else time.time() - self.metrics.last_batch_at,
             "uptime_s": time.time() - self.metrics.started_at,
         }
 
+    def _partitions(self) -> list[str]:
+        """Input partitions this worker consumes now (the faust path: its app consumer's assignment)."""
+        if self.settings.batching.consumer == "getmany":
+            return self.consumer.partitions
+        try:
+            return sorted(f"{tp.topic}/{tp.partition}" for tp in self.app.consumer.assignment())
+        except Exception:  # not started yet
+            return []
+
     async def close(self) -> None:
+        """Stop consuming first (in-flight batches settle and commit), then close what their outputs went to."""
+        r, k = self.settings.recovery, self.settings.kafka
+        if self._consume_task is not None:
+            await self.consumer.stop()
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._consume_task), r.revoke_wait_s + k.request_timeout_ms / 1000
+                )
+            except Exception:
+                log.warning("the consume loop did not stop in time; cancelling it")
+                self._consume_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._consume_task
         if self._port_file is not None:
             self._port_file.unlink(missing_ok=True)
+        if self._http is not None:
+            await self._http.cleanup()
         if self.producer is not None:
             await self.producer.stop()
         await self.redis.aclose()

@@ -1,0 +1,266 @@
+"""Reliability drills: steady traffic through real workers while workers, the broker and Redis fail in turn.
+
+For each scenario, on its own topics against one local stack (deploy/localstack.py, started here on free
+ports): events in, verdicts out, input offsets without a verdict (lost, must be 0), duplicates (and whether
+their content differs), recovery seconds (fault injected -> the last verdict delayed by more than 2 s
+arrived), worker RSS before/after, whether /health said 503 and why, and unexpected worker exits.
+
+    PYTHONPATH=. nice -n 10 python benchmarks/reliability.py                 # every scenario, getmany path
+    PYTHONPATH=. python benchmarks/reliability.py --consumer faust --only redis-stop worker-kill
+    PYTHONPATH=. python benchmarks/reliability.py --worker-code /tmp/old --label "before" --only worker-kill
+        (workers run another checkout's code, e.g. `git archive <commit> | tar -x -C /tmp/old`: before/after)
+
+Writes benchmarks/results/reliability.json (one section per consumer path) and reliability.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, machine, save_figure, write_json
+from deploy.localstack import LocalStack
+from stream_app.ops.connections import ensure_topics
+from stream_app.ops.drills import Drill, log_problems, publish_tiny_model
+from stream_app.settings import Route, Settings, TopicSettings
+
+F = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def drill_settings(stack: LocalStack, base: Path, consumer: str, metrics_port: int | None) -> Settings:
+    tag = f"rel-{uuid.uuid4().hex[:8]}"
+    s = Settings(
+        app_id=f"lw-{tag}",
+        topics=TopicSettings().prefixed(tag, partitions=6),
+        routes=[Route(pattern="line-*", model="sensors")],
+        registry_dir=base / tag / "registry",
+        state_dir=base / tag / "state",
+        metrics_port=free_port() if metrics_port is None else metrics_port,  # one setting for all workers
+    )
+    s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
+    s.kafka.request_timeout_ms = 10_000
+    s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms = 10_000, 3_000
+    s.batching.max_wait_ms = 20
+    s.batching.consumer = consumer  # type: ignore[assignment]
+    return s
+
+
+Scenario = Callable[[Drill, LocalStack], Awaitable[None]]
+
+
+async def worker_signal(drill: Drill, stack: LocalStack, sig: int, name: str) -> None:
+    victim = drill.live_workers()[0]
+    fault = drill.begin(name)
+    drill.signal_worker(victim, sig)
+    await asyncio.to_thread(victim.wait)
+    drill.start_worker()
+    await drill.wait_consuming(2)
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+async def scale(drill: Drill, stack: LocalStack) -> None:
+    fault = drill.begin("scale 1 -> 3 -> 1")
+    added = [drill.start_worker(), drill.start_worker()]
+    await drill.wait_consuming(3)
+    await asyncio.sleep(5)
+    for proc in added:
+        await drill.stop_worker(proc)
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+async def broker_kill(drill: Drill, stack: LocalStack) -> None:
+    fault = drill.begin("broker SIGKILL, restart after 10 s")
+    await asyncio.to_thread(stack.kill, "kafka")
+    await asyncio.sleep(10)
+    await asyncio.to_thread(stack.restart, "kafka")
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+async def redis_kill(drill: Drill, stack: LocalStack) -> None:
+    fault = drill.begin("Redis SIGKILL + restart (AOF)")
+    await asyncio.to_thread(stack.kill, "redis")
+    await asyncio.sleep(3)
+    await asyncio.to_thread(stack.restart, "redis")
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+async def redis_stop(drill: Drill, stack: LocalStack) -> None:
+    fault = drill.begin("Redis SIGSTOP 20 s, SIGCONT")
+    stack.signal("redis", signal.SIGSTOP)
+    await asyncio.sleep(20)
+    stack.signal("redis", signal.SIGCONT)
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+async def publish_failure(drill: Drill, stack: LocalStack) -> None:
+    fault = drill.begin("broker SIGSTOP 15 s (scored, acks time out)")
+    stack.signal("kafka", signal.SIGSTOP)
+    await asyncio.sleep(15)
+    stack.signal("kafka", signal.SIGCONT)
+    drill.end(fault)
+    await drill.settle(fault)
+
+
+SCENARIOS: dict[str, tuple[int, Scenario]] = {  # name -> (workers at the start, the fault)
+    "worker-kill": (2, lambda d, s: worker_signal(d, s, signal.SIGKILL, "worker SIGKILL + restart")),
+    "worker-term": (2, lambda d, s: worker_signal(d, s, signal.SIGTERM, "worker SIGTERM + restart")),
+    "scale": (1, scale),
+    "broker-kill": (1, broker_kill),
+    "redis-kill": (1, redis_kill),
+    "redis-stop": (1, redis_stop),
+    "publish-failure": (1, publish_failure),
+}
+
+
+async def run_scenario(
+    name: str, stack: LocalStack, base: Path, consumer: str, rate: float, label: str, metrics_port: int | None
+) -> dict[str, Any]:
+    workers, fault_fn = SCENARIOS[name]
+    settings = drill_settings(stack, base, consumer, metrics_port)
+    publish_tiny_model(settings, F)
+    await ensure_topics(settings)
+    logs = base / f"logs-{name}-{consumer}"
+    logs.mkdir(parents=True)
+    drill = Drill(settings, stack, rate, F, logs)
+    for _ in range(workers):
+        drill.start_worker()
+    started = time.monotonic()
+    error = None
+    async with drill:
+        try:
+            await drill.wait_consuming(workers)
+            await asyncio.sleep(10)  # steady state before the fault
+            await fault_fn(drill, stack)
+            await asyncio.sleep(5)
+        except Exception as exc:  # the drill could not go on (a worker died, never recovered): count anyway
+            error = f"{type(exc).__name__}: {exc}"
+        counted = await drill.finish(timeout_s=60 if error else 120)
+    fault = drill.faults[0] if drill.faults else drill.begin(name)
+    problems = log_problems(logs)
+    return {
+        "scenario": fault.name,
+        "consumer": consumer,
+        "code": label,
+        "workers": workers,
+        "events_in": counted.events_in,
+        "verdicts_out": counted.verdicts_out,
+        "lost": len(counted.lost),
+        "duplicates": counted.duplicates,
+        "duplicates_with_other_score": len(counted.inconsistent),
+        "duplicates_with_other_threshold": counted.threshold_differs,
+        "max_score_spread_of_duplicates": counted.max_score_spread,
+        "recovery_s": round(counted.recovery_s(fault), 2),
+        "fault_duration_s": round((fault.ended or fault.started) - fault.started, 2),
+        "rss_before_mb": sorted(round(v, 1) for v in fault.rss_before_mb.values() if v),
+        "rss_after_mb": sorted(round(v, 1) for v in fault.rss_after_mb.values() if v),
+        "max_lag_reported": fault.max_lag,
+        "health_503_seen": fault.health_503,
+        "health_reasons": fault.health_reasons,
+        "workers_exited_by_themselves": len(drill.unexpected_exits()),
+        "traffic_sends_failed": drill.traffic.failed,
+        "log_error_lines": problems["errors"],
+        "log_tracebacks": problems["tracebacks"],
+        "producer_closed_lines": problems["producer_closed"],
+        "wall_s": round(time.monotonic() - started, 1),
+        "drill_error": error,
+    }
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = [k for k, v in results.items() if isinstance(v, dict) and "scenarios" in v]
+    names = list(dict.fromkeys(r["scenario"] for k in sections for r in results[k]["scenarios"]))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.7 * len(names) + 2), sharey=True)
+    height = 0.8 / max(1, len(sections))
+    for i, section in enumerate(sections):
+        rows = {r["scenario"]: r for r in results[section]["scenarios"]}
+        y = [j + i * height for j, n in enumerate(names) if n in rows]
+        for ax, key in zip(axes, ("recovery_s", "lost"), strict=True):
+            values = [rows[n][key] for n in names if n in rows]
+            ax.barh(y, values, height=height, label=section)
+            for yy, v in zip(y, values, strict=True):
+                ax.annotate(f"{v:g}", (v, yy), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("recovery seconds (fault -> last verdict delayed > 2 s)")
+    axes[1].set_xlabel("input offsets without a verdict (lost)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle("linewatch reliability drills: " + results.get("machine", ""), fontsize=8)
+    save_figure(fig, "reliability")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="scenarios to run (default: all)")
+    parser.add_argument("--consumer", choices=["getmany", "faust"], default="getmany")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second, steady")
+    parser.add_argument("--worker-code", type=Path, help="run the workers from this checkout (before/after)")
+    parser.add_argument("--metrics-port", type=int, help="for every worker (default: one free port for all)")
+    parser.add_argument("--label", help="results section (default: the consumer path)")
+    args = parser.parse_args()
+    label = args.label or args.consumer
+    if args.worker_code:  # `python -m` puts the working directory first: spawned workers import that code
+        os.environ["PYTHONPATH"] = str(args.worker_code.resolve())
+        os.chdir(args.worker_code)
+
+    path = RESULTS / "reliability.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    with tempfile.TemporaryDirectory(prefix="lw-reliability-") as tmp:
+        base = Path(tmp)
+        stack = LocalStack(
+            state_dir=base / "stack",
+            cache_dir=Path.home() / ".cache" / "linewatch",
+            kafka_port=free_port(),
+            controller_port=free_port(),
+            redis_port=free_port(),
+        )
+        rows = []
+        try:
+            await asyncio.to_thread(stack.up)  # it runs its own event loop for its probes
+            for name in args.only or list(SCENARIOS):
+                row = await run_scenario(name, stack, base, args.consumer, args.rate, label, args.metrics_port)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            stack.down()
+    section = results.setdefault(label, {"scenarios": []})
+    done = {r["scenario"] for r in rows}
+    section["scenarios"] = [r for r in section["scenarios"] if r["scenario"] not in done] + rows
+    section["rate_events_per_s"] = args.rate
+    section["consumer"] = args.consumer
+    section["worker_code"] = str(args.worker_code) if args.worker_code else "this checkout"
+    results["machine"] = machine()
+    results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["recovery_definition"] = "seconds from the fault's injection until the last verdict delayed > 2 s arrived"
+    write_json("reliability", results)
+    plot(results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

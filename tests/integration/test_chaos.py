@@ -1,0 +1,163 @@
+"""Nothing lost, nothing stuck: workers under steady traffic survive worker, broker and Redis faults.
+
+Short CI variant of benchmarks/reliability.py on a stack of its own (the faults would hurt other tests):
+every input offset must end with exactly one verdict (duplicates only with identical content), no worker
+may exit by itself, /health must say 503 with a reason while a dependency is away, and a clean stop must
+not log a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from deploy.localstack import LocalStack, StackError
+from stream_app.ops.connections import ensure_topics
+from stream_app.ops.drills import Drill, Tally, log_problems, publish_tiny_model
+from stream_app.ops.processes import port_file, worker_ports
+from stream_app.settings import Route, Settings, TopicSettings
+
+pytestmark = pytest.mark.integration
+F = 4
+RATE = 100.0  # events/s, steady through every fault
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    own = LocalStack(
+        state_dir=tmp_path_factory.mktemp("chaos-stack"),
+        cache_dir=Path(os.environ.get("LINEWATCH_STACK__CACHE_DIR", Path.home() / ".cache" / "linewatch")),
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        redis_port=free_port(),
+    )
+    try:
+        own.up()
+    except StackError as exc:
+        own.down()
+        pytest.fail(f"the chaos stack could not start: {exc}")
+    yield own
+    own.down()
+
+
+def chaos_settings(stack: LocalStack, tmp_path: Path) -> Settings:
+    tag = f"chaos-{uuid.uuid4().hex[:8]}"
+    s = Settings(
+        app_id=f"lw-{tag}",
+        topics=TopicSettings().prefixed(tag, partitions=4),
+        routes=[Route(pattern="line-*", model="sensors")],
+        registry_dir=tmp_path / "registry",
+        state_dir=tmp_path / "state",
+        metrics_port=free_port(),  # every worker starts here: the second takes the next free port
+    )
+    s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
+    s.kafka.request_timeout_ms = 5000  # a stopped broker fails a batch's acks within the test's time
+    s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms = 6000, 2000
+    s.redis.socket_timeout_s = 2.0
+    s.recovery.retry_max_s, s.recovery.probe_interval_s, s.recovery.revoke_wait_s = 3.0, 1.0, 5.0
+    s.batching.max_wait_ms = 20
+    return s
+
+
+def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
+    assert counted.events_in > 0
+    assert counted.lost == [], f"{len(counted.lost)} of {counted.events_in} input offsets have no verdict"
+    assert counted.inconsistent == [], "a redelivered event must get the same verdict"
+    assert drill.unexpected_exits() == [], "no worker may exit by itself"
+    print(
+        f"events in {counted.events_in}, verdicts out {counted.verdicts_out}, duplicates {counted.duplicates}; "
+        + "; ".join(
+            f"{f.name}: recovery {counted.recovery_s(f, until=nxt.started if nxt else None):.1f} s"
+            for f, nxt in zip(drill.faults, [*drill.faults[1:], None], strict=True)
+        )
+    )
+
+
+async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):
+    """Two workers on one host (one metrics port setting); one is SIGKILLed and replaced (the newcomer's join
+    rebalances partitions with batches in flight), then one stops gracefully (2 -> 1)."""
+    settings = chaos_settings(stack, tmp_path)
+    publish_tiny_model(settings, F)
+    await ensure_topics(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    port_file(settings.state_dir, gone.pid).write_text("1")  # a dead worker's leftover: ignored and removed
+    drill = Drill(settings, stack, RATE, F, tmp_path)
+    first, second = drill.start_worker(), drill.start_worker()
+    async with drill:
+        await drill.wait_consuming(2)
+        ports = worker_ports(settings)
+        assert len(ports) == 2 and len(set(ports)) == 2, f"two workers, two metrics ports on one host: {ports}"
+
+        fault = drill.begin("worker SIGKILL + restart (rebalance with batches in flight)")
+        drill.signal_worker(first, signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        drill.start_worker()
+        await drill.wait_consuming(2)
+        assert len(worker_ports(settings)) == 2, "the killed worker's port file is ignored"
+        drill.end(fault)
+        await drill.settle(fault)
+
+        fault = drill.begin("worker SIGTERM (scale 2 -> 1)")
+        assert await drill.stop_worker(second) == 0
+        drill.end(fault)
+        await drill.settle(fault)
+        counted = await drill.finish()
+    assert_nothing_lost(counted, drill)
+    problems = log_problems(tmp_path)
+    assert problems["producer_closed"] == 0 and problems["tracebacks"] == 0, problems
+
+
+async def test_redis_and_broker_outages_pause_report_and_resume(stack, tmp_path):
+    settings = chaos_settings(stack, tmp_path)
+    publish_tiny_model(settings, F)
+    await ensure_topics(settings)
+    drill = Drill(settings, stack, RATE, F, tmp_path)
+    drill.start_worker()
+    async with drill:
+        await drill.wait_consuming(1)
+
+        fault = drill.begin("Redis SIGSTOP 6 s")
+        stack.signal("redis", signal.SIGSTOP)
+        await asyncio.sleep(6)
+        stack.signal("redis", signal.SIGCONT)
+        drill.end(fault)
+        await drill.settle(fault)
+        assert fault.health_503 and any("redis" in r for r in fault.health_reasons), fault.health_reasons
+        assert fault.max_lag > 0, "lag comes from the broker's end offsets, also while batches fail"
+
+        fault = drill.begin("Redis SIGKILL + restart (AOF)")
+        await asyncio.to_thread(stack.kill, "redis")
+        await asyncio.sleep(1)
+        await asyncio.to_thread(stack.restart, "redis")
+        drill.end(fault)
+        await drill.settle(fault)
+
+        fault = drill.begin("broker SIGSTOP 7 s (outputs scored, acks time out)")
+        stack.signal("kafka", signal.SIGSTOP)
+        await asyncio.sleep(7)
+        stack.signal("kafka", signal.SIGCONT)
+        drill.end(fault)
+        await drill.settle(fault)
+        assert fault.health_503, "a stopped broker must show on /health"
+
+        fault = drill.begin("broker SIGKILL + restart on the same log dir")
+        await asyncio.to_thread(stack.kill, "kafka")
+        await asyncio.sleep(1)
+        await asyncio.to_thread(stack.restart, "kafka")
+        drill.end(fault)
+        await drill.settle(fault)
+        counted = await drill.finish()
+    assert_nothing_lost(counted, drill)
+    problems = log_problems(tmp_path)
+    assert problems["errors"] < 200, f"outages must not flood the log: {problems}"

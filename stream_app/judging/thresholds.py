@@ -464,6 +464,17 @@ def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray | None)
     >>> s.mode, s.peaks.size, round(s.t, 2), round(current_threshold(ThresholdSettings(risk=1e-3), s), 1)
     ('spot', 40, 4.01, 7.3)
     """
+    return rule_for(cfg).initial(checked_calibration(calibration_scores))
+
+
+def checked_calibration(calibration_scores: np.ndarray | None) -> np.ndarray:
+    """The scores as float64 [N], or CalibrationError when a threshold cannot start from them.
+
+    >>> checked_calibration(np.array([np.nan]))
+    Traceback (most recent call last):
+    ...
+    stream_app.judging.thresholds.CalibrationError: calibration scores must be finite; got 1 NaN/inf
+    """
     if calibration_scores is None:
         raise CalibrationError("no calibration scores; expected an array of finite scores of normal data")
     try:
@@ -474,7 +485,7 @@ def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray | None)
         raise CalibrationError("calibration scores are empty; expected at least one finite score")
     if not np.isfinite(cal).all():
         raise CalibrationError(f"calibration scores must be finite; got {int((~np.isfinite(cal)).sum())} NaN/inf")
-    return rule_for(cfg).initial(cal)
+    return cal
 
 
 def current_threshold(cfg: ThresholdSettings, state: ThresholdState) -> float:

@@ -103,6 +103,10 @@ class WorkerMetrics:
         self.model_version = Gauge("linewatch_model_version", "serving version", ["model"], registry=r)
         self.swaps = Counter("linewatch_model_swaps", "model versions swapped in", ["model"], registry=r)
         self.refused = Counter("linewatch_model_refused", "model versions refused", ["model"], registry=r)
+        # Reasons only as labels: model names in hostile messages are unbounded.
+        self.control_rejected = Counter(
+            "linewatch_control_rejected", "control-plane messages ignored", ["reason"], registry=r
+        )
         self.started_at = time.time()
         self.last_batch_at: float | None = None
 

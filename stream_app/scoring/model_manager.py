@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models import Scorer
+from stream_app.judging.thresholds import checked_calibration
 from stream_app.registry.announcements import ControlRejected, checked_name
 from stream_app.registry.backbones import model_flags
 from stream_app.registry.versions import Registry
@@ -156,6 +157,7 @@ class ModelManager:
     async def _load(self, name: str, version: str | None, sha256: str | None = None) -> LoadedModel:
         loop = asyncio.get_running_loop()
         mv, scorer = await loop.run_in_executor(self.executor, self.registry.load, name, version, self.device, sha256)
+        checked_calibration(scorer.calibration_scores)  # a version no threshold can start from is refused here
         flags = tuple(model_flags(self.registry.manifest(name, mv.version)))
         if flags:
             log.warning("%s version %s is marked %s", name, mv.version, ", ".join(flags))

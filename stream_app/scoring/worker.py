@@ -32,13 +32,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.backoff import Backoff
-from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, redis_client
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, kafka_ssl_context, offset_ranges, redis_client
 from stream_app.ops.health import HealthState
 from stream_app.ops.logthrottle import throttle_repeats
 from stream_app.ops.metrics import WorkerMetrics, serve_http
 from stream_app.ops.processes import live_port_files, port_file
-from stream_app.registry.announcements import parse_update
-from stream_app.registry.versions import Registry
+from stream_app.registry.announcements import ControlRejected, parse_update
+from stream_app.registry.versions import Registry, version_number
 from stream_app.scoring.consumer import BatchConsumer, cause_of, describe
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
@@ -91,6 +91,7 @@ class Worker:
         self._http: Any = None
         self._port_file: Path | None = None
         self._consume_task: asyncio.Task | None = None
+        self._updates: AIOKafkaConsumer | None = None  # model-updates follower, positioned before models load
         self.http_port: int | None = None
         self._faust_batches = 0
         self.ready = asyncio.Event()
@@ -206,11 +207,15 @@ class Worker:
         self.producer = output_producer(s.kafka)
         await self.producer.start()
         self.publisher = Publisher(self.producer)
-        for name in {r.model for r in s.routes} | {r.model for r in s.image_routes}:
+        # Follow announcements from the end of the topic *before* loading: one that arrives during a slow
+        # load is applied after it (swaps are serialised with first loads), never missed.
+        self._updates = await self._updates_consumer()
+        for name in self.served_models:
             try:
                 loaded = await self.models.get(name)
-                self.metrics.model_version.labels(name).set(int(loaded.version))
-                log.info("serving %s version %s", name, loaded.version)
+                self.metrics.model_version.labels(name).set(version_number(loaded.version) or 0)
+                log.info("serving %s version %s%s", name, loaded.version,
+                         f" [{', '.join(loaded.flags)}]" if loaded.flags else "")  # fmt: skip
             except Exception as exc:
                 log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
         if s.metrics_port >= 0:
@@ -229,24 +234,46 @@ class Worker:
             self._consume_task = asyncio.create_task(self.consumer.run(), name="linewatch-consume")
         self.ready.set()
 
-    async def _follow_model_updates(self) -> None:
+    @property
+    def served_models(self) -> set[str]:
+        """Model names this worker's routes point at (announcements for other names are refused)."""
         s = self.settings
-        await self.ready.wait()
-        consumer = AIOKafkaConsumer(s.topics.model_updates, auto_offset_reset="latest", **aiokafka_kwargs(s.kafka))
+        return {r.model for r in s.routes} | {r.model for r in s.image_routes}
+
+    async def _updates_consumer(self) -> AIOKafkaConsumer:
+        """A group-less consumer of the model-updates topic, positioned at its end now."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(s.kafka))
         await consumer.start()
+        ends = await offset_ranges(consumer, s.topics.model_updates, since_ms=None, last_n=0)
+        consumer.assign(list(ends))
+        for tp, (_, end) in ends.items():
+            consumer.seek(tp, end)
+        return consumer
+
+    async def _follow_model_updates(self) -> None:
+        """Apply checked announcements; anything else is logged, counted by reason and ignored."""
+        await self.ready.wait()
+        consumer = self._updates
+        if consumer is None:
+            return
         try:
             async for msg in consumer:
                 try:
                     update = parse_update(msg.value)
-                except ValueError as exc:
+                except ControlRejected as exc:
+                    self.metrics.control_rejected.labels(exc.reason).inc()
                     log.error("ignoring model update at offset %d: %s", msg.offset, exc)
                     continue
-                loaded = await self.models.swap(update["model"], update["version"], update.get("sha256"))
-                if loaded is None:
-                    self.metrics.refused.labels(update["model"]).inc()
+                result = await self.models.apply_update(update, served=self.served_models)
+                if result.loaded is None:
+                    self.metrics.control_rejected.labels(result.rejected or "load_failed").inc()
+                    self.metrics.refused.labels(result.rejected or "load_failed").inc()
                 else:
-                    self.metrics.swaps.labels(loaded.name).inc()
-                    self.metrics.model_version.labels(loaded.name).set(int(loaded.version))
+                    self.metrics.swaps.labels(result.loaded.name).inc()
+                    self.metrics.model_version.labels(result.loaded.name).set(
+                        version_number(result.loaded.version) or 0
+                    )
         finally:
             await consumer.stop()
 
@@ -261,6 +288,7 @@ class Worker:
             "problems": problems,
             "app_id": self.settings.app_id,
             "models": self.models.versions(),
+            "model_flags": self.models.flags(),  # e.g. {"camera": ["random-backbone"]}
             "batches": self.batches,
             "partitions": self._partitions(),
             "lag": self.health_state.lag(),

@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from deploy.localstack import LocalStack, StackError
 from stream_app.ops.connections import ensure_topics
 from stream_app.ops.drills import Drill, Tally, log_problems, publish_tiny_model
 from stream_app.ops.processes import port_file, worker_ports
 from stream_app.settings import Route, Settings, TopicSettings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 F = 4

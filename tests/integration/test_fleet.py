@@ -14,7 +14,7 @@ from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_reco
 from stream_app.ops.processes import running, worker_health, worker_ports
 from stream_app.settings import Route
 from stream_app.wire.codecs import encode_vector
-from tests.test_worker import F, fit_sensor_model, normal_vectors
+from tests.integration.test_worker import F, fit_sensor_model, normal_vectors
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.settings import Route
 from stream_app.wire.codecs import encode_vector
 from stream_app.wire.records import Record
-from tests.test_worker import fit_sensor_model, normal_vectors
+from tests.integration.test_worker import fit_sensor_model, normal_vectors
 
 pytestmark = pytest.mark.integration
 

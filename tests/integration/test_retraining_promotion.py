@@ -3,19 +3,15 @@ over another one (real Kafka for the window; the fit is a real RVAE)."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent))  # the shared helpers of tests/test_retraining.py
-from test_retraining import MODEL, F, fit_v1, judged_events, retrain_settings
-from test_training_window import produce_judged
-
 from models import RVAEScorer
 from stream_app.retraining.agent import RetrainAgent
+from tests.integration.test_retraining import MODEL, F, fit_v1, judged_events, retrain_settings
+from tests.integration.test_training_window import produce_judged
 
 pytestmark = pytest.mark.integration
 

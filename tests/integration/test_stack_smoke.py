@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records, redis_client
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def consume(settings, topic: str, count: int, timeout_s: float = 30.0) -> list:

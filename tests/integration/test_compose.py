@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from stream_app.cli import COMMAND_MODULES, app
 from stream_app.settings import Settings, StackSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]

@@ -11,7 +11,6 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from test_worker import consume_all, fit_sensor_model, normal_vectors, worker_settings
 from typer.testing import CliRunner
 
 from models import TransformalyScorer
@@ -23,6 +22,7 @@ from stream_app.registry.versions import Registry
 from stream_app.settings import Route
 from stream_app.sim.simulator import LineSimulator, normal_images
 from stream_app.wire.codecs import encode_image, encode_vector
+from tests.integration.test_worker import consume_all, fit_sensor_model, normal_vectors, worker_settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-from test_training_window import Event, produce_judged
 
 from models import ModelIntegrityError, RVAEScorer
 from stream_app.ops.connections import read_records
@@ -17,6 +16,7 @@ from stream_app.retraining.agent import RetrainAgent, control_message, next_run,
 from stream_app.retraining.decision import calibrated_threshold
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.settings import RetrainSchedule, RetrainSettings, Settings
+from tests.integration.test_training_window import Event, produce_judged
 
 F = 4
 MODEL = "sensors"

@@ -24,7 +24,7 @@ from stream_app.sim.producer import run_simulation
 from stream_app.wire import codecs
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def consume(settings, topic: str, count: int, timeout_s: float = 30.0) -> list:

@@ -10,7 +10,9 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
   backlog, timed from the first to the last verdict's broker timestamp; `e2e_faust_per_s` the same worker
   with faust's `take_events` agents (`batching.consumer = "faust"`);
 - `p50_ms`/`p99_ms`: event time -> verdict broker timestamp while events arrive live at about half of the
-  e2e rate.
+  e2e rate;
+- vectors only: `e2e_binary_per_s` the same backlog sent in the compact binary encoding, `e2e_2proc_per_s`
+  through `linewatch worker --processes 2`; `*_vs_bound` divides by min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
 """
@@ -43,6 +45,7 @@ from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import Settings, TopicSettings
 from stream_app.sim.simulator import normal_images, normal_vectors
+from stream_app.wire.binary_vectors import encode_vector_binary
 from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
 from stream_app.wire.outputs import Output
 from stream_app.wire.records import Record
@@ -76,7 +79,9 @@ def fit_models(settings: Settings, images_side: int) -> dict[str, Any]:
     return {"vectors": (rvae, vectors), "images": (vit, imgs)}
 
 
-async def produce(settings: Settings, kind: str, data: np.ndarray, n: int, rate: float | None = None) -> None:
+async def produce(
+    settings: Settings, kind: str, data: np.ndarray, n: int, rate: float | None = None, encoding: str = "json"
+) -> None:
     """The load generator: events leave as closed per-partition record batches (the worker's `Publisher`),
     so generating load costs little CPU next to the worker under test on a shared machine. With `rate`,
     the events due are sent every 5 ms, each stamped with the time it is sent."""
@@ -86,7 +91,8 @@ async def produce(settings: Settings, kind: str, data: np.ndarray, n: int, rate:
     def event(i: int, now: float) -> Output:
         source = f"line-{i % 4}/m"
         if kind == "vectors":
-            return Output(topic, source.encode(), encode_vector(source, data[i % len(data)], ts=now), [])
+            encode = encode_vector if encoding == "json" else encode_vector_binary
+            return Output(topic, source.encode(), encode(source, data[i % len(data)], ts=now), [])
         return Output(topic, source.encode(), payloads[i % len(payloads)], frame_headers(source, ts=now))
 
     async with output_producer(settings.kafka) as producer:
@@ -223,7 +229,27 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result["e2e_vs_naive"] = result["e2e_per_s"] / result["naive_per_s"]
     result["e2e_vs_faust"] = result["e2e_per_s"] / result["e2e_faust_per_s"]
     result["e2e_vs_raw_consume"] = result["e2e_per_s"] / result["raw_consume_per_s"]
+    bound = min(result["raw_consume_per_s"], result["raw_model_per_s"])
+    result["e2e_vs_bound"] = result["e2e_per_s"] / bound  # bound = min(raw consume, bare model)
+    if kind == "vectors":  # the same backlog as compact binary vectors, and through two inference processes
+        for key, encoding, processes in (("e2e_binary_per_s", "binary", 1), ("e2e_2proc_per_s", "json", 2)):
+            result[key] = await e2e_variant(settings, data, n, key, encoding, processes)
+            result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
     return result
+
+
+async def e2e_variant(settings: Settings, data: np.ndarray, n: int, tag: str, encoding: str, processes: int) -> float:
+    """Drain rate of a getmany worker (`processes` inference processes) over its own backlog of n vectors."""
+    s = settings.model_copy(update={"app_id": f"{settings.app_id}-{tag}"}, deep=True)
+    s.topics.vectors = f"{settings.topics.vectors}.{tag}"
+    s.topics.scores = f"{settings.topics.scores}.{tag}"
+    s.topics.frames = f"{settings.app_id}.idle-frames-{tag}"
+    s.batching.consumer = "getmany"
+    await ensure_topics(s, [s.topics.vectors, s.topics.scores, s.topics.frames])
+    await produce(s, "vectors", data, n, encoding=encoding)
+    with running(s, "worker", "-l", "warning", "--processes", str(processes)):
+        verdicts = await drain(s, s.topics.scores, n)
+    return drain_rate(np.array([r.timestamp for r in verdicts], np.float64))
 
 
 def plot(results: dict[str, dict]) -> None:

@@ -257,8 +257,10 @@ def test_the_renderer_agrees_with_kustomize_on_the_overlays_shape():
         ("ServiceAccount", "linewatch"),
     ]
     assert {o["metadata"]["namespace"] for o in objs} == {"linewatch"}
-    assert [e["name"] for e in container(objs, "linewatch-worker")["env"]][:2] == [
+    assert [e["name"] for e in container(objs, "linewatch-worker")["env"]][:4] == [
         "LINEWATCH_DEVICE",
+        "LINEWATCH_METRICS_HOST",
+        "LINEWATCH_WORKER_PROCESSES",
         "LINEWATCH_CONFIG",
     ]
 
@@ -428,3 +430,9 @@ def test_passwords_come_from_secrets_only(rendered):
         for text in cm["data"].values():
             parsed = tomllib.loads(text)
             assert "password" not in json.dumps(parsed).lower() and "redis" not in parsed, "secrets live in Secrets"
+
+
+def test_worker_pods_serve_health_on_the_pod_address_with_one_process_each():
+    env = {e["name"]: e.get("value") for e in container(render(K8S / "base"), "linewatch-worker")["env"]}
+    assert env["LINEWATCH_METRICS_HOST"] == "0.0.0.0"  # probes reach the pod IP; 127.0.0.1 would fail them
+    assert env["LINEWATCH_WORKER_PROCESSES"] == "1"

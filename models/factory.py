@@ -33,7 +33,7 @@ def scorer_class(kind: str) -> type[Any]:
     if target is None:
         raise ValueError(f"unknown scorer kind {kind!r}; known: {sorted(VECTOR_KINDS + IMAGE_KINDS)}")
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)
 
 
 def create_scorer(kind: str, **kwargs: Any) -> Scorer:

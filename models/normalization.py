@@ -99,6 +99,10 @@ class Standardize(nn.Module):
     models saved before the log option had, so they keep loading.
     """
 
+    center: torch.Tensor
+    scale: torch.Tensor
+    log_scale: torch.Tensor  # registered only when log=True
+
     def __init__(self, n_features: int, log: bool = False) -> None:
         super().__init__()
         self.register_buffer("center", torch.zeros(n_features))
@@ -114,6 +118,7 @@ class Standardize(nn.Module):
         self.center.copy_(torch.from_numpy(norm.center))
         self.scale.copy_(torch.from_numpy(norm.scale))
         if self.log:
+            assert norm.log_scale is not None  # norm.log == self.log, checked above
             self.log_scale.copy_(torch.from_numpy(norm.log_scale))
         return self
 

@@ -181,7 +181,10 @@ class PatchFeatures:
             h = F.relu(F.conv2d(F.pad(h, (1, 1, 1, 1), mode="reflect"), w, stride=1 if i == 0 else 2))
             stages.append(h)
         first = self._pool(stages[0])
-        grid = first.shape[-2:]  # later stages: to the grid, then a 3x3 neighbourhood mean (PatchCore's)
+        grid = (
+            first.shape[-2],
+            first.shape[-1],
+        )  # later stages: to the grid, then a 3x3 neighbourhood mean (PatchCore's)
         later = [F.avg_pool2d(F.adaptive_avg_pool2d(st, grid), 3, 1, 1, count_include_pad=False) for st in stages[1:]]
         return torch.cat([first, *later], dim=1)
 
@@ -281,6 +284,7 @@ class PatchMemoryScorer:
 
     def _features(self, images: np.ndarray) -> torch.Tensor:
         """Standardized patch vectors [B, h, w, C] (float32) for validated images."""
+        assert self.channel_mean is not None and self.channel_std is not None  # callers fit or check first
         f = self.extractor(images).permute(0, 2, 3, 1)
         return (f - self.channel_mean) / self.channel_std
 
@@ -300,9 +304,10 @@ class PatchMemoryScorer:
 
         gen = torch.Generator().manual_seed(cfg.seed)
         with torch.inference_mode():
-            raw = [self.extractor(images[train_idx[sl]]).permute(0, 2, 3, 1).reshape(-1, self.extractor.n_channels)
-                   for sl in batches(len(train_idx), self.score_batch_size)]  # fmt: skip
-            raw = torch.cat(raw)
+            raw = torch.cat(
+                [self.extractor(images[train_idx[sl]]).permute(0, 2, 3, 1).reshape(-1, self.extractor.n_channels)
+                 for sl in batches(len(train_idx), self.score_batch_size)]
+            )  # fmt: skip
             n_patches = len(raw)
             self.channel_mean = raw.mean(dim=0)
             self.channel_std = raw.std(dim=0).clamp_min(1e-6)
@@ -344,6 +349,7 @@ class PatchMemoryScorer:
         if self.bank is not None:
             d = nearest_distance(flat, self.bank, self.bank.square().sum(dim=1))
         else:
+            assert self.gauss_mean is not None and self.gauss_precision is not None  # gaussian memory, fitted
             diff = flat - self.gauss_mean
             d = ((diff @ self.gauss_precision) * diff).sum(dim=1).clamp_min(0).sqrt()
         return d.view(b, h, w)
@@ -373,6 +379,7 @@ class PatchMemoryScorer:
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Memory, channel statistics and (random features) the conv weights in weights.safetensors."""
         self._check_fitted()
+        assert self.channel_mean is not None and self.channel_std is not None  # _check_fitted
         config = {**asdict(self.config), "score_batch_size": self.score_batch_size}
         config["scales"] = list(config["scales"])
         tensors: dict[str, torch.Tensor | np.ndarray] = {
@@ -382,6 +389,7 @@ class PatchMemoryScorer:
         if self.bank is not None:
             tensors["bank"] = self.bank
         else:
+            assert self.gauss_mean is not None and self.gauss_precision is not None  # gaussian memory, fitted
             tensors |= {"gauss_mean": self.gauss_mean, "gauss_precision": self.gauss_precision}
         if self.config.features == "random":
             tensors |= {f"conv{i}": w for i, w in enumerate(self.extractor.convs)}

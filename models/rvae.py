@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -176,6 +177,8 @@ class ResidualWhitener(nn.Module):
     not counted twice. ZCA keeps each whitened term closest to its own feature (Kessy et al.
     2018), so the squared terms still explain the score per feature.
     """
+
+    matrix: torch.Tensor
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -365,7 +368,10 @@ class RVAEScorer:
         d = default_config(self.n_features, len(X), self.window)
         epochs = d.epochs if epochs is None else int(epochs)
         batch_size = d.batch_size if batch_size is None else int(batch_size)
-        patience = d.patience if patience == "auto" else patience
+        if patience == "auto":
+            patience = d.patience
+        elif isinstance(patience, str):
+            raise ValueError(f'expected patience to be an int, None or "auto", got {patience!r}')
         weight_decay = d.weight_decay if weight_decay is None else float(weight_decay)
 
         self.normalization = Normalization.fit(X[train_idx], self.config.normalization)
@@ -384,11 +390,12 @@ class RVAEScorer:
         best, best_state, best_epoch, stale = math.inf, None, -1, 0
         n_skipped = 0
 
-        epoch_iter = range(epochs)
+        epoch_iter: Iterable[int] = range(epochs)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            epoch_iter = tqdm(epoch_iter, desc=f"fit {self.kind}", unit="epoch")
+            epoch_iter = bar = tqdm(epoch_iter, desc=f"fit {self.kind}", unit="epoch")
         for epoch in epoch_iter:
             self.net.train()
             perm = torch.from_numpy(rng.permutation(len(Z_train))).to(self.device)
@@ -429,8 +436,8 @@ class RVAEScorer:
                         best_state = copy.deepcopy(self.net.state_dict())
                 else:
                     stale += 1
-            if progress:
-                epoch_iter.set_postfix(
+            if bar is not None:
+                bar.set_postfix(
                     loss=f"{hist['train_loss'][-1]:.4f}", val=f"{hist['val_loss'][-1]:.4f}" if len(Z_val) else "-"
                 )
             if patience is not None and len(Z_val) and stale >= patience:
@@ -636,6 +643,7 @@ class RVAEScorer:
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Directory with weights.safetensors (network + normalization buffers) and manifest.json."""
         self._check_fitted()
+        assert self.normalization is not None  # _check_fitted
         config = {
             **asdict(self.config),
             "feature_names": self.feature_names,

@@ -77,6 +77,7 @@ def default_config(n_features: int, n_rows: int | None = None, window: int = 1) 
     small = n_rows is not None and n_rows < SMALL_ROWS
     if small:  # a few hundred rows: fewer parameters and earlier stopping rather than memorising them
         n_layers, patience = 1, 5
+        assert n_rows is not None  # `small` implies it
         hidden = max(HIDDEN_MIN // 2, min(hidden, _pow2_at_least(n_rows / 4)))
     latent = min(latent, hidden // 2)
     # Small sets get smaller batches (16-128, rows / 8), so a few hundred rows still give several steps per epoch.

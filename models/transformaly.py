@@ -34,6 +34,7 @@ import copy
 import hashlib
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -137,7 +138,8 @@ def check_backbone_file(path: str | Path, arch: str) -> str:
     except Exception as exc:  # truncated or not safetensors at all
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     with torch.device("meta"):  # shapes only, no memory or init cost
-        model = timm.create_model(arch, pretrained=False)
+        # Any: timm types create_model as nn.Module; pretrained_cfg is an attribute timm sets on the model.
+        model: Any = timm.create_model(arch, pretrained=False)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     heads = model.pretrained_cfg.get("classifier") or "head"
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
@@ -190,7 +192,7 @@ def reinit_(module: nn.Module) -> nn.Module:
 
     for m in module.modules():
         if m is not module and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+            m.reset_parameters()  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module
     module.apply(init_weights_vit_timm)
     return module
 
@@ -202,10 +204,14 @@ class Teacher(nn.Module):
     [B, T, C] cover all K blocks.
     """
 
+    # Any: a timm VisionTransformer-like model (build_backbone checks the names used); timm types it as
+    # nn.Module, whose __getattr__ cannot see blocks, patch_embed, _pos_embed, pretrained_cfg, ...
+    backbone: Any
+
     def __init__(self, backbone: nn.Module, n_blocks: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.first = len(backbone.blocks) - n_blocks
+        self.first = len(self.backbone.blocks) - n_blocks
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         m = self.backbone
@@ -281,7 +287,8 @@ class TransformalyScorer:
         )  # fmt: skip
         self.device = pick_device(device)
         self.score_batch_size = int(score_batch_size)
-        backbone_net = build_backbone(self.config)  # (a missing weights file is reported here)
+        # (a missing weights file is reported here; Any: timm ViT-like attributes, see Teacher)
+        backbone_net: Any = build_backbone(self.config)
         self.weights_sha256 = sha256_file(Path(pretrained)) if isinstance(pretrained, str) else None
         self.backbone_sha256 = state_dict_sha256(backbone_net)  # what runs, whatever the source
         depth = len(backbone_net.blocks)
@@ -405,7 +412,10 @@ class TransformalyScorer:
         epochs = cfg.epochs if epochs is None else int(epochs)
         batch_size = cfg.batch_size if batch_size is None else int(batch_size)
         lr = cfg.lr if lr is None else float(lr)
-        patience = cfg.patience if patience == "config" else patience
+        if patience == "config":
+            patience = cfg.patience
+        elif isinstance(patience, str):
+            raise ValueError(f'expected patience to be an int, None or "config", got {patience!r}')
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(images))
         n_val = max(4, math.ceil(len(images) * cfg.val_fraction))
@@ -424,11 +434,12 @@ class TransformalyScorer:
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         hist: dict[str, Any] = {"train_loss": [], "val_loss": []}
         best, best_state, best_epoch, stale = math.inf, None, -1, 0
-        epoch_iter = range(epochs)
+        epoch_iter: Iterable[int] = range(epochs)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            epoch_iter = tqdm(epoch_iter, desc="fit transformaly students", unit="epoch")
+            epoch_iter = bar = tqdm(epoch_iter, desc="fit transformaly students", unit="epoch")
         for epoch in epoch_iter:
             self.students.train()
             perm = rng.permutation(train_idx)
@@ -452,8 +463,8 @@ class TransformalyScorer:
                     best_state = copy.deepcopy(self.students.state_dict())
             else:
                 stale += 1
-            if progress:
-                epoch_iter.set_postfix(loss=f"{hist['train_loss'][-1]:.4g}", val=f"{val:.4g}")
+            if bar is not None:
+                bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4g}", val=f"{val:.4g}")
             if patience is not None and stale >= patience:
                 break
         if best_state is not None:  # set only with early stopping
@@ -466,6 +477,7 @@ class TransformalyScorer:
         terms = self._terms(pooled[fit_idx], losses_fit)
         self.term_stats = np.stack([terms.mean(axis=0), terms.std(axis=0).clip(min=1e-12)])
         self.calibration_scores = self.score(images[cal_idx])
+        assert self.pretrained_density.pca is not None  # fitted with cfg.pca_variance, a float
         hist |= {
             "best_epoch": best_epoch,
             "epochs_run": len(hist["train_loss"]),
@@ -487,6 +499,7 @@ class TransformalyScorer:
 
     def _terms(self, pooled: np.ndarray, block_losses: np.ndarray) -> np.ndarray:
         """float64 [N, 2]: (-log p_pretrained, -log p_teacher_student)."""
+        assert self.pretrained_density is not None and self.ts_density is not None  # fitted (callers check)
         return -np.stack(
             [self.pretrained_density.log_likelihood(pooled), self.ts_density.log_likelihood(block_losses)], axis=1
         )
@@ -516,6 +529,7 @@ class TransformalyScorer:
         pooled, losses, _ = self._pass(images, maps=False)
         terms = self._terms(pooled, losses)
         if self.config.standardize:
+            assert self.term_stats is not None  # set with the densities (fit, load)
             terms = (terms - self.term_stats[0]) / self.term_stats[1]
         return terms
 
@@ -527,6 +541,7 @@ class TransformalyScorer:
         """float32 [N, h, w]: per-patch student-teacher discrepancy averaged over blocks, on the patch grid."""
         self._check_fitted()
         patch = self._pass(images, maps=True)[2]
+        assert patch is not None  # maps=True
         return patch.reshape(len(patch), *self.grid_size)
 
     # --------------------------------------------------------------------- persistence
@@ -574,6 +589,7 @@ class TransformalyScorer:
         tensors: dict[str, torch.Tensor | np.ndarray] = {
             f"students.{k}": v for k, v in self.students.state_dict().items()
         }
+        assert self.pretrained_density is not None and self.ts_density is not None  # _check_fitted
         tensors |= self.pretrained_density.to_arrays("pretrained")
         tensors |= self.ts_density.to_arrays("teacher_student")
         tensors["term_stats"] = np.ascontiguousarray(self.term_stats, np.float64)

@@ -187,6 +187,7 @@ def _live(
     """--genicam / --url: build the source and options, stream with a progress bar, print the report."""
     from tqdm import tqdm
 
+    from stream_app.feed.captures import FrameSource
     from stream_app.feed.frames import Frame
     from stream_app.feed.genicam import GenicamConfig, GenicamSource, parse_features, parse_roi
     from stream_app.feed.sources import LiveOptions, backoff, feed_source
@@ -200,6 +201,7 @@ def _live(
         console.print(f"[red]--overlap must be below --lines-per-frame ({lines_per_frame})[/]")
         raise typer.Exit(2)
     retry = backoff(settings, give_up_after)
+    source: FrameSource
     if genicam is not None:
         try:
             region = parse_roi(roi) if roi else None

@@ -191,7 +191,7 @@ class LiveState:
             self.labels[lab.alert_id] = lab
         self.changed += 1
 
-    def set_redis(self, found: dict[str, dict[str, Any]]) -> None:
+    def set_redis(self, found: dict[str, list[dict[str, Any]]]) -> None:
         """Per source: the Redis state of the (model, version) its verdicts use, else the newest version."""
         for source, entries in found.items():
             sv = self.view(source)
@@ -327,7 +327,7 @@ class LiveFeed:
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         starts = await consumer.offsets_for_times(
-            {tp: now_ms - int(back[tp.topic] * 1000) for tp in tps if back[tp.topic] is not None}
+            {tp: now_ms - int(b * 1000) for tp in tps if (b := back[tp.topic]) is not None}
         )
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)

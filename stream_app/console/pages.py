@@ -78,7 +78,7 @@ def models_view(settings: Settings, registry: Registry, fleet: Fleet, state: Liv
         production = None
         with contextlib.suppress(LookupError):
             production = registry.production(name).version
-        versions = []
+        versions: list[dict[str, Any]] = []
         for v in reversed(registry.versions(name)):
             try:
                 m = registry.manifest(name, v)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,13 +18,23 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from stream_app.judging.incidents import incident_id as make_incident_id
+from stream_app.judging.store import Judgement, severity
 from stream_app.registry.versions import ModelVersion, Registry
 from stream_app.settings import Settings
-from stream_app.wire.codecs import encode_image, encode_vector, frame_headers
+from stream_app.wire.codecs import FrameEvent, VectorEvent, encode_image, encode_vector, frame_headers
 from stream_app.wire.outputs import Output, alert_id, alert_output, coarse_grid, top_features, verdict_output
 from stream_app.wire.records import Record
 
 FEATURES = ["temp_c", "pressure_bar", "vibration_mm_s", "current_a", "speed_rpm", "torque_nm"]
+
+
+@dataclass(frozen=True)
+class SceneModel:
+    """The served model version the scene's verdicts and alerts name (a `wire.outputs.ModelId`)."""
+
+    name: str
+    version: str
+    flags: tuple[str, ...] = ()
 
 
 async def send(producer: AIOKafkaProducer, outputs: Sequence[Output], timestamp_ms: int | None = None) -> None:
@@ -42,15 +53,15 @@ def verdicts(
 ) -> list[Output]:  # fmt: skip
     """Verdicts for consecutive input offsets of `source` (anomalous = score above `threshold`)."""
     now = time.time()
+    served = SceneModel(model, version)
+    event = VectorEvent(source, now, np.zeros(0, np.float32))  # a verdict reads only the source and ts
     out = []
     for i, score in enumerate(scores):
         rec = Record(settings.topics.vectors, 0, first_offset + i, source.encode(), b"")
-        out.append(
-            verdict_output(
-                settings.topics.scores, rec, source, now, float(score), threshold, float(score) > threshold, model,
-                version, incident,
-            )
-        )  # fmt: skip
+        judgement = Judgement(
+            source, float(score), threshold, float(score) > threshold, severity(score, threshold), incident, None
+        )
+        out.append(verdict_output(settings.topics.scores, rec, event, served, judgement))
     return out
 
 
@@ -69,9 +80,9 @@ async def vector_alert(
     rec = Record(meta.topic, meta.partition, meta.offset, source.encode(), b"")
     inc = make_incident_id(source, alert_id(meta.topic, meta.partition, meta.offset))
     out = alert_output(
-        settings.topics.alerts, rec, source=source, kind="sensor", ts=time.time(), score=score, threshold=threshold,
-        severity=score / threshold, model=model, version=version, incident_id=inc, incident_event=event,
-        explanation=top_features(contributions, values, FEATURES, k=4),
+        settings.topics.alerts, rec, VectorEvent(source, time.time(), values.astype(np.float32)),
+        SceneModel(model, version), Judgement(source, score, threshold, True, score / threshold, inc, event),
+        kind="sensor", explanation=top_features(contributions, values, FEATURES, k=4),
     )  # fmt: skip
     await send(producer, [out])
     return orjson.loads(out.value)
@@ -106,9 +117,8 @@ async def image_alert(
     rec = Record(meta.topic, meta.partition, meta.offset, source.encode(), b"")
     inc = make_incident_id(source, alert_id(meta.topic, meta.partition, meta.offset))
     out = alert_output(
-        settings.topics.alerts, rec, source=source, kind="image", ts=time.time(), score=score, threshold=threshold,
-        severity=score / threshold, model=model, version=version, incident_id=inc, incident_event=event,
-        explanation=grid,
+        settings.topics.alerts, rec, FrameEvent(source, time.time(), image), SceneModel(model, version),
+        Judgement(source, score, threshold, True, score / threshold, inc, event), kind="image", explanation=grid,
     )  # fmt: skip
     await send(producer, [out])
     return orjson.loads(out.value)
@@ -118,7 +128,7 @@ def build_registry(settings: Settings, model: str = "sensors", versions: int = 2
     """Fit `versions` tiny RVAE versions on correlated sensor data; the first is promoted, each later one is
     validated against it with the retraining rule (`decide`) and its numbers stored in the manifest."""
     from models import RVAEScorer
-    from stream_app.retraining.decision import calibrated_threshold, decide
+    from stream_app.retraining.decision import CONFIRMED, calibrated_threshold, decide
 
     rng = np.random.default_rng(seed)
     mix = rng.normal(size=(2, len(FEATURES)))
@@ -133,11 +143,12 @@ def build_registry(settings: Settings, model: str = "sensors", versions: int = 2
         scorer = RVAEScorer(n_features=len(FEATURES), n_layers=1, hidden=16, latent=2, seed=seed + v, device="cpu")
         scorer.fit(train, epochs=3, batch_size=128)
         thr = calibrated_threshold(settings.thresholds, scorer.calibration_scores)
-        cur_args = {}
+        cur_thr, cur_normal, cur_incidents = None, None, None
         if current is not None:
             cur_thr = calibrated_threshold(settings.thresholds, current.calibration_scores)
-            cur_args = dict(current_threshold_=cur_thr, current_normal=current.score(holdout), current_incidents=current.score(incidents))  # fmt: skip
-        decision = decide(settings.retrain, thr, scorer.score(holdout), scorer.score(incidents), **cur_args)
+            cur_normal, cur_incidents = current.score(holdout), current.score(incidents)
+        regression = {CONFIRMED: (scorer.score(incidents), cur_incidents)}
+        decision = decide(settings.retrain, thr, scorer.score(holdout), regression, cur_thr, cur_normal)
         extra = {
             "parent": published[-1].version if published else None, "trained_by": "scene",
             "trigger": "initial" if not published else "schedule",

@@ -13,7 +13,7 @@ import asyncio
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +62,7 @@ def backoff(settings: Settings, give_up_s: float | None = None) -> Backoff:
     )
 
 
-async def threaded(produce: Callable[[threading.Event], Iterator[Any]], maxsize: int = 8) -> AsyncIterator[Any]:
+async def threaded(produce: Callable[[threading.Event], Iterator[Any]], maxsize: int = 8) -> AsyncGenerator[Any, None]:
     """Items of a blocking iterator run in its own thread; closing this stops and joins the thread.
 
     The iterator's exception is raised here, in the consumer, when its turn comes.
@@ -131,7 +131,7 @@ async def encoded_frames(
     options: LiveOptions,
     name: str,
     on_notice: Callable[[Notice], None],
-) -> AsyncIterator[Frame]:
+) -> AsyncGenerator[Frame, None]:
     """Captures as encoded Frames, in order, several encoding at once; Dropped as Frames with `dropped` set."""
     loop = asyncio.get_running_loop()
     encode = encoder(options.encoding, options.jpeg_quality, options.png_level)

@@ -105,7 +105,8 @@ def step(
                 run += length
             else:  # closes on the event that completes close_m normal ones
                 closing = cfg.close_m - run - 1
-                out += [(open_id, None)] * closing + [(open_id, "closed")] + [(None, None)] * (length - closing - 1)
+                closed: IncidentEvent = "closed"
+                out += [(open_id, None)] * closing + [(open_id, closed)] + [(None, None)] * (length - closing - 1)
                 open_id, run = None, 0
             i = j
             continue

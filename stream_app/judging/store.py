@@ -225,7 +225,7 @@ class ThresholdStore:
         self,
         model: str,
         version: str,
-        calibration_scores: np.ndarray,
+        calibration_scores: np.ndarray | None,  # None: CalibrationError, like initial()
         sources: Sequence[str],
         scores: np.ndarray,
         event_keys: Sequence[str],
@@ -291,7 +291,7 @@ class ThresholdStore:
         return out  # type: ignore[return-value]
 
     def _note_stuck(self, where: tuple[str, str, str], state: thresholds.ThresholdState) -> None:
-        if getattr(state, "stuck", False):
+        if isinstance(state, thresholds.SpotState) and state.stuck:  # only SPOT states track it
             if where not in self.stuck:
                 log.warning(
                     "threshold of %s/%s source %s is stuck: alarm rate %.3g > %g x risk %g for %d events",

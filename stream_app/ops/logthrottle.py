@@ -51,6 +51,7 @@ class RepeatFilter(logging.Filter):
             if len(self._seen) > 10_000:  # many distinct messages: forget the old ones rather than grow
                 self._seen = {key: (now, 0)}
         if dropped:
+            assert logged_at is not None  # drops are counted only on a message logged before
             record.msg, record.args = f"{message} (repeated {dropped} times in the last {now - logged_at:.0f} s)", ()
         return True
 

@@ -92,8 +92,8 @@ def decide(
             "events": int(np.size(cand)),
             "detection_rate": detection_rate(cand, candidate_threshold),
         }
-        if compare and cur is not None:
-            row["current_detection_rate"] = detection_rate(cur, current_threshold_)  # type: ignore[arg-type]
+        if current_threshold_ is not None and cur is not None:  # (compare)
+            row["current_detection_rate"] = detection_rate(cur, current_threshold_)
         sets[name] = row
     metrics: dict[str, Any] = {
         "candidate_threshold": float(candidate_threshold),
@@ -103,8 +103,8 @@ def decide(
         "confirmed_events": sets.get(CONFIRMED, {}).get("events", 0),
         "regression": sets,
     }
-    if current_normal is not None and compare:
-        metrics["current_false_alarm_rate"] = detection_rate(current_normal, current_threshold_)  # type: ignore[arg-type]
+    if current_normal is not None and current_threshold_ is not None:  # (compare)
+        metrics["current_false_alarm_rate"] = detection_rate(current_normal, current_threshold_)
     if normal.size == 0:
         return Decision("rejected", "no held-back normal events to validate on", metrics)
     if not np.isfinite(candidate_threshold):

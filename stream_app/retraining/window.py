@@ -255,8 +255,8 @@ def select(
         if model is not None and (v.get("model") if v else router.model_for(source)) != model:
             counts["other_model"] += 1
             continue
-        ts = float(v["ts"]) if v and isinstance(v.get("ts"), int | float) else (rec.timestamp_ms or 0) / 1000
-        rows.append((rec, source, ts, v))
+        event_ts = float(v["ts"]) if v and isinstance(v.get("ts"), int | float) else (rec.timestamp_ms or 0) / 1000
+        rows.append((rec, source, event_ts, v))
     rows.sort(key=lambda r: (r[2], r[0].partition, r[0].offset))
     n = len(rows)
     sources = [r[1] for r in rows]
@@ -295,9 +295,9 @@ def select(
     bad: Counter[str] = Counter()
     clean, _ = _decode(settings, kind, [rows[i][0] for i in kept], bad)
     shape = clean.shape[1:] if len(clean) else None
-    incidents = _decode(settings, kind, [rows[i][0] for i in true_anomalies], bad, shape)
-    kept_inc = [j for j, ok in enumerate(incidents[1]) if ok]
-    incidents, inc_ids = incidents[0], [inc_ids[j] for j in kept_inc]
+    decoded_inc = _decode(settings, kind, [rows[i][0] for i in true_anomalies], bad, shape)
+    kept_inc = [j for j, ok in enumerate(decoded_inc[1]) if ok]
+    incidents, inc_ids = decoded_inc[0], [inc_ids[j] for j in kept_inc]
     n_hold = round(len(clean) * cfg.holdout_fraction) if len(clean) >= 2 else 0
     train, holdout = clean[: len(clean) - n_hold], clean[len(clean) - n_hold :]
     closed = np.array([i in closed_ids for i in inc_ids], bool)
@@ -354,7 +354,7 @@ def _decode(
     ok = [a is not None and a.shape == shape for a in decoded]
     if wrong := sum(1 for a, good in zip(decoded, ok, strict=True) if a is not None and not good):
         bad["wrong_width"] += wrong
-    arrays = [a for a, good in zip(decoded, ok, strict=True) if good]
+    arrays = [a for a, good in zip(decoded, ok, strict=True) if good and a is not None]  # good implies not None
     if not arrays:
         return np.zeros((0, *(shape or (0,))), spec.dtype), ok
     return np.stack(arrays), ok

@@ -9,7 +9,7 @@ through by listing only input errors in `isolate`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,7 +33,7 @@ class Isolated(Generic[R]):
 
 async def isolate_failures(
     items: Sequence[T],
-    run: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+    run: Callable[[Sequence[T]], Awaitable[Iterable[R]]],
     isolate: tuple[type[BaseException], ...] = (Exception,),
 ) -> Isolated[R]:
     """Run `run(items)`; if it raises one of `isolate`, bisect to the items that fail on their own.

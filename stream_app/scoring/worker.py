@@ -156,7 +156,7 @@ class Worker:
         worker = self
 
         @app.service
-        class Resources(faust.Service):  # type: ignore[misc]
+        class Resources(faust.Service):
             """Starts with the app, before agents get events; stops consuming, then closes the producer."""
 
             async def on_start(self) -> None:

@@ -131,7 +131,7 @@ class SensorMachine:
         direction = own.normal(0.0, 1.0, F)
         self.drift_direction = direction / np.linalg.norm(direction)
         self.rng = _rng(seed, "dynamics", source, stream)
-        self.z: np.ndarray = self.rng.normal(0.0, 1.0, machine_type.mixing.shape[1])
+        self.z: np.ndarray = self.rng.normal(0.0, 1.0, int(machine_type.mixing.shape[1]))
         self.regime = int(self.rng.integers(len(machine_type.regimes)))
         self.count = 0
         self._fault: dict | None = None

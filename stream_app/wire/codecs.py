@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -153,7 +153,8 @@ def decode_vectors(
     for rows in by_width.values():
         with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused as non-finite
             matrix = np.array([bodies[i][2] for i in rows], dtype=np.float64).astype(np.float32)
-        finite = np.isfinite(matrix).all(axis=1)
+        # cast: numpy's stubs type all(axis=...) as np.bool | ndarray; over axis 1 of a 2-D matrix it is an array
+        finite = cast(np.ndarray, np.isfinite(matrix).all(axis=1))
         for i, row, ok in zip(rows, matrix, finite.tolist(), strict=True):
             source, ts, _, seq = bodies[i]
             if ok:

@@ -9,7 +9,7 @@ browser gets one series of `timeline_s / bucket_s` points per update. Buckets us
 Kafka timestamp (when the worker produced it), so a replay lands where it happened.
 
 Redis adds what verdicts alone cannot: each source's current threshold and open incident, also for
-sources that went silent (keys `{prefix}:thr:{model}:{version}:{source}`, see judging/store.py).
+sources that went silent (threshold keys as `judging.store.ThresholdStore.key` writes them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_app.console.labels import Label, decode_labels, latest_per_alert, precision
 from stream_app.judging import thresholds
-from stream_app.judging.store import SourceState
+from stream_app.judging.store import SourceState, ThresholdStore
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_client
 from stream_app.settings import Settings
 
@@ -269,16 +269,13 @@ def _json(value: bytes | None) -> dict[str, Any] | None:
 
 
 def parse_redis_key(key: str, prefix: str) -> tuple[str, str, str] | None:
-    """(model, version, source) of a threshold key, None for other keys.
+    """(model, version, source) of a threshold key (the store owns the format), None for other keys.
 
-    >>> parse_redis_key("lw:thr:sensors:0003:line-1/m:0", "lw")
+    >>> parse_redis_key("lw:thr:sensors:0003:spot-1a2b3c4d:line-1/m:0", "lw")
     ('sensors', '0003', 'line-1/m:0')
     """
-    head = f"{prefix}:thr:"
-    if not key.startswith(head):
-        return None
-    parts = key[len(head) :].split(":", 2)
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+    parsed = ThresholdStore.parse_key(key, prefix)
+    return None if parsed is None else (parsed[0], parsed[1], parsed[3])
 
 
 class LiveFeed:

@@ -201,6 +201,19 @@ class ThresholdStore:
         self.stuck: dict[tuple[str, str, str], float] = {}  # (model, version, source) -> alarm rate
         self._tag = settings_tag(threshold_cfg)
 
+    @staticmethod
+    def parse_key(key: str, key_prefix: str) -> tuple[str, str, str, str] | None:
+        """(model, version, rule tag, source) of a threshold key written by `key`, None for other keys.
+
+        >>> ThresholdStore.parse_key("lw:thr:sensors:0003:spot-1a2b3c4d:line-1/m:0", "lw")
+        ('sensors', '0003', 'spot-1a2b3c4d', 'line-1/m:0')
+        """
+        head = f"{key_prefix}:thr:"
+        if not key.startswith(head):
+            return None
+        parts = key[len(head) :].split(":", 3)
+        return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
     def key(self, model: str, version: str, source: str) -> str:
         return f"{self.key_prefix}:thr:{model}:{version}:{self._tag}:{source}"
 

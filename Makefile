@@ -17,9 +17,10 @@ test:  ## all tests; integration tests start a real Kafka + Redis unless KAFKA_B
 test-unit:  ## tests that need no servers
 	$(PYTHON) -m pytest -m "not integration" $(PYTEST_ARGS)
 
-lint:
+lint:  ## ruff (lint + format) and mypy on stream_app/ and models/
 	ruff check .
 	ruff format --check .
+	mypy
 
 lint-k8s:  ## render deploy/k8s offline and validate it (schemas, settings, CLI, references); no cluster needed
 	$(PYTHON) -m pytest tests/unit/test_k8s_manifests.py $(PYTEST_ARGS)

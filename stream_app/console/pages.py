@@ -87,13 +87,13 @@ def models_view(settings: Settings, registry: Registry, fleet: Fleet, state: Liv
                 continue
             validation = m.get("validation") or {}
             metrics = validation.get("metrics") or {}
+            detection, current_detection = worst_regression_set(metrics)
             versions.append(
                 {
                     "version": v, "created_at": str(m.get("created_at", ""))[:19], "kind": m.get("kind", ""),
                     "parent": m.get("parent"), "trigger": m.get("trigger"), "decision": validation.get("decision"),
                     "reason": validation.get("reason", ""), "false_alarm_rate": metrics.get("false_alarm_rate"),
-                    "detection_rate": metrics.get("detection_rate"),
-                    "current_detection_rate": metrics.get("current_detection_rate"),
+                    "detection_rate": detection, "current_detection_rate": current_detection,
                     "holdout_events": metrics.get("holdout_events"), "production": v == production,
                     "serving": serving.get(name, {}).get(v, []),
                 }
@@ -128,3 +128,17 @@ def fleet_view(settings: Settings, fleet: Fleet, state: LiveState) -> dict[str, 
             "labels": len(state.labels),
         },
     }
+
+
+def worst_regression_set(metrics: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(candidate, production) detection rate of the regression set the candidate did worst on.
+
+    >>> worst_regression_set({"regression": {"offset": {"detection_rate": 0.9, "current_detection_rate": 1.0},
+    ...                                      "stuck": {"detection_rate": 1.0}}})
+    (0.9, 1.0)
+    """
+    rows = [r for r in (metrics.get("regression") or {}).values() if r.get("detection_rate") is not None]
+    if not rows:
+        return None, None
+    worst = min(rows, key=lambda r: r["detection_rate"])
+    return worst["detection_rate"], worst.get("current_detection_rate")

@@ -52,6 +52,7 @@ def drill_settings(stack: LocalStack, base: Path, consumer: str, metrics_port: i
         registry_dir=base / tag / "registry",
         state_dir=base / tag / "state",
         metrics_port=free_port() if metrics_port is None else metrics_port,  # one setting for all workers
+        worker_processes=1,  # each worker a single process, as the drills count them
     )
     s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
     s.kafka.request_timeout_ms = 10_000

@@ -24,11 +24,16 @@ from pydantic_settings import (
 REVEAL_SECRETS = "reveal_secrets"  # serialisation context key: a child process's settings file needs them
 
 
-def _secret_json(value: SecretStr | None, info: SerializationInfo) -> str | None:
+def secret_value(value: SecretStr | str | None) -> str | None:
+    """The clear text of a secret setting (assignments after validation may have left a plain str)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def _secret_json(value: SecretStr | str | None, info: SerializationInfo) -> str | None:
     """Secrets dump masked ("**********") unless the caller passes context {REVEAL_SECRETS: True}."""
     if value is None:
         return None
-    return value.get_secret_value() if (info.context or {}).get(REVEAL_SECRETS) else str(value)
+    return secret_value(value) if (info.context or {}).get(REVEAL_SECRETS) else "**********"
 
 
 class KafkaSettings(BaseModel):
@@ -264,7 +269,7 @@ class ConsoleSettings(BaseModel):
         """Masked in dumps; revealed only in the settings file handed to a child process (context REVEAL_SECRETS)."""
         if isinstance(value, dict):
             return {k: _secret_json(v, info) for k, v in value.items()}
-        return _secret_json(value, info) if isinstance(value, SecretStr) else value
+        return _secret_json(value, info) if isinstance(value, SecretStr | str) else value
 
 
 class Settings(BaseSettings):

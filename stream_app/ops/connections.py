@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stream_app.settings import KafkaSettings, RedisSettings, Settings
+from stream_app.settings import KafkaSettings, RedisSettings, Settings, secret_value
 
 
 def kafka_ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -39,7 +39,7 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            sasl_plain_password=secret_value(kafka.sasl_password),
         )
     return kwargs
 
@@ -57,7 +57,7 @@ def redis_client(cfg: RedisSettings) -> aioredis.Redis:
     if cfg.username:
         kwargs["username"] = cfg.username
     if cfg.password is not None:
-        kwargs["password"] = cfg.password.get_secret_value()
+        kwargs["password"] = secret_value(cfg.password)
     if cfg.ssl_ca_certs and cfg.url.startswith("rediss://"):
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     return aioredis.Redis.from_url(cfg.url, **kwargs)

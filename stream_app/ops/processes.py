@@ -83,19 +83,27 @@ def remove_config(settings: Settings) -> None:
     _config_content_and_path(settings, Path(settings.state_dir))[1].unlink(missing_ok=True)
 
 
-def spawn(settings: Settings, *command: str, log_file: Path | None = None) -> subprocess.Popen:
-    """`python -m stream_app -c <settings.json> <command...>` in its own process group."""
+def spawn(
+    settings: Settings, *command: str, log_file: Path | None = None, inherit_output: bool = False
+) -> subprocess.Popen:
+    """`python -m stream_app -c <settings.json> <command...>` in its own process group.
+
+    Output goes to `log_file` (default: a new log in the state dir), or with `inherit_output` to this
+    process's own stdout/stderr (a supervisor's children: their reasons show where the operator looks).
+    """
     state = Path(settings.state_dir)
     config = write_config(settings, state)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_")}
     env.pop("KAFKA_BOOTSTRAP", None)
     env.pop("REDIS_URL", None)
     env["PYTHONUNBUFFERED"] = "1"
-    out = open(log_file or state / f"{command[0]}-{uuid.uuid4().hex[:6]}.log", "ab")  # noqa: SIM115 (child owns it)
+    out = None
+    if not inherit_output:
+        out = open(log_file or state / f"{command[0]}-{uuid.uuid4().hex[:6]}.log", "ab")  # noqa: SIM115 (child owns it)
     return subprocess.Popen(
         [sys.executable, "-m", "stream_app", "-c", str(config), *command],
         stdout=out,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if out is not None else None,
         env=env,
         start_new_session=True,
     )

@@ -22,6 +22,8 @@ from stream_app.settings import Settings
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+QUICK_EXIT_S = 60.0  # a child that exits sooner than this after starting counts as failing to start
+MAX_QUICK_EXITS = 3
 
 
 def physical_cores(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
@@ -76,13 +78,19 @@ def run(settings: Settings, processes: int | None = None, loglevel: str = "info"
 
 
 def supervise(settings: Settings, processes: int, loglevel: str = "info", poll_s: float = 1.0) -> int:
-    """Run `processes` worker children until SIGINT/SIGTERM; restart any that exits, with backoff."""
+    """Run `processes` worker children until SIGINT/SIGTERM; restart any that exits, with backoff.
+
+    A child that keeps dying right after it starts (a wrong password, a missing topic ACL) will not be fixed
+    by restarting: after MAX_QUICK_EXITS such exits in a row the supervisor stops them all and exits with the
+    child's code, so the operator (or the orchestrator) sees the failure.
+    """
     child = child_settings(settings)
     command = ("worker", "--processes", "1", "--loglevel", loglevel)
-    procs: list[subprocess.Popen] = [spawn(child, *command) for _ in range(processes)]
-    restarts = [0] * processes
+    procs: list[subprocess.Popen] = [spawn(child, *command, inherit_output=True) for _ in range(processes)]
+    started = [time.monotonic()] * processes
+    quick_exits = [0] * processes
     next_start = [0.0] * processes
-    stopping = False
+    stopping, code = False, 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -96,19 +104,26 @@ def supervise(settings: Settings, processes: int, loglevel: str = "info", poll_s
             for i, proc in enumerate(procs):
                 if proc.poll() is None or stopping or time.monotonic() < next_start[i]:
                     continue
-                delay = RESTART_BACKOFF_S[min(restarts[i], len(RESTART_BACKOFF_S) - 1)]
-                if next_start[i] == 0.0:  # just noticed: wait out the backoff before restarting
+                if next_start[i] == 0.0:  # just noticed
+                    quick = time.monotonic() - started[i] < QUICK_EXIT_S
+                    quick_exits[i] = quick_exits[i] + 1 if quick else 0
+                    if quick_exits[i] >= MAX_QUICK_EXITS:
+                        log.error("worker process %d exited %d times right after starting (code %s); giving up",
+                                  i, quick_exits[i], proc.returncode)  # fmt: skip
+                        stopping, code = True, proc.returncode or 1
+                        break
+                    delay = RESTART_BACKOFF_S[min(quick_exits[i], len(RESTART_BACKOFF_S) - 1)]
                     log.warning("worker process %d (pid %d) exited with %s; restart in %.0f s",
                                 i, proc.pid, proc.returncode, delay)  # fmt: skip
                     next_start[i] = time.monotonic() + delay
                     continue
-                restarts[i] += 1
                 next_start[i] = 0.0
-                procs[i] = spawn(child, *command)
+                procs[i] = spawn(child, *command, inherit_output=True)
+                started[i] = time.monotonic()
                 log.info("worker process %d restarted as pid %d", i, procs[i].pid)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         codes = [stop(p) for p in procs]
         log.info("worker processes stopped: exit codes %s", codes)
-    return 0
+    return code

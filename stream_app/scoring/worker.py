@@ -44,7 +44,7 @@ from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
-from stream_app.settings import KafkaSettings, Settings
+from stream_app.settings import KafkaSettings, Settings, secret_value
 from stream_app.wire.records import Record
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     if kafka.sasl_mechanism:
         return faust.SASLCredentials(
             username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            password=secret_value(kafka.sasl_password),
             mechanism=kafka.sasl_mechanism,
             ssl_context=kafka_ssl_context(kafka),
         )

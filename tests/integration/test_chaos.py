@@ -58,6 +58,7 @@ def chaos_settings(stack: LocalStack, tmp_path: Path) -> Settings:
         registry_dir=tmp_path / "registry",
         state_dir=tmp_path / "state",
         metrics_port=free_port(),  # every worker starts here: the second takes the next free port
+        worker_processes=1,  # each worker a single process, as the drills count them
     )
     s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
     s.kafka.request_timeout_ms = 5000  # a stopped broker fails a batch's acks within the test's time

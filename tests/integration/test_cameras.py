@@ -105,9 +105,17 @@ def camera_model(normal_clip: Path) -> TransformalyScorer:
     return scorer
 
 
+def anomalies(alerts: list) -> list:
+    """Alert records of anomalous frames (an incident's closing record rides on a normal frame)."""
+    return [a for a in alerts if orjson.loads(a.value)["incident_event"] != "closed"]
+
+
 def worker_settings(make_settings, scorer: TransformalyScorer):
     settings = make_settings()
     settings.batching.max_wait_ms = 20
+    # 30 calibration frames say little about a 1e-3 tail (SPOT extrapolates far above every normal frame);
+    # a camera calibrated on so few frames runs at a 1e-2 risk.
+    settings.thresholds.risk = 1e-2
     registry = Registry(settings.registry_dir)
     registry.promote("camera", registry.publish("camera", scorer).version)
     return settings
@@ -142,7 +150,9 @@ async def test_live_sources_reach_a_worker_one_verdict_per_frame_and_defects_ale
         assert f"sent {n} frames from genicam:127.0.0.1" in gv.output and "dropped 0 incomplete" in gv.output
         assert "sent 40 frames" in mp4.output and (web_report.sent, cut_report.sent) == (7, 4)
         verdicts = await read_records(settings, settings.topics.scores, lambda r: len(r) >= total, 120)
-        alerts = await read_records(settings, settings.topics.alerts, lambda r: len(r) >= len(defects) + 1, 30)
+        alerts = await read_records(
+            settings, settings.topics.alerts, lambda r: len(anomalies(r)) >= len(defects) + 1, 30
+        )
         frames = await read_records(settings, settings.topics.frames, lambda r: len(r) >= total, 10)
         assert worker.poll() is None
 
@@ -163,15 +173,17 @@ async def test_live_sources_reach_a_worker_one_verdict_per_frame_and_defects_ale
     assert image.image.shape == (64, 64)
 
     # MP4: the frames with a drawn defect alert, the normal ones (almost) never.
-    flagged = {int(headers(a)["frame-id"]) for a in of(alerts, "line-1/cam-v")}
+    flagged = {int(headers(a)["frame-id"]) for a in of(anomalies(alerts), "line-1/cam-v")}
     assert defects <= flagged, f"defect frames {sorted(defects)}, alerts on {sorted(flagged)}"
     assert len(flagged - defects) <= 2, f"false alarms on normal frames {sorted(flagged - defects)}"
     assert all(orjson.loads(a.value)["kind"] == "image" for a in alerts)
 
     # Line-scan: with overlap the frame holding the whole defect (lines 32-95) alerts; cut in two, it does not.
-    assert [headers(a)["first-line"] for a in of(alerts, "line-1/web")] == ["32"]
-    assert of(alerts, "line-1/web-cut") == [] and len(of(verdicts, "line-1/web-cut")) == 4
-    assert {headers(a)["frame-id"] for a in of(alerts, "line-1/web")} == {"1004"}  # the strip holding line 32
+    assert [headers(a)["first-line"] for a in of(anomalies(alerts), "line-1/web")] == ["32"]
+    assert of(anomalies(alerts), "line-1/web-cut") == [] and len(of(verdicts, "line-1/web-cut")) == 4
+    assert {headers(a)["frame-id"] for a in of(anomalies(alerts), "line-1/web")} == {
+        "1004"
+    }  # the strip holding line 32
 
 
 async def test_line_scan_strips_from_a_gige_camera_arrive_as_overlapping_frames(make_settings, tmp_path, gige_camera):

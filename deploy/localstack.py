@@ -137,14 +137,14 @@ class LocalStack:
         """Stop the servers (SIGTERM, then SIGKILL), leaving no process behind."""
         for name in services:
             pid = self._pid(name)
-            if pid is not None and _pid_alive(pid):
+            if pid is not None and pid_alive(pid):
                 _stop_group(pid, timeout_s)
             self._pid_file(name).unlink(missing_ok=True)
 
     def signal(self, name: str, sig: int) -> None:
         """Send `sig` to a server's process group: fault drills (SIGKILL, SIGSTOP/SIGCONT) on the real servers."""
         pid = self._pid(name)
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             raise StackError(f"{name} is not running (pid file {self._pid_file(name)})")
         os.killpg(pid, sig)
 
@@ -153,11 +153,11 @@ class LocalStack:
         pid = self._pid(name)
         self.signal(name, signal.SIGKILL)
         deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        while pid_alive(pid) and time.monotonic() < deadline:  # type: ignore[arg-type]
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)  # type: ignore[arg-type]
             time.sleep(0.05)
-        if _pid_alive(pid):  # type: ignore[arg-type]
+        if pid_alive(pid):  # type: ignore[arg-type]
             raise StackError(f"{name} (pid {pid}) survived SIGKILL for {timeout_s:.0f} s")
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)  # type: ignore[arg-type]
@@ -257,7 +257,7 @@ class LocalStack:
 
     def _alive(self, name: str) -> bool:
         pid = self._pid(name)
-        return pid is not None and _pid_alive(pid)
+        return pid is not None and pid_alive(pid)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -294,7 +294,8 @@ def _kraft_cluster_id() -> str:
             return cluster_id
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -312,7 +313,7 @@ def _stop_group(pid: int, timeout_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from deploy.localstack import pid_alive
 from stream_app.settings import REVEAL_SECRETS, Settings
 
 PORT_FILES = "worker-*.port"  # a worker writes its bound metrics/health port here, in settings.state_dir
@@ -31,19 +32,6 @@ def port_file(state_dir: Path, pid: int | None = None) -> Path:
     return Path(state_dir) / PORT_FILES.replace("*", f"{socket.gethostname()}-{pid or os.getpid()}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie (killed, not yet reaped) is dead too
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
-
-
 def live_port_files(state_dir: Path) -> list[Path]:
     """Port files of live workers; those of this host's dead workers (SIGKILLed, no goodbye) are removed.
     Files of other hosts (a shared state dir) are kept: their processes cannot be checked from here."""
@@ -52,7 +40,7 @@ def live_port_files(state_dir: Path) -> list[Path]:
     for path in sorted(Path(state_dir).glob(PORT_FILES)):
         owner_host, _, pid = path.stem.removeprefix("worker-").rpartition("-")
         is_pid = pid.isdigit() and int(pid) < 2**22  # Linux's largest pid_max; older files named otherwise
-        if owner_host == host and is_pid and not _pid_alive(int(pid)):
+        if owner_host == host and is_pid and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             continue
         live.append(path)

@@ -12,6 +12,7 @@ from typing import Any
 
 from stream_app.console.fleet import Fleet, retrain_schedule
 from stream_app.console.live import LiveState, line_of
+from stream_app.registry.backbones import model_flags
 from stream_app.registry.versions import Registry
 from stream_app.settings import Settings
 
@@ -91,6 +92,7 @@ def models_view(settings: Settings, registry: Registry, fleet: Fleet, state: Liv
             versions.append(
                 {
                     "version": v, "created_at": str(m.get("created_at", ""))[:19], "kind": m.get("kind", ""),
+                    "flags": model_flags(m),
                     "parent": m.get("parent"), "trigger": m.get("trigger"), "decision": validation.get("decision"),
                     "reason": validation.get("reason", ""), "false_alarm_rate": metrics.get("false_alarm_rate"),
                     "detection_rate": detection, "current_detection_rate": current_detection,

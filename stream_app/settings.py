@@ -199,6 +199,9 @@ class LimitSettings(BaseModel):
     )
     max_source_chars: int = Field(256, ge=1, description="longer source ids are refused as bad_schema")
     max_sources_per_model: int = Field(10_000, ge=1, description="distinct sources a worker tracks per model")
+    source_state_ttl_s: float | None = Field(
+        7 * 86400.0, gt=0, description="a source silent this long loses its threshold state and metric series"
+    )
     deadletter_margin_bytes: int = Field(
         4096, ge=0, description="kept free under kafka.max_message_bytes for record framing"
     )

@@ -82,6 +82,9 @@ for i, key in ipairs(KEYS) do
     out[i] = {stored, redis.call('HGET', key, 's')}
   end
   redis.call('HSET', key, 'q', q, 'qb', qb)
+  if TTL_MS > 0 then
+    redis.call('PEXPIRE', key, TTL_MS)
+  end
 end
 return out
 """.replace("MAX_BOUNCES", str(MAX_BOUNCES))
@@ -185,13 +188,16 @@ class ThresholdStore:
         incident_cfg: IncidentSettings,
         key_prefix: str,
         max_attempts: int = MAX_ATTEMPTS,
+        state_ttl_s: float | None = None,
     ) -> None:
         self.redis = redis
         self.threshold_cfg = threshold_cfg
         self.incident_cfg = incident_cfg
         self.key_prefix = key_prefix
         self.max_attempts = max_attempts
-        self._cas = redis.register_script(CAS_SCRIPT)
+        # A source silent for `state_ttl_s` loses its state (producers choose source names: unbounded otherwise).
+        ttl_ms = int(state_ttl_s * 1000) if state_ttl_s else 0
+        self._cas = redis.register_script(CAS_SCRIPT.replace("TTL_MS", str(ttl_ms)))
         self._token = uuid.uuid4().hex  # its place in the keys' write queues
         self._cache: dict[str, tuple[int, SourceState]] = {}  # key -> (version, state) last seen in Redis
         self._initial: dict[tuple[str, str], thresholds.ThresholdState] = {}  # (model, version) -> fresh
@@ -213,6 +219,13 @@ class ThresholdStore:
             return None
         parts = key[len(head) :].split(":", 3)
         return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+    def forget(self, model: str, source: str) -> None:
+        """Drop this worker's cached state of a source (its Redis key expires on its own when idle)."""
+        for key in [
+            k for k in self._cache if (p := self.parse_key(k, self.key_prefix)) and p[0] == model and p[3] == source
+        ]:
+            del self._cache[key]
 
     def key(self, model: str, version: str, source: str) -> str:
         return f"{self.key_prefix}:thr:{model}:{version}:{self._tag}:{source}"

@@ -27,6 +27,7 @@ class SourceAdmission:
             raise ValueError(f"max_sources must be at least 1, got {max_sources}")
         self.max_sources = max_sources
         self._seen: dict[str, set[str]] = {}
+        self._last: dict[tuple[str, str], float] = {}  # (model, source) -> when it was last admitted
 
     def admit(self, model: str, sources: Iterable[str]) -> list[bool]:
         """One flag per event, in order: False means dead-letter it with reason `source_limit`."""
@@ -37,6 +38,26 @@ class SourceAdmission:
                 seen.add(source)
             flags.append(source in seen)
         return flags
+
+    def touch(self, model: str, sources: Iterable[str], now: float) -> None:
+        """Mark these sources of `model` active at `now` (for `evict_idle`)."""
+        for source in set(sources):
+            self._last[(model, source)] = now
+
+    def evict_idle(self, now: float, idle_s: float) -> list[tuple[str, str]]:
+        """Forget (model, source) pairs not touched for `idle_s` and return them (their state expires too).
+
+        >>> gate = SourceAdmission(max_sources=1)
+        >>> gate.admit("m", ["a"]), gate.touch("m", ["a"], now=0.0), gate.admit("m", ["b"])
+        ([True], None, [False])
+        >>> gate.evict_idle(now=100.0, idle_s=60.0), gate.admit("m", ["b"])
+        ([('m', 'a')], [True])
+        """
+        idle = [pair for pair, last in self._last.items() if now - last >= idle_s]
+        for model, source in idle:
+            del self._last[(model, source)]
+            self.forget(model, source)
+        return idle
 
     def count(self, model: str) -> int:
         return len(self._seen.get(model, ()))

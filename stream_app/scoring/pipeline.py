@@ -9,6 +9,7 @@ looked up once per batch and model, so a hot swap lands between batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # A scorer raising one of these on a group is bisected to the records that cause it (poison); other errors
 # (e.g. a lost device) fail the batch, which is retried.
 POISON_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
+EVICT_EVERY_S = 60.0  # how often idle sources are looked for
 
 
 @dataclass
@@ -117,6 +119,7 @@ class InspectionPipeline:
         self.metrics = metrics
         self.routers = {name: Router(kind.routes(settings)) for name, kind in DATA_KINDS.items()}
         self.admission = SourceAdmission(settings.limits.max_sources_per_model)
+        self._next_eviction = time.monotonic() + EVICT_EVERY_S
 
     # ------------------------------------------------------------------ decoding
 
@@ -176,9 +179,24 @@ class InspectionPipeline:
                 groups[shape].add(rec, ev)
         return list(groups.values())
 
+    def _evict_idle_sources(self) -> None:
+        """Sources silent for limits.source_state_ttl_s leave the admission set, the cache and the metrics."""
+        ttl, now = self.settings.limits.source_state_ttl_s, time.monotonic()
+        if ttl is None or now < self._next_eviction:
+            return
+        self._next_eviction = now + EVICT_EVERY_S
+        for model, source in self.admission.evict_idle(now, ttl):
+            self.store.forget(model, source)
+            with contextlib.suppress(KeyError):  # never judged: no series
+                self.metrics.threshold.remove(model, source)
+            log.info("source %s of model %s idle for %.0f s: its state expires", source, model, ttl)
+
     def _admit(self, model: str, routed: Routed, batch: BatchOutputs) -> Routed:
         """Events of sources the model may track; a new source beyond limits.max_sources_per_model is refused."""
-        admitted = self.admission.admit(model, [ev.source for ev in routed.events])
+        self._evict_idle_sources()
+        sources = [ev.source for ev in routed.events]
+        admitted = self.admission.admit(model, sources)
+        self.admission.touch(model, (src for src, ok in zip(sources, admitted, strict=True) if ok), time.monotonic())
         if all(admitted):
             return routed
         kept = Routed()

@@ -80,7 +80,10 @@ class Worker:
         self.registry = Registry(settings.registry_dir)
         self.models = ModelManager(self.registry, device=settings.device, executor=self.executor.pool)
         self.redis = redis_client(settings.redis)
-        self.store = ThresholdStore(self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
+        self.store = ThresholdStore(
+            self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
+            state_ttl_s=settings.limits.source_state_ttl_s,
+        )  # fmt: skip
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
         self.health_state = HealthState(settings.recovery.stall_after_s)
         self.consumer = BatchConsumer(

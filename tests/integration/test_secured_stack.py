@@ -209,3 +209,16 @@ async def test_a_worker_with_a_wrong_kafka_password_exits_with_the_reason(secure
         assert proc.poll() is not None, "the worker must stop on a wrong password, not retry forever"
     assert proc.returncode != 0
     assert "Authentication failed" in log.read_text(errors="replace")
+
+
+async def test_the_retraining_agent_reads_its_window_and_takes_triggers_over_sasl_ssl(secure_settings):
+    from stream_app.retraining.agent import RetrainAgent, send_trigger
+
+    settings = secure_settings(routes=[Route(pattern="line-*", model="sensors")])
+    settings.retrain.min_samples = 10**6  # read the window over SASL_SSL, then skip: nothing to fit on
+    fit_model(settings)
+    await ensure_topics(settings)
+    result = await RetrainAgent(settings, progress=False).run_cycle("sensors", trigger="test")
+    assert result.decision == "skipped" and "min_samples" in result.reason
+    message = await asyncio.wait_for(send_trigger(settings, "sensors"), 30)
+    assert message["model"] == "sensors"

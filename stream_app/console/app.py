@@ -27,11 +27,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from stream_app.alerts.labels import LABELS, label_for_alert, publish_label
 from stream_app.console import pages
 from stream_app.console.auth import COOKIE, Authority, Session
 from stream_app.console.fleet import Fleet
 from stream_app.console.frames import FrameNotFound, FrameReader
-from stream_app.console.labels import LABELS, label_for_alert, publish_label
 from stream_app.console.live import LiveFeed
 from stream_app.registry.announcements import announce_version
 from stream_app.registry.versions import Registry

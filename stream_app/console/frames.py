@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from stream_app.console.origins import origin_of, read_origins
+from stream_app.alerts.origins import origin_of, read_origins
 from stream_app.settings import Settings
 from stream_app.wire.codecs import BadEvent, decode_frame, encode_image
 

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.console.labels import Label, decode_labels, latest_per_alert, precision
+from stream_app.alerts.labels import Label, decode_labels, latest_per_alert, precision
 from stream_app.judging import thresholds
 from stream_app.judging.store import SourceState, ThresholdStore
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_client

@@ -49,6 +49,7 @@ from stream_app.registry.announcements import (
 from stream_app.registry.versions import PromotionConflict, Registry
 from stream_app.retraining.canaries import canaries
 from stream_app.retraining.decision import CONFIRMED, Decision, calibrated_threshold, decide
+from stream_app.retraining.feedback import Feedback, operator_feedback, with_events
 from stream_app.retraining.fitting import fit_options, fit_summary
 from stream_app.retraining.regression import RegressionSet
 from stream_app.retraining.window import TrainingWindow, read_window
@@ -240,10 +241,12 @@ class RetrainAgent:
             result.reason = f"{window.n_clean} clean events in the window < min_samples {cfg.min_samples}"
             return self._done(result, started)
 
+        feedback = await operator_feedback(self.settings, model, kind.name)
+        train = with_events(window.train, feedback.false_alarms)  # operators said these are normal
         candidate = new_candidate(current, self.device)
         try:
             fit_started = time.monotonic()
-            history = await self._fit(model, candidate, window.train)
+            history = await self._fit(model, candidate, train)
         except asyncio.CancelledError:
             log.warning("retrain %s: cancelled during the fit; registry unchanged", model)
             raise
@@ -254,7 +257,7 @@ class RetrainAgent:
         fit = fit_summary(history, time.monotonic() - fit_started)
 
         held = await asyncio.to_thread(_scores, candidate, window.holdout)
-        confirmed, stored = await asyncio.to_thread(self._confirmed, model, window)
+        confirmed, stored = await asyncio.to_thread(self._confirmed, model, window, feedback)
         sets = regression_sets(self.settings, kind.name, confirmed, window.holdout)
         against, decision = (
             prod.version,
@@ -318,14 +321,21 @@ class RetrainAgent:
             # The thread cannot be interrupted; its result is simply never published.
             fit.cancel()
 
-    def _confirmed(self, model: str, window: TrainingWindow) -> tuple[np.ndarray | None, dict[str, int]]:
-        """Add the window's closed incidents to the model's regression set; the whole set, and its counts."""
+    def _confirmed(
+        self, model: str, window: TrainingWindow, feedback: Feedback
+    ) -> tuple[np.ndarray | None, dict[str, int]]:
+        """Add the window's closed incidents and the operators' confirmed defects to the model's regression set;
+        the whole set, and its counts."""
         rs = RegressionSet(self.settings.state_dir, model, self.settings.retrain.regression_max_events)
         shape = tuple(window.holdout.shape[1:]) if len(window.holdout) else None
         added = 0
         if window.closed.any():
             ids = [i for i, ok in zip(window.incident_ids, window.closed.tolist(), strict=True) if ok]
             added = rs.add(window.incidents[window.closed], ids)
+        labelled = [(e, i) for e, i in zip(feedback.confirmed, feedback.confirmed_ids, strict=True)
+                    if shape is None or e.shape == shape]  # fmt: skip
+        if labelled:
+            added += rs.add(np.stack([e for e, _ in labelled]), [f"label:{i}" for _, i in labelled])
         events, ids = rs.load(shape)
         return events, {"events": 0 if events is None else len(events), "incidents": len(set(ids)), "added": added}
 

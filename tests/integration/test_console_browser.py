@@ -31,9 +31,9 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from stream_app.alerts.labels import labelled_records, read_labels
 from stream_app.console import scene
 from stream_app.console.auth import hash_secret
-from stream_app.console.labels import labelled_records, read_labels
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, read_records
 from stream_app.ops.processes import running, spawn, stop, worker_health, worker_ports
 from stream_app.registry.versions import Registry

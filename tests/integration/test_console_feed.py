@@ -82,8 +82,8 @@ async def test_live_feed_folds_verdicts_alerts_dead_letters_and_labels(make_sett
     import asyncio
     import time
 
+    from stream_app.alerts.labels import label_for_alert, publish_label
     from stream_app.console import scene
-    from stream_app.console.labels import label_for_alert, publish_label
     from stream_app.console.live import LiveFeed
 
     settings = make_settings()

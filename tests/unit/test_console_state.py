@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_app.console.labels import Label, confirmed_anomalies, false_alarms, latest_per_alert, precision
+from stream_app.alerts.labels import Label, confirmed_anomalies, false_alarms, latest_per_alert, precision
 from stream_app.console.live import LiveState
 from stream_app.console.pages import feature_bars, grouped_tiles, overview_payload
 

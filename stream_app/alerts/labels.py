@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from stream_app.console.origins import Origin, origin_of, read_origins
+from stream_app.alerts.origins import Origin, origin_of, read_origins
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
 from stream_app.settings import Settings
 from stream_app.wire.records import Record

@@ -14,6 +14,7 @@ alerts that were real, per (model, source) and per model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterable
@@ -211,3 +212,34 @@ def precision(labels: Iterable[Label]) -> dict[tuple[str, str | None], Precision
             c = counts.setdefault(key, [0, 0])
             c[0 if lab.label == "real_defect" else 1] += 1
     return {k: Precision(r, f) for k, (r, f) in counts.items()}
+
+
+async def label_alerts(
+    settings: Settings, alert_ids: Iterable[str], label: str, note: str = "", user: str = "cli", timeout_s: float = 30.0
+) -> list[Label]:
+    """Label alerts by id, as an operator does in the console: found on the alerts topic, published as labels.
+
+    LookupError names the ids that are not (or no longer) on the alerts topic; nothing is published then.
+    """
+    from stream_app.ops.connections import read_records
+
+    wanted = set(alert_ids)
+    found: dict[str, dict[str, Any]] = {}
+
+    def complete(records: list[Any]) -> bool:
+        for rec in records[len(seen) :]:
+            seen.append(rec)
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+                body = orjson.loads(rec.value or b"")
+                if body.get("alert_id") in wanted and body.get("incident_event") != "closed":
+                    found[body["alert_id"]] = body
+        return wanted <= found.keys()
+
+    seen: list[Any] = []
+    await read_records(settings, settings.topics.alerts, complete, timeout_s)
+    if missing := sorted(wanted - found.keys()):
+        raise LookupError(f"no alert {', '.join(missing)} on {settings.topics.alerts}")
+    labels = [label_for_alert(found[i], label, note, user) for i in sorted(wanted)]
+    for lab in labels:
+        await publish_label(settings, lab)
+    return labels

@@ -312,6 +312,28 @@ def rollback(
         _announce(ctx, registry, mv, announce)
 
 
+@models_app.command()
+def label(
+    ctx: typer.Context,
+    alert: Annotated[list[str], typer.Option("--alert", help="an alert id (repeat for several)")],
+    false_alarm: Annotated[
+        bool, typer.Option("--false-alarm", help="the alerts were normal (default: real defects)")
+    ] = False,
+    note: Annotated[str, typer.Option(help="why, for the record")] = "",
+) -> None:
+    """Label alerts as real defects (they join the model's regression set) or false alarms (training data).
+
+    The same labels the console gives; the retraining agent reads them at its next cycle.
+    """
+    from stream_app.alerts.labels import label_alerts
+
+    kind = "false_alarm" if false_alarm else "real_defect"
+    with user_errors():
+        labels = asyncio.run(label_alerts(ctx.obj, alert, kind, note))
+    for lab in labels:
+        console.print(f"{lab.alert_id} ({lab.model} {lab.source}): {kind} -> {ctx.obj.topics.labels}")
+
+
 backbone_app = typer.Typer(help="Pretrained backbones kept in the registry by hash.", no_args_is_help=True)
 models_app.add_typer(backbone_app, name="backbone")
 

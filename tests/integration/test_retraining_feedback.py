@@ -52,3 +52,34 @@ async def test_confirmed_defects_join_the_regression_set_and_false_alarms_the_tr
     assert events is not None and np.allclose(
         events[ids.index(f"label:alert-{defect_rec.partition}-{defect_rec.offset}")], defect.values
     )
+
+
+async def test_models_label_publishes_a_label_for_an_alert_on_the_topic_and_refuses_unknown_ids(
+    make_settings, tmp_path
+):
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from stream_app.alerts.labels import read_labels
+    from stream_app.cli import app
+    from stream_app.ops.connections import ensure_topics, send_json
+
+    settings = make_settings()
+    await ensure_topics(settings, [settings.topics.alerts, settings.topics.labels])
+    alert = {"alert_id": "a-17", "incident_id": "i-1", "incident_event": "opened", "source": "line-1/m", "model": MODEL,
+             "version": "0001", "ts": 1.0, "score": 9.0, "threshold": 3.0,
+             "origin": {"topic": settings.topics.vectors, "partition": 0, "offset": 17}}  # fmt: skip
+    await send_json(settings, settings.topics.alerts, "line-1/m", alert)
+    config = tmp_path / "config.json"
+    config.write_text(settings.model_dump_json(exclude={"kafka_bootstrap", "redis_url"}))
+
+    def lw(*args: str):
+        return CliRunner().invoke(app, ["--config", str(config), "models", "label", *args])
+
+    ok = await asyncio.to_thread(lw, "--alert", "a-17", "--false-alarm", "--note", "glare")
+    assert ok.exit_code == 0, ok.output
+    (label,) = await read_labels(settings, model=MODEL)
+    assert (label.alert_id, label.label, label.note, label.origin[2]) == ("a-17", "false_alarm", "glare", 17)
+    missing = await asyncio.to_thread(lw, "--alert", "nope")
+    assert missing.exit_code == 1 and "no alert nope" in missing.output

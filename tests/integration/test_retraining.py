@@ -166,6 +166,34 @@ async def test_candidate_trained_on_poisoned_window_without_guard_fails_validati
 
 
 @pytest.mark.integration
+async def test_a_fault_class_common_in_the_window_but_never_alarmed_is_caught_by_the_regression_set(
+    make_settings, v1_scorer
+):
+    """The guard only drops what was alarmed: a fault the workers missed (e.g. while a bad threshold served)
+    trains the candidate to call it normal. The confirmed events of an earlier incident of that fault class,
+    kept in the model's regression set, reject that candidate."""
+    from stream_app.retraining.regression import RegressionSet
+
+    settings = make_settings(retrain=retrain_settings())
+    registry, v1 = fit_v1(settings, v1_scorer)
+    rng = np.random.default_rng(4)
+    earlier = np.array([e.values for e in incident("a", 40, 0.0, rng)], np.float32)
+    RegressionSet(settings.state_dir, MODEL).add(earlier, ["inc-earlier"] * len(earlier))
+    now = time.time()
+    normal = judged_events(settings, v1, rng.normal(size=(900, F)).astype(np.float32), now - 300)
+    missed = [Event(e.source, e.values, e.ts, False) for e in incident("b", 300, now - 200, rng)]  # judged normal
+    await produce_judged(settings, normal + missed)
+
+    blind = await RetrainAgent(settings, progress=False).run_cycle(MODEL, trigger="test")
+    assert blind.decision == "rejected", blind.reason
+    confirmed = registry.manifest(MODEL, blind.version)["validation"]["metrics"]["regression"]["confirmed"]
+    # The regression set alone rejects it (the decision names the first failed check, here the held-back data,
+    # where the missed faults, judged normal, make the candidate look noisy).
+    assert confirmed["detection_rate"] < confirmed["current_detection_rate"] - settings.retrain.detection_tolerance
+    assert registry.production(MODEL).version == "0001"
+
+
+@pytest.mark.integration
 async def test_too_little_clean_data_or_a_failed_fit_leaves_the_registry_unchanged(
     make_settings, monkeypatch, v1_scorer
 ):

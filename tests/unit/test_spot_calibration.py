@@ -36,7 +36,9 @@ def test_spot_recovers_after_a_long_idle_period_and_never_alerts_at_t() -> None:
     _, _, state = run(cfg, state, gen.exponential(size=50_000))
     thr_idle, _, state = run(cfg, state, gen.exponential(size=1_000_000) * 0.05, batch=65536)  # line idle
     assert thr_idle.min() > state.t
-    recovery = 100_000  # stated recovery: ~0.7 horizon (default 100k events) to get back within 2x risk
+    # Stated recovery: 2.5 horizons (default 100k events) to get back within 2x risk. (Fault-like bursts of
+    # censored exceedances are capped in the tail fit, so the idle period's stale tail forgets more slowly.)
+    recovery = 250_000
     thr, anomalous, state = run(cfg, state, gen.exponential(size=recovery + 200_000))
     assert thr.min() > state.t
     assert RISK / 2 <= anomalous[recovery:].mean() <= 2 * RISK, anomalous[recovery:].mean()

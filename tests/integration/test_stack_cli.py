@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.localstack import _pid_alive
+from deploy.localstack import pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_stack_up_status_down_and_fast_second_up(tmp_path: Path):
 
         pids = [int((state / f"{name}.pid").read_text()) for name in ("kafka", "redis")]
         assert cli(["stack", "down"], env).returncode == 0
-        assert not any(_pid_alive(pid) for pid in pids)
+        assert not any(pid_alive(pid) for pid in pids)
         assert cli(["stack", "status"], env).returncode == 1  # unhealthy now
 
         started = time.monotonic()

@@ -85,3 +85,12 @@ class Backoff:
 
     def reset(self) -> None:
         self._delay, self._failing_s = 0.0, 0.0
+
+
+def wait_to_retry(backoff: Backoff, stop: threading.Event, why: str, action: str = "retrying") -> Iterator[Notice]:
+    """Tell why the source is down, wait out the next backoff delay (or `stop`), or give up with SourceError."""
+    delay = backoff.next_delay()
+    if backoff.exhausted:
+        raise SourceError(f"{why}; gave up after retrying for {backoff.give_up_s:g} s")
+    yield Notice(f"{why}; {action} in {delay:.1f} s", reconnect=True)
+    stop.wait(delay)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError
+from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError, wait_to_retry
 from stream_app.feed.encoding import PIXEL_FORMATS, SUPPORTED, to_array
 
 INSTALL_HINT = (
@@ -127,11 +127,7 @@ class GenicamSource:
                 yield from self._wait(stop, f"camera {self.config.device_id} lost: {exc}")
 
     def _wait(self, stop: threading.Event, why: str) -> Iterator[Notice]:
-        delay = self.backoff.next_delay()
-        if self.backoff.exhausted:
-            raise SourceError(f"{why}; gave up after retrying for {self.backoff.give_up_s:g} s")
-        yield Notice(f"{why}; retrying in {delay:.1f} s", reconnect=True)
-        stop.wait(delay)
+        return wait_to_retry(self.backoff, stop, why, "retrying")
 
     # ------------------------------------------------------------------ set-up
 

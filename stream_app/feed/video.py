@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError
+from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError, wait_to_retry
 
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "/dev/video")
 
@@ -96,11 +96,7 @@ class VideoSource:
                 yield from self._wait(stop, f"{self.url} ended")
 
     def _wait(self, stop: threading.Event, why: str) -> Iterator[Notice]:
-        delay = self.backoff.next_delay()
-        if self.backoff.exhausted:
-            raise SourceError(f"{why}; gave up after retrying for {self.backoff.give_up_s:g} s")
-        yield Notice(f"{why}; reconnecting in {delay:.1f} s", reconnect=True)
-        stop.wait(delay)
+        return wait_to_retry(self.backoff, stop, why, "reconnecting")
 
     def _open(self) -> Any:
         import av

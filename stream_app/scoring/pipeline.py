@@ -213,26 +213,37 @@ class InspectionPipeline:
             data = kind.stack(group.events)
             started = time.perf_counter()
 
-            # One call when the group scores; when it raises, bisect to the records that fail on their own.
-            def score_rows(rows: Sequence[int], data: np.ndarray = data) -> Awaitable[np.ndarray]:
-                return self.executor.run(loaded.scorer.score, data[list(rows)])
-
-            isolated = await isolate_failures(range(len(data)), score_rows, POISON_ERRORS)
-            if isolated.failures:  # all failed: the model refuses this input; some failed: those records are poison
-                reason = "rejected_by_model" if isolated.all_failed else "poison"
-                for i, exc in isolated.failures.items():
-                    batch.reject(group.records[i], reason, f"{type(exc).__name__}: {exc}")
-                keep = [i for i in range(len(data)) if i not in isolated.failures]
-                if not keep:
+            try:  # one call, and no copies, when the group scores (the common case)
+                scores = await self.executor.run(loaded.scorer.score, data)
+            except POISON_ERRORS:  # bisect to the records that fail on their own
+                kept = await self._isolate(loaded, group, data, batch)
+                if kept is None:
                     continue
-                group = Routed([group.records[i] for i in keep], [group.events[i] for i in keep])
-                data = data[keep]
-            scores = np.asarray([r for r in isolated.results if r is not None], np.float32)
+                group, data, scores = kept
             self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
             scored = ScoredGroup(group.records, group.events, data, scores)
             batch.outputs += await self._judge_and_emit(kind, loaded, scored)
             batch.report.scored += len(group.records)
             batch.report.alerts += scored.alerts
+
+    async def _isolate(
+        self, loaded: LoadedModel, group: Routed, data: np.ndarray, batch: BatchOutputs
+    ) -> tuple[Routed, np.ndarray, np.ndarray] | None:
+        """Dead-letter the records that make the scorer raise on their own; the rest with their scores (None: all
+        failed: the model refuses this input, `rejected_by_model`; some failed: those records are `poison`)."""
+
+        def score_rows(rows: Sequence[int]) -> Awaitable[np.ndarray]:
+            return self.executor.run(loaded.scorer.score, data[list(rows)])
+
+        isolated = await isolate_failures(range(len(data)), score_rows, POISON_ERRORS)
+        reason = "rejected_by_model" if isolated.all_failed else "poison"
+        for i, exc in isolated.failures.items():
+            batch.reject(group.records[i], reason, f"{type(exc).__name__}: {exc}")
+        keep = [i for i in range(len(data)) if i not in isolated.failures]
+        if not keep:
+            return None
+        scores = np.asarray([isolated.results[i] for i in keep], np.float32)
+        return Routed([group.records[i] for i in keep], [group.events[i] for i in keep]), data[keep], scores
 
     async def _judge_and_emit(self, kind: DataKind, loaded: LoadedModel, group: ScoredGroup) -> list[Output]:
         topics = self.settings.topics

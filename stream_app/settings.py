@@ -108,6 +108,9 @@ class RecoverySettings(BaseModel):
     stall_after_s: float = Field(60.0, gt=0, description="/health: a partition with lag that has not advanced")
     revoke_wait_s: float = Field(8.0, ge=0, description="on a rebalance, wait this long for in-flight batches")
     log_repeat_s: float = Field(30.0, gt=0, description="identical warnings/errors logged once per interval")
+    replay_batches: int = Field(
+        4, ge=1, description="judged batches each source remembers, so events judged again get the same verdicts"
+    )
 
 
 class ThresholdSettings(BaseModel):

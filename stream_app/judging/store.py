@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SEVERITY_CAP = 1e6  # severity of NaN/inf scores, and the bound of every severity (keeps alerts JSON-finite)
 MAX_ATTEMPTS = 32  # CAS attempts per batch before giving up on saving a source (a fair queue: ~1 per rival worker)
+REPLAY_BATCHES = 4  # judged batches remembered per source: more than a worker has unsettled (consumer.MAX_IN_FLIGHT)
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
 
 # KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[2i]: the version the caller
@@ -110,22 +111,75 @@ class Judgement(NamedTuple):
 
 
 @dataclass(frozen=True)
+class JudgedBatch:
+    """The verdicts one judgement gave a source's events, kept so a redelivery gets them again (columns: compact
+    in Redis; the source is the key's, and severity follows from score and threshold)."""
+
+    keys: tuple[str, ...]
+    scores: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    anomalous: tuple[bool, ...]
+    incident_ids: tuple[str | None, ...]
+    incident_events: tuple[str | None, ...]
+    stuck: bool
+
+    @classmethod
+    def of(cls, keys: Sequence[str], verdicts: Sequence[Judgement]) -> JudgedBatch:
+        _, scores, thr, anomalous, _, ids, events, stuck = zip(*verdicts, strict=True)
+        return cls(tuple(keys), scores, thr, anomalous, ids, events, bool(stuck[0]))
+
+    def to_dict(self) -> dict:
+        return {"k": self.keys, "s": self.scores, "t": self.thresholds, "a": self.anomalous,
+                "i": self.incident_ids, "e": self.incident_events, "x": self.stuck}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JudgedBatch:
+        k, s, t, a, i, e = (tuple(d[c]) for c in "kstaie")
+        if not len(k) == len(s) == len(t) == len(a) == len(i) == len(e):
+            raise ValueError("judged batch columns differ in length")
+        return cls(k, s, t, a, i, e, bool(d["x"]))
+
+    def judgements(self, source: str) -> dict[str, Judgement]:
+        sev = severities(np.asarray(self.scores, np.float64), np.asarray(self.thresholds, np.float64)).tolist()
+        rows = zip([source] * len(self.keys), self.scores, self.thresholds, self.anomalous, sev,
+                   self.incident_ids, self.incident_events, [self.stuck] * len(self.keys), strict=True)  # fmt: skip
+        return dict(zip(self.keys, map(_new_judgement, rows), strict=True))
+
+
+@dataclass(frozen=True)
 class SourceState:
-    """What one Redis key holds: the threshold state and the incident state of a source."""
+    """What one Redis key holds: the threshold state and the incident state of a source, and the verdicts of
+    its last judged batches (`recent`: replayed for events judged again, which the state does not absorb twice)."""
 
     threshold: thresholds.ThresholdState
     incident: incidents.IncidentState
+    recent: tuple[JudgedBatch, ...] = ()
 
     def dumps(self) -> bytes:
-        return orjson.dumps({"thr": thresholds.to_dict(self.threshold), "inc": self.incident.to_dict()})
+        return orjson.dumps(
+            {
+                "thr": thresholds.to_dict(self.threshold),
+                "inc": self.incident.to_dict(),
+                "recent": [b.to_dict() for b in self.recent],
+            }
+        )
 
     @classmethod
     def loads(cls, data: bytes | str) -> SourceState:
         d = json_object(data, "source state")
         try:
-            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]))
+            recent = tuple(JudgedBatch.from_dict(b) for b in d.get("recent", ()))
+            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]), recent)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
+
+    def judged(self, source: str, keys: Sequence[str]) -> dict[str, Judgement]:
+        """The remembered verdicts of those of `keys` already judged (usually none: checked without decoding)."""
+        out: dict[str, Judgement] = {}
+        for b in self.recent:
+            if not set(b.keys).isdisjoint(keys):
+                out.update(b.judgements(source))
+        return out
 
 
 _new_judgement = functools.partial(tuple.__new__, Judgement)  # from a row, without _make's Python frame
@@ -189,12 +243,14 @@ class ThresholdStore:
         key_prefix: str,
         max_attempts: int = MAX_ATTEMPTS,
         state_ttl_s: float | None = None,
+        replay_batches: int = REPLAY_BATCHES,
     ) -> None:
         self.redis = redis
         self.threshold_cfg = threshold_cfg
         self.incident_cfg = incident_cfg
         self.key_prefix = key_prefix
         self.max_attempts = max_attempts
+        self.replay_batches = max(1, replay_batches)
         # A source silent for `state_ttl_s` loses its state (producers choose source names: unbounded otherwise).
         ttl_ms = int(state_ttl_s * 1000) if state_ttl_s else 0
         self._cas = redis.register_script(CAS_SCRIPT.replace("TTL_MS", str(ttl_ms)))
@@ -331,6 +387,23 @@ class ThresholdStore:
     def _judge_source(
         self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str]
     ) -> tuple[SourceState, list[Judgement]]:
+        """Verdicts for one source's events, and its next state. Events it remembers judging get those verdicts
+        again and are not absorbed twice; the others are judged in order after them."""
+        judged = state.judged(source, event_keys) if state.recent else {}
+        if not judged:
+            return self._judge_new(state, source, scores, event_keys)
+        fresh = [i for i, k in enumerate(event_keys) if k not in judged]
+        verdicts: list[Judgement] = [judged.get(k) for k in event_keys]  # type: ignore[misc]
+        if not fresh:
+            return state, verdicts
+        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh])
+        for i, v in zip(fresh, new, strict=True):
+            verdicts[i] = v
+        return state, verdicts
+
+    def _judge_new(
+        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str]
+    ) -> tuple[SourceState, list[Judgement]]:
         learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
         thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
         flags = anomalous.tolist()
@@ -347,7 +420,8 @@ class ThresholdStore:
         rows = zip([source] * n, scores.tolist(), thr.tolist(), flags, severities(scores, thr).tolist(),
                    inc_ids, inc_events, [stuck] * n, strict=True)  # fmt: skip
         verdicts = list(map(_new_judgement, rows))
-        return SourceState(thr_state, inc_state), verdicts
+        recent = (*state.recent, JudgedBatch.of(event_keys, verdicts))[-self.replay_batches :]
+        return SourceState(thr_state, inc_state, recent), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
         """The stored state of each source that has one (one round trip); refreshes the local cache."""

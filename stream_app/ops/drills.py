@@ -26,10 +26,12 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream_app.judging import incidents
 from stream_app.ops.connections import aiokafka_kwargs
 from stream_app.ops.processes import spawn, stop, worker_ports
-from stream_app.settings import Settings
+from stream_app.settings import IncidentSettings, Settings
 from stream_app.wire.codecs import encode_vector
+from stream_app.wire.outputs import alert_id
 
 SOURCES = ("line-1/a", "line-1/b", "line-1/c", "line-1/d")
 
@@ -156,9 +158,10 @@ class Tally:
     verdicts_out: int
     lost: list[tuple[int, int]]
     duplicates: int
-    inconsistent: list[tuple[int, int]]  # offsets whose copies differ in source, model version or score (> 1e-4)
+    inconsistent: list[tuple[int, int]]  # offsets whose copies differ in any field (judging is idempotent)
     threshold_differs: int  # duplicates whose threshold differs (judged twice against a moved threshold)
     max_score_spread: float  # the largest score difference between copies of one event
+    incident_mismatches: list[tuple[str, str | None]]  # (alert id, event) in alerts xor implied by the verdicts
     first_verdict_ms: dict[tuple[int, int], int]
     input_ms: dict[tuple[int, int], int]
 
@@ -187,13 +190,7 @@ async def tally(settings: Settings) -> Tally:
         first[key] = min(first.get(key, r.timestamp), r.timestamp)
     input_ms = {(r.partition, r.offset): r.timestamp for r in inputs}
     lost = sorted(k for k in input_ms if k not in by_offset)
-    # Scores of a redelivered event may differ in the last float bits (another batch size, another BLAS path).
-    inconsistent = sorted(
-        k
-        for k, copies in by_offset.items()
-        if len({(c["source"], c["version"]) for c in copies}) > 1
-        or not np.allclose([c["score"] for c in copies], copies[0]["score"], rtol=1e-4, atol=1e-6)
-    )
+    inconsistent = sorted(k for k, copies in by_offset.items() if any(c != copies[0] for c in copies[1:]))
     score_spread = max((float(np.ptp([c["score"] for c in copies])) for copies in by_offset.values()), default=0.0)
     threshold_differs = sum(1 for copies in by_offset.values() if len({c["threshold"] for c in copies}) > 1)
     return Tally(
@@ -204,9 +201,36 @@ async def tally(settings: Settings) -> Tally:
         inconsistent=inconsistent,
         threshold_differs=threshold_differs,
         max_score_spread=score_spread,
+        incident_mismatches=await incident_mismatches(settings, by_offset),
         first_verdict_ms=first,
         input_ms=input_ms,
     )
+
+
+def implied_incident_events(cfg: IncidentSettings, verdicts: list[dict]) -> set[tuple[str, str | None]]:
+    """(alert id, "opened"/"closed") the incident rules give for these verdicts, each source's in offset order."""
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for v in sorted(verdicts, key=lambda v: (v["partition"], v["offset"])):
+        by_source[v["source"]].append(v)
+    implied: set[tuple[str, str | None]] = set()
+    for source, seq in by_source.items():
+        ids = [alert_id(v["topic"], v["partition"], v["offset"]) for v in seq]
+        steps, _ = incidents.step(cfg, incidents.IncidentState(), source, [v["anomalous"] for v in seq], ids)
+        implied |= {(aid, event) for aid, (_, event) in zip(ids, steps, strict=True) if event}
+    return implied
+
+
+async def incident_mismatches(
+    settings: Settings, by_offset: dict[tuple[int, int], list[dict]]
+) -> list[tuple[str, str | None]]:
+    """Incident events on the alerts topic that the verdict sequence does not imply, and implied ones missing."""
+    published = {
+        (body["alert_id"], body["incident_event"])
+        for r in await topic_records(settings, settings.topics.alerts)
+        if (body := orjson.loads(r.value))["incident_event"]
+    }
+    implied = implied_incident_events(settings.incidents, [copies[0] for copies in by_offset.values()])
+    return sorted(published ^ implied, key=str)
 
 
 class Drill:

@@ -73,6 +73,7 @@ def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
     assert counted.events_in > 0
     assert counted.lost == [], f"{len(counted.lost)} of {counted.events_in} input offsets have no verdict"
     assert counted.inconsistent == [], "a redelivered event must get the same verdict"
+    assert counted.incident_mismatches == [], "incident events must be those the verdict sequence implies"
     assert drill.unexpected_exits() == [], "no worker may exit by itself"
     print(
         f"events in {counted.events_in}, verdicts out {counted.verdicts_out}, duplicates {counted.duplicates}; "

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from stream_app.ops.backoff import Backoff
+
 
 class SourceError(RuntimeError):
     """A source cannot be opened or read and will not retry: the message says what and why."""
@@ -54,37 +56,6 @@ class FrameSource(Protocol):
     name: str  # what the operator asked for, e.g. "genicam:Fake_1" or the URL
 
     def captures(self, stop: threading.Event) -> Iterator[Item]: ...
-
-
-@dataclass
-class Backoff:
-    """Reconnect delays: `initial_s` doubling up to `max_s`; gives up once `give_up_s` passed without success.
-
-    >>> b = Backoff(initial_s=0.5, max_s=2.0)
-    >>> [b.next_delay() for _ in range(4)]
-    [0.5, 1.0, 2.0, 2.0]
-    >>> b.reset(); b.next_delay()
-    0.5
-    """
-
-    initial_s: float = 0.5
-    max_s: float = 10.0
-    give_up_s: float | None = None  # None: retry for ever
-    _delay: float = 0.0
-    _failing_s: float = 0.0
-
-    def next_delay(self) -> float:
-        self._delay = self.initial_s if self._delay == 0.0 else min(self.max_s, self._delay * 2)
-        self._failing_s += self._delay
-        return self._delay
-
-    @property
-    def exhausted(self) -> bool:
-        """True once the delays handed out since the last success exceed `give_up_s`."""
-        return self.give_up_s is not None and self._failing_s > self.give_up_s
-
-    def reset(self) -> None:
-        self._delay, self._failing_s = 0.0, 0.0
 
 
 def wait_to_retry(backoff: Backoff, stop: threading.Event, why: str, action: str = "retrying") -> Iterator[Notice]:

@@ -20,8 +20,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError, wait_to_retry
+from stream_app.feed.captures import Capture, Dropped, Item, Notice, SourceError, wait_to_retry
 from stream_app.feed.encoding import PIXEL_FORMATS, SUPPORTED, to_array
+from stream_app.ops.backoff import Backoff
 
 INSTALL_HINT = (
     "GenICam cameras need Aravis 0.8 and PyGObject: `apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev "

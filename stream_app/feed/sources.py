@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, FrameSource, Item, Notice, SourceError
+from stream_app.feed.captures import Capture, Dropped, FrameSource, Item, Notice, SourceError
 from stream_app.feed.encoding import Encoding, content_type, encoder
 from stream_app.feed.frames import FeedReport, Frame, feed_frames
 from stream_app.feed.linescan import LineScanAssembler, assemble
 from stream_app.feed.video import Subsampler
+from stream_app.ops.backoff import Backoff
 from stream_app.settings import Settings
 
 _END = object()

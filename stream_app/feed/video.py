@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, Item, Notice, SourceError, wait_to_retry
+from stream_app.feed.captures import Capture, Dropped, Item, Notice, SourceError, wait_to_retry
+from stream_app.ops.backoff import Backoff
 
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "/dev/video")
 

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from stream_app.ops.backoff import Backoff
 from stream_app.ops.processes import spawn, stop
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+RESTART_BASE_S, RESTART_CAP_S = 1.0, 30.0  # a dying child is restarted after ~1, 2, 4... up to 30 s
 QUICK_EXIT_S = 60.0  # a child that exits sooner than this after starting counts as failing to start
 MAX_QUICK_EXITS = 3
 
@@ -89,6 +90,7 @@ def supervise(settings: Settings, processes: int, loglevel: str = "info", poll_s
     procs: list[subprocess.Popen] = [spawn(child, *command, inherit_output=True) for _ in range(processes)]
     started = [time.monotonic()] * processes
     quick_exits = [0] * processes
+    restarts = [Backoff(RESTART_BASE_S, RESTART_CAP_S) for _ in range(processes)]
     next_start = [0.0] * processes
     stopping, code = False, 0
 
@@ -107,12 +109,14 @@ def supervise(settings: Settings, processes: int, loglevel: str = "info", poll_s
                 if next_start[i] == 0.0:  # just noticed
                     quick = time.monotonic() - started[i] < QUICK_EXIT_S
                     quick_exits[i] = quick_exits[i] + 1 if quick else 0
+                    if not quick:  # it ran a while: start the delays over
+                        restarts[i].reset()
                     if quick_exits[i] >= MAX_QUICK_EXITS:
                         log.error("worker process %d exited %d times right after starting (code %s); giving up",
                                   i, quick_exits[i], proc.returncode)  # fmt: skip
                         stopping, code = True, proc.returncode or 1
                         break
-                    delay = RESTART_BACKOFF_S[min(quick_exits[i], len(RESTART_BACKOFF_S) - 1)]
+                    delay = restarts[i].next_delay()
                     log.warning("worker process %d (pid %d) exited with %s; restart in %.0f s",
                                 i, proc.pid, proc.returncode, delay)  # fmt: skip
                     next_start[i] = time.monotonic() + delay

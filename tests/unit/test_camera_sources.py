@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from stream_app.feed.captures import Backoff, Capture, Dropped, Notice, SourceError
+from stream_app.feed.captures import Capture, Dropped, Notice, SourceError
 from stream_app.feed.genicam import GenicamConfig, GenicamSource
 from stream_app.feed.linescan import LineScanAssembler, assemble
 from stream_app.feed.sources import threaded
 from stream_app.feed.video import VideoSource
+from stream_app.ops.backoff import Backoff
 from tests.media import clip
 
 

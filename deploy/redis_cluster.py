@@ -22,10 +22,10 @@ NODE_TIMEOUT_MS = 2000
 
 
 class ClusterError(RuntimeError):
-    """The cluster could not be formed; the message says why."""
+    """The cluster (or the sentinel group, deploy/redis_sentinel.py) could not be formed; the message says why."""
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -37,15 +37,46 @@ def _bindable(port: int) -> bool:
 def _free_cluster_port(taken: set[int]) -> int:
     """A free port whose cluster bus port (+10000) is free too, so both stay below 65536."""
     for port in random.sample(range(20000, 30000), 500):
-        if port not in taken and _bindable(port) and _bindable(port + 10000):
+        if port not in taken and bindable(port) and bindable(port + 10000):
             return port
     raise ClusterError("no free port pair (p, p + 10000) in 20000-40000 for a Redis Cluster node")
 
 
-def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
+def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    """`redis-cli -p port args...` on loopback; its stdout, stripped."""
     out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
                          timeout=timeout)  # fmt: skip
     return out.stdout.strip()
+
+
+def require_redis_tools() -> None:
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            raise ClusterError(f"`{tool}` not found on PATH; apt-get install redis-server redis-tools")
+
+
+def spawn_redis(port: int, node_dir: Path, *args: str) -> subprocess.Popen:
+    """A `redis-server` on loopback `port` (AOF on, RDB off, its log and files in `node_dir`), in its own session."""
+    node_dir.mkdir(parents=True, exist_ok=True)
+    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir), "--appendonly",
+           "yes", "--save", "", "--protected-mode", "yes", "--logfile", str(node_dir / "log"), *args]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_pong(ports: list[int], deadline: float, where: Path) -> None:
+    for port in ports:
+        while redis_cli(port, "PING") != "PONG":
+            if time.monotonic() > deadline:
+                raise ClusterError(f"redis on port {port} did not answer PING; see the logs under {where}")
+            time.sleep(0.1)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @dataclass
@@ -60,20 +91,14 @@ class RedisCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def up(self, nodes: int = 6, timeout_s: float = 60.0) -> RedisCluster:
-        for tool in ("redis-server", "redis-cli"):
-            if shutil.which(tool) is None:
-                raise ClusterError(f"`{tool}` not found on PATH; apt-get install redis-server redis-tools")
+        require_redis_tools()
         if not self.ports:
             for _ in range(nodes):
                 self.ports.append(_free_cluster_port(set(self.ports)))
         for port in self.ports:
             self._start(port)
         deadline = time.monotonic() + timeout_s
-        for port in self.ports:
-            while _cli(port, "PING") != "PONG":
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"redis node on port {port} did not answer PING; see {self._dir(port)}/log")
-                time.sleep(0.1)
+        wait_pong(self.ports, deadline, self.state_dir)
         addrs = [f"127.0.0.1:{p}" for p in self.ports]
         created = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "1",
                                   "--cluster-yes"], capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -88,8 +113,8 @@ class RedisCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             live = [p for p in self.ports if self.procs[p].poll() is None]
-            infos = [_cli(p, "CLUSTER", "INFO") for p in live]
-            links = [_cli(p, "INFO", "replication") for p in live]
+            infos = [redis_cli(p, "CLUSTER", "INFO") for p in live]
+            links = [redis_cli(p, "INFO", "replication") for p in live]
             synced = all("role:master" in r or "master_link_status:up" in r for r in links)
             if infos and synced and all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos):
                 return
@@ -99,7 +124,7 @@ class RedisCluster:
 
     def master_of_slot(self, slot: int) -> int:
         """The port of the master serving `slot` now."""
-        for line in _cli(self._live_port(), "CLUSTER", "NODES").splitlines():
+        for line in redis_cli(self._live_port(), "CLUSTER", "NODES").splitlines():
             parts = line.split()
             if "master" in parts[2] and "fail" not in parts[2] and "disconnected" not in parts[7:8]:
                 for rng in parts[8:]:
@@ -128,11 +153,7 @@ class RedisCluster:
             time.sleep(0.1)
 
     def down(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_all(list(self.procs.values()))
 
     def _live_port(self) -> int:
         return next(p for p in self.ports if self.procs[p].poll() is None)
@@ -141,11 +162,5 @@ class RedisCluster:
         return Path(self.state_dir) / f"node-{port}"
 
     def _start(self, port: int) -> None:
-        node = self._dir(port)
-        node.mkdir(parents=True, exist_ok=True)
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node),
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--save", "",
-                "--protected-mode", "yes", "--logfile", str(node / "log")]  # fmt: skip
-        self.procs[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)  # fmt: skip
+        self.procs[port] = spawn_redis(port, self._dir(port), "--cluster-enabled", "yes", "--cluster-config-file",
+                                       "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))  # fmt: skip

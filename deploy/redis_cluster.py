@@ -71,6 +71,26 @@ def wait_pong(ports: list[int], deadline: float, where: Path) -> None:
             time.sleep(0.1)
 
 
+def _info(text: str) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+def wait_replicated(master: int, timeout_s: float = 10.0) -> None:
+    """Until every replica of the master on port `master` holds all writes made to it so far, so that killing
+    the master loses none of them (replication is asynchronous: later writes may still be lost)."""
+    info = _info(redis_cli(master, "INFO", "replication"))
+    target = int(info["master_repl_offset"])
+    replicas = [int(dict(kv.split("=", 1) for kv in v.split(","))["port"]) for k, v in info.items()
+                if k.startswith("slave") and k[5:].isdigit()]  # fmt: skip
+    if not replicas:
+        raise ClusterError(f"the master on port {master} has no replica")
+    deadline = time.monotonic() + timeout_s
+    while min(int(_info(redis_cli(r, "INFO", "replication")).get("slave_repl_offset", -1)) for r in replicas) < target:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"replicas {replicas} of port {master} did not reach offset {target} in {timeout_s} s")
+        time.sleep(0.05)
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -121,6 +141,12 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"cluster not ok after {timeout_s:.0f} s: {infos[:1]}")
             time.sleep(0.2)
+
+    def masters(self) -> list[int]:
+        """Ports of the live masters that serve slots now."""
+        lines = [line.split() for line in redis_cli(self._live_port(), "CLUSTER", "NODES").splitlines()]
+        return sorted(int(p[1].split("@")[0].rsplit(":", 1)[1]) for p in lines
+                      if "master" in p[2] and "fail" not in p[2] and len(p) > 8)  # fmt: skip
 
     def master_of_slot(self, slot: int) -> int:
         """The port of the master serving `slot` now."""

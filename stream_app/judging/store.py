@@ -23,7 +23,6 @@ import hashlib
 import logging
 import math
 import uuid
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -214,10 +213,11 @@ class ThresholdStore:
         self.unsaved = 0  # source updates given up after max_attempts (verdicts still returned)
         self.stuck: dict[tuple[str, str, str], float] = {}  # (model, version, source) -> alarm rate
         self._tag = settings_tag(threshold_cfg)
-        # Redis Cluster runs a script only over keys of one slot. There a key carries the hash tag
-        # `{model:gNN}`, NN = crc32(source) mod slot_groups: a model's sources spread over up to `slot_groups`
-        # slots (so over the masters), and a batch makes one script call per slot it touches, concurrently.
-        # One server (or Sentinel's primary): no tag, one call per batch (0 here).
+        # Redis Cluster runs a script only over keys of one slot. There a key carries the hash tag `{model:gNN}`,
+        # NN = blake2b(source) mod slot_groups (crc32 left half the groups empty for names like `line-3/press-5`):
+        # a model's sources spread over up to `slot_groups` slots (so over the masters), and a batch makes one
+        # script call per slot it touches, concurrently. One server (or Sentinel's primary): no tag, one call
+        # per batch (0 here).
         self.slot_groups = slot_groups if isinstance(redis, RedisCluster) else 0
 
     @staticmethod
@@ -252,7 +252,7 @@ class ThresholdStore:
 
     def key(self, model: str, version: str, source: str) -> str:
         if self.slot_groups:
-            group = zlib.crc32(source.encode()) % self.slot_groups
+            group = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "big") % self.slot_groups
             return f"{self.key_prefix}:thr:{{{model}:g{group:02d}}}:{version}:{self._tag}:{source}"
         return f"{self.key_prefix}:thr:{model}:{version}:{self._tag}:{source}"
 

@@ -102,3 +102,12 @@ def test_single_node_keys_keep_their_layout_and_cluster_keys_carry_a_group_hash_
         assert ThresholdStore.parse_key(s.key("sensors", "0003", "line-1/m:0"), "lw") == (
             "sensors", "0003", s._tag, "line-1/m:0",
         )  # fmt: skip
+
+
+def test_structured_source_names_fill_every_slot_group():
+    cluster = ThresholdStore(
+        redis_client(RedisSettings(mode="cluster", url="redis://127.0.0.1:7000/0")),
+        ThresholdSettings(), Settings().incidents, "lw", slot_groups=16,
+    )  # fmt: skip
+    names = [f"line-{i // 8}/press-{i % 8}" for i in range(64)]
+    assert len({cluster.key("sensors", "0001", n).split("}")[0] for n in names}) == 16

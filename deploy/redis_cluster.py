@@ -3,6 +3,8 @@
 Six `redis-server --cluster-enabled yes` processes (AOF on, their own dirs under `state_dir`), joined by
 `redis-cli --cluster create ... --cluster-replicas 1`. `kill_master(slot)` SIGKILLs the master serving a
 slot so a test can watch its replica take over (`cluster-node-timeout` is short for that reason).
+`Access(password=..., tls=deploy.secured.write_tls(...))` makes every node demand AUTH and speak only TLS
+(clients, replication and the cluster bus).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploy.secured import TlsFiles
 
 NODE_TIMEOUT_MS = 2000
 
@@ -42,10 +48,35 @@ def _free_cluster_port(taken: set[int]) -> int:
     raise ClusterError("no free port pair (p, p + 10000) in 20000-40000 for a Redis Cluster node")
 
 
-def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
+@dataclass(frozen=True)
+class Access:
+    """What the servers demand, and redis-cli presents: a password (requirepass, masterauth) and TLS only."""
+
+    password: str | None = None
+    tls: TlsFiles | None = None
+
+    def server_args(self, port: int) -> list[str]:
+        args = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        if self.tls is None:
+            return [*args, "--port", str(port)]
+        return [*args, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no", "--tls-replication", "yes", "--tls-cluster", "yes"]  # fmt: skip
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+
+    def cli_env(self) -> dict[str, str]:
+        return {**os.environ, "REDISCLI_AUTH": self.password} if self.password else dict(os.environ)
+
+
+OPEN = Access()
+
+
+def redis_cli(port: int, *args: str, access: Access = OPEN, timeout: float = 10.0) -> str:
     """`redis-cli -p port args...` on loopback; its stdout, stripped."""
-    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
-                         timeout=timeout)  # fmt: skip
+    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *access.cli_args(), *args],
+                         capture_output=True, text=True, timeout=timeout, env=access.cli_env())  # fmt: skip
     return out.stdout.strip()
 
 
@@ -55,17 +86,17 @@ def require_redis_tools() -> None:
             raise ClusterError(f"`{tool}` not found on PATH; apt-get install redis-server redis-tools")
 
 
-def spawn_redis(port: int, node_dir: Path, *args: str) -> subprocess.Popen:
+def spawn_redis(port: int, node_dir: Path, *args: str, access: Access = OPEN) -> subprocess.Popen:
     """A `redis-server` on loopback `port` (AOF on, RDB off, its log and files in `node_dir`), in its own session."""
     node_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node_dir), "--appendonly",
+    cmd = ["redis-server", "--bind", "127.0.0.1", *access.server_args(port), "--dir", str(node_dir), "--appendonly",
            "yes", "--save", "", "--protected-mode", "yes", "--logfile", str(node_dir / "log"), *args]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_pong(ports: list[int], deadline: float, where: Path) -> None:
+def wait_pong(ports: list[int], deadline: float, where: Path, access: Access = OPEN) -> None:
     for port in ports:
-        while redis_cli(port, "PING") != "PONG":
+        while redis_cli(port, "PING", access=access) != "PONG":
             if time.monotonic() > deadline:
                 raise ClusterError(f"redis on port {port} did not answer PING; see the logs under {where}")
             time.sleep(0.1)
@@ -75,17 +106,22 @@ def _info(text: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
 
 
-def wait_replicated(master: int, timeout_s: float = 10.0) -> None:
+def wait_replicated(master: int, access: Access = OPEN, timeout_s: float = 10.0) -> None:
     """Until every replica of the master on port `master` holds all writes made to it so far, so that killing
     the master loses none of them (replication is asynchronous: later writes may still be lost)."""
-    info = _info(redis_cli(master, "INFO", "replication"))
+    info = _info(redis_cli(master, "INFO", "replication", access=access))
     target = int(info["master_repl_offset"])
     replicas = [int(dict(kv.split("=", 1) for kv in v.split(","))["port"]) for k, v in info.items()
                 if k.startswith("slave") and k[5:].isdigit()]  # fmt: skip
     if not replicas:
         raise ClusterError(f"the master on port {master} has no replica")
     deadline = time.monotonic() + timeout_s
-    while min(int(_info(redis_cli(r, "INFO", "replication")).get("slave_repl_offset", -1)) for r in replicas) < target:
+
+    def lowest() -> int:
+        return min(int(_info(redis_cli(r, "INFO", "replication", access=access)).get("slave_repl_offset", -1))
+                   for r in replicas)  # fmt: skip
+
+    while lowest() < target:
         if time.monotonic() > deadline:
             raise ClusterError(f"replicas {replicas} of port {master} did not reach offset {target} in {timeout_s} s")
         time.sleep(0.05)
@@ -102,13 +138,14 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 @dataclass
 class RedisCluster:
     state_dir: Path
+    access: Access = OPEN
     ports: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         """A seed URL for clients; they discover the other nodes."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        return f"{'rediss' if self.access.tls else 'redis'}://127.0.0.1:{self.ports[0]}/0"
 
     def up(self, nodes: int = 6, timeout_s: float = 60.0) -> RedisCluster:
         require_redis_tools()
@@ -118,10 +155,11 @@ class RedisCluster:
         for port in self.ports:
             self._start(port)
         deadline = time.monotonic() + timeout_s
-        wait_pong(self.ports, deadline, self.state_dir)
+        wait_pong(self.ports, deadline, self.state_dir, self.access)
         addrs = [f"127.0.0.1:{p}" for p in self.ports]
-        created = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "1",
-                                  "--cluster-yes"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        created = subprocess.run(["redis-cli", *self.access.cli_args(), "--cluster", "create", *addrs,
+                                  "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
+                                 timeout=60, env=self.access.cli_env())  # fmt: skip
         if created.returncode != 0:
             raise ClusterError(f"redis-cli --cluster create failed: {created.stdout[-800:]} {created.stderr[-400:]}")
         self.wait_ok(deadline - time.monotonic())
@@ -133,8 +171,8 @@ class RedisCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             live = [p for p in self.ports if self.procs[p].poll() is None]
-            infos = [redis_cli(p, "CLUSTER", "INFO") for p in live]
-            links = [redis_cli(p, "INFO", "replication") for p in live]
+            infos = [self.cli(p, "CLUSTER", "INFO") for p in live]
+            links = [self.cli(p, "INFO", "replication") for p in live]
             synced = all("role:master" in r or "master_link_status:up" in r for r in links)
             if infos and synced and all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos):
                 return
@@ -144,13 +182,13 @@ class RedisCluster:
 
     def masters(self) -> list[int]:
         """Ports of the live masters that serve slots now."""
-        lines = [line.split() for line in redis_cli(self._live_port(), "CLUSTER", "NODES").splitlines()]
+        lines = [line.split() for line in self.cli(self._live_port(), "CLUSTER", "NODES").splitlines()]
         return sorted(int(p[1].split("@")[0].rsplit(":", 1)[1]) for p in lines
                       if "master" in p[2] and "fail" not in p[2] and len(p) > 8)  # fmt: skip
 
     def master_of_slot(self, slot: int) -> int:
         """The port of the master serving `slot` now."""
-        for line in redis_cli(self._live_port(), "CLUSTER", "NODES").splitlines():
+        for line in self.cli(self._live_port(), "CLUSTER", "NODES").splitlines():
             parts = line.split()
             if "master" in parts[2] and "fail" not in parts[2] and "disconnected" not in parts[7:8]:
                 for rng in parts[8:]:
@@ -181,6 +219,9 @@ class RedisCluster:
     def down(self) -> None:
         stop_all(list(self.procs.values()))
 
+    def cli(self, port: int, *args: str) -> str:
+        return redis_cli(port, *args, access=self.access)
+
     def _live_port(self) -> int:
         return next(p for p in self.ports if self.procs[p].poll() is None)
 
@@ -189,4 +230,5 @@ class RedisCluster:
 
     def _start(self, port: int) -> None:
         self.procs[port] = spawn_redis(port, self._dir(port), "--cluster-enabled", "yes", "--cluster-config-file",
-                                       "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))  # fmt: skip
+                                       "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                       access=self.access)  # fmt: skip

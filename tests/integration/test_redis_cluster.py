@@ -1,5 +1,8 @@
 """The threshold store and the worker on Redis beyond one node: a real 3-master Redis Cluster and a real
-Sentinel group (deploy/redis_cluster.py, deploy/redis_sentinel.py), with a master SIGKILLed mid-stream."""
+Sentinel group (deploy/redis_cluster.py, deploy/redis_sentinel.py), with a master SIGKILLed mid-stream.
+
+The cluster demands AUTH and speaks only TLS (clients, replication, cluster bus); the sentinel group's servers
+and sentinels each demand a password: the settings reach every node in both modes."""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
-from deploy.redis_cluster import RedisCluster, redis_cli, wait_replicated
+from deploy.redis_cluster import Access, RedisCluster, wait_replicated
 from deploy.redis_sentinel import RedisSentinel
+from deploy.secured import write_tls
 from stream_app.console.live import read_redis_states
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import ensure_topics, redis_client
@@ -32,7 +37,8 @@ MANY = [f"line-{i // 8}/press-{i % 8}" for i in range(64)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    own = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    state = tmp_path_factory.mktemp("redis-cluster")
+    own = RedisCluster(state, Access(password="cluster-pw", tls=write_tls(state / "tls", "unused")))
     try:
         own.up()
     except Exception:
@@ -44,6 +50,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
 
 def on_cluster(settings: Settings, cluster: RedisCluster) -> Settings:
     settings.redis.url, settings.redis.mode = cluster.url, "cluster"
+    assert cluster.access.tls is not None and settings.redis.url.startswith("rediss://")
+    settings.redis.password, settings.redis.ssl_ca_certs = SecretStr("cluster-pw"), str(cluster.access.tls.ca)
     return settings
 
 
@@ -54,14 +62,14 @@ def batch(seed: int, sources: list[str] = MANY, n: int = 256) -> tuple[list[str]
     return [sources[i % len(sources)] for i in range(n)], scores, [f"t:{seed}:{i}" for i in range(n)]
 
 
-def evals(ports: list[int]) -> int:
+def evals(cluster: RedisCluster, ports: list[int]) -> int:
     """EVAL/EVALSHA calls the servers on `ports` have run (their own count, not the client's)."""
-    stats = "".join(redis_cli(p, "INFO", "commandstats") for p in ports)
+    stats = "".join(cluster.cli(p, "INFO", "commandstats") for p in ports)
     return sum(int(n) for n in re.findall(r"cmdstat_eval(?:sha)?:calls=(\d+)", stats))
 
 
-def keys_on(port: int, prefix: str) -> int:
-    return len(redis_cli(port, "--scan", "--pattern", f"{prefix}:thr:*").split())
+def keys_on(cluster: RedisCluster, port: int, prefix: str) -> int:
+    return len(cluster.cli(port, "--scan", "--pattern", f"{prefix}:thr:*").split())
 
 
 async def versions(client, store: ThresholdStore, model: str, version: str, sources: list[str]) -> dict[str, int]:
@@ -88,14 +96,14 @@ async def test_cluster_store_spreads_keys_over_masters_with_one_call_per_slot_an
         slots = {key_slot(many.key("m", "v1", src).encode()) for src in MANY}
         assert len(slots) == s.redis.slot_groups == 16
 
-        before, trips = evals(masters), many.round_trips
+        before, trips = evals(cluster, masters), many.round_trips
         for b in range(1, 9):
             assert await many.judge("m", "v1", CAL, *batch(b)) == await one.judge("m", "v1", CAL, *batch(b))
-        calls = evals(masters) - before
+        calls = evals(cluster, masters) - before
         assert calls == many.round_trips - trips == 8 * len(slots), "one script call per slot touched, per batch"
         assert many.conflicts == 0
 
-        per_master = {port: keys_on(port, s.redis.key_prefix) for port in masters}
+        per_master = {port: keys_on(cluster, port, s.redis.key_prefix) for port in masters}
         assert len(masters) == 3 and all(per_master.values()), f"keys on every master: {per_master}"
         assert sum(per_master.values()) == len(MANY)
 
@@ -116,7 +124,7 @@ async def test_cluster_store_spreads_keys_over_masters_with_one_call_per_slot_an
         ), "no update lost between two writers on the cluster"
 
         assert await many.clear("m") == len(MANY)
-        assert all(keys_on(port, s.redis.key_prefix) == 0 for port in masters), "clear() reaches every master"
+        assert all(keys_on(cluster, port, s.redis.key_prefix) == 0 for port in masters), "clear() reaches every master"
     finally:
         await single.aclose()
         await multi.aclose()
@@ -163,7 +171,7 @@ async def test_worker_on_the_cluster_loses_no_verdict_and_keeps_thresholds_when_
             ]
             before = await versions(client, store, "sensors", "0001", held)
             counts = {s: st.threshold.count for s, st in (await store.states("sensors", "0001", held)).items()}
-            await asyncio.to_thread(wait_replicated, victim)  # the snapshot survives the kill
+            await asyncio.to_thread(wait_replicated, victim, cluster.access)  # the snapshot survives the kill
             fault = drill.begin("SIGKILL the master of threshold keys")
             assert cluster.kill_master(slot) == victim
             took = await asyncio.to_thread(cluster.wait_failover, slot, victim)
@@ -193,7 +201,7 @@ async def test_worker_on_the_cluster_loses_no_verdict_and_keeps_thresholds_when_
 
 @pytest.fixture
 def sentinel_group(tmp_path: Path) -> Iterator[RedisSentinel]:
-    own = RedisSentinel(tmp_path / "sentinel")
+    own = RedisSentinel(tmp_path / "sentinel", access=Access(password="server-pw"), sentinel_password="sentinel-pw")
     try:
         own.up()
     except Exception:
@@ -209,6 +217,7 @@ async def test_store_through_sentinel_follows_the_promoted_replica(
     settings = make_settings()
     settings.redis.mode, settings.redis.sentinels = "sentinel", sentinel_group.addresses
     settings.redis.sentinel_service, settings.redis.socket_timeout_s = sentinel_group.service, 2.0
+    settings.redis.password, settings.redis.sentinel_password = SecretStr("server-pw"), SecretStr("sentinel-pw")
     client = redis_client(settings.redis)
     s = settings
     store = ThresholdStore(client, s.thresholds, s.incidents, s.redis.key_prefix, slot_groups=s.redis.slot_groups)
@@ -219,7 +228,7 @@ async def test_store_through_sentinel_follows_the_promoted_replica(
         assert store.round_trips == 5, "one script call per batch through Sentinel, as on one server"
         before = await versions(client, store, "m", "v1", sources)
         assert min(before.values()) == 5
-        await asyncio.to_thread(wait_replicated, sentinel_group.master())
+        await asyncio.to_thread(wait_replicated, sentinel_group.master(), sentinel_group.access)
         old = sentinel_group.kill_master()
         failover = asyncio.create_task(asyncio.to_thread(sentinel_group.wait_failover, old))
         failed, deadline = 0, time.monotonic() + 30

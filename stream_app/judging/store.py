@@ -13,6 +13,8 @@ those sources are recomputed and retried. Losers queue for the key's next writes
 (measured: 8 workers hammering the same 2 sources lost none of 51k updates). So the steady state costs one
 round trip per batch, and concurrent workers never lose an update. A key that does not exist yet has
 version 0 and starts from the model version's calibration scores, so a new model version starts fresh.
+On a Redis Cluster the keys carry a `{model:gNN}` hash tag and the batch is one script call per slot (see
+`ThresholdStore.__init__`).
 """
 
 from __future__ import annotations

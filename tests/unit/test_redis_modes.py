@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 
 from stream_app.judging.store import ThresholdStore
-from stream_app.ops.connections import redis_client
+from stream_app.ops.connections import SentinelRedis, redis_client
 from stream_app.scoring.consumer import cause_of
 from stream_app.settings import RedisSettings, Settings, ThresholdSettings, load_settings
 
@@ -54,8 +55,10 @@ async def test_sentinel_mode_builds_a_master_client_with_auth_tls_and_timeouts()
         ssl_ca_certs="/etc/ca.pem", socket_timeout_s=1.5,
     )  # fmt: skip
     client = redis_client(cfg)
+    assert isinstance(client, SentinelRedis)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "thr"
+    assert pool.connection_class is SentinelManagedSSLConnection
     kw = pool.connection_kwargs
     assert (kw["password"], kw["db"], kw["ssl_ca_certs"], kw["socket_timeout"]) == ("pw", 3, "/etc/ca.pem", 1.5)
     sentinels = pool.sentinel_manager.sentinels
@@ -63,6 +66,7 @@ async def test_sentinel_mode_builds_a_master_client_with_auth_tls_and_timeouts()
             for s in sentinels] == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]  # fmt: skip
     skw = sentinels[0].connection_pool.connection_kwargs
     assert (skw["password"], skw["socket_timeout"], skw["ssl_ca_certs"]) == ("spw", 1.5, "/etc/ca.pem")
+    assert sentinels[0].connection_pool.connection_class is SSLConnection
     await client.aclose()
 
 

@@ -82,7 +82,7 @@ class Worker:
         self.redis = redis_client(settings.redis)
         self.store = ThresholdStore(
             self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
-            state_ttl_s=settings.limits.source_state_ttl_s,
+            state_ttl_s=settings.limits.source_state_ttl_s, slot_groups=settings.redis.slot_groups,
         )  # fmt: skip
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
         self.health_state = HealthState(settings.recovery.stall_after_s)

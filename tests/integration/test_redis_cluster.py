@@ -132,7 +132,7 @@ async def test_cluster_store_spreads_keys_over_masters_with_one_call_per_slot_an
 
 def cluster_worker_settings(make_settings: Callable[..., Settings], cluster: RedisCluster) -> Settings:
     s = on_cluster(make_settings(routes=[Route(pattern="line-*", model="sensors")]), cluster)
-    s.redis.socket_timeout_s = 2.0
+    s.redis.socket_timeout_s, s.redis.slot_groups = 2.0, 8  # not the default: the worker must follow the setting
     s.recovery.retry_max_s, s.recovery.probe_interval_s, s.recovery.revoke_wait_s = 3.0, 1.0, 5.0
     s.batching.max_wait_ms = 20
     return s
@@ -151,7 +151,8 @@ async def test_worker_on_the_cluster_loses_no_verdict_and_keeps_thresholds_when_
     publish_tiny_model(settings, 4)
     await ensure_topics(settings)
     client = redis_client(settings.redis)
-    store = ThresholdStore(client, settings.thresholds, settings.incidents, settings.redis.key_prefix)
+    store = ThresholdStore(client, settings.thresholds, settings.incidents, settings.redis.key_prefix,
+                           slot_groups=settings.redis.slot_groups)  # fmt: skip
     drill = Drill(settings, None, rate=100.0, n_features=4, log_dir=tmp_path)
     drill.start_worker()
     try:

@@ -38,14 +38,14 @@ from redis.crc import key_slot
 
 from stream_app.judging import incidents, thresholds
 from stream_app.judging.stored import json_object
-from stream_app.settings import IncidentSettings, ThresholdSettings
+from stream_app.settings import IncidentSettings, RedisSettings, ThresholdSettings
 
 log = logging.getLogger(__name__)
 
 SEVERITY_CAP = 1e6  # severity of NaN/inf scores, and the bound of every severity (keeps alerts JSON-finite)
 MAX_ATTEMPTS = 32  # CAS attempts per batch before giving up on saving a source (a fair queue: ~1 per rival worker)
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
-SLOT_GROUPS = 16  # Redis Cluster: hash-tag groups per model, so at most this many script calls per batch
+SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster: hash-tag groups per model
 
 # KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[2i]: the version the caller
 # computed from; ARGV[2i+1]: the new state. Per key: written -> the new version; stale -> {stored version,

@@ -11,8 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, SerializationInfo, field_serializer, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -55,10 +65,31 @@ class KafkaSettings(BaseModel):
     _dump_password = field_serializer("sasl_password", when_used="json")(_secret_json)
 
 
+def _host_port(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise ValueError(f"expected host:port, got {address!r}")
+    return address
+
+
 class RedisSettings(BaseModel):
-    """`url` says where (rediss:// for TLS); `username`/`password` (ACL user, AUTH) override any in the URL."""
+    """`url` says where (rediss:// for TLS); `username`/`password` (ACL user, AUTH) override any in the URL.
+
+    `mode`: `single` (one server, or a primary at a fixed address), `cluster` (Redis Cluster: `url` and
+    `cluster_nodes` are seed nodes, the client discovers the rest and follows failovers) or `sentinel` (the
+    primary of `sentinel_service` as `sentinels` report it; `url` then gives only scheme, database and
+    credentials). AUTH, TLS and timeouts apply to every node in every mode.
+    """
 
     url: str = "redis://127.0.0.1:16379/0"
+    mode: Literal["single", "cluster", "sentinel"] = "single"
+    cluster_nodes: list[str] = Field(default_factory=list, description="more cluster seed nodes, host:port")
+    sentinels: list[str] = Field(default_factory=list, description="host:port of each sentinel")
+    sentinel_service: str = "mymaster"
+    sentinel_password: SecretStr | None = None
+    slot_groups: int = Field(
+        16, ge=1, le=1024, description="cluster: hash-tag groups per model (script calls per batch)"
+    )
     username: str | None = None
     password: SecretStr | None = None
     ssl_ca_certs: str | None = None
@@ -66,7 +97,21 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = Field(5.0, gt=0, description="a Redis that accepts but never answers fails a batch")
     socket_connect_timeout_s: float = Field(2.0, gt=0)
 
-    _dump_password = field_serializer("password", when_used="json")(_secret_json)
+    _dump_password = field_serializer("password", "sentinel_password", when_used="json")(_secret_json)
+
+    @field_validator("cluster_nodes", "sentinels")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [_host_port(a) for a in value]
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> RedisSettings:
+        if self.mode == "sentinel" and not self.sentinels:
+            raise ValueError("redis.mode = 'sentinel' needs redis.sentinels (host:port of each sentinel)")
+        db = urlparse(self.url).path.strip("/")
+        if self.mode == "cluster" and db not in ("", "0"):
+            raise ValueError(f"a Redis cluster has only database 0; redis.url names database {db}")
+        return self
 
 
 class TopicSettings(BaseModel):

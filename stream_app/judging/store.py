@@ -13,10 +13,13 @@ those sources are recomputed and retried. Losers queue for the key's next writes
 (measured: 8 workers hammering the same 2 sources lost none of 51k updates). So the steady state costs one
 round trip per batch, and concurrent workers never lose an update. A key that does not exist yet has
 version 0 and starts from the model version's calibration scores, so a new model version starts fresh.
+On a Redis Cluster the keys carry a `{model:gNN}` hash tag and the batch is one script call per slot (see
+`ThresholdStore.__init__`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -24,15 +27,18 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from itertools import chain
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from stream_app.judging import incidents, thresholds
 from stream_app.judging.stored import json_object
-from stream_app.settings import IncidentSettings, ThresholdSettings
+from stream_app.settings import IncidentSettings, RedisSettings, ThresholdSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ SEVERITY_CAP = 1e6  # severity of NaN/inf scores, and the bound of every severit
 MAX_ATTEMPTS = 32  # CAS attempts per batch before giving up on saving a source (a fair queue: ~1 per rival worker)
 REPLAY_BATCHES = 4  # judged batches remembered per source: more than a worker has unsettled (consumer.MAX_IN_FLIGHT)
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
+SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster: hash-tag groups per model
 
 # KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[2i]: the version the caller
 # computed from; ARGV[2i+1]: the new state. Per key: written -> the new version; stale -> {stored version,
@@ -237,13 +244,14 @@ class ThresholdStore:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         threshold_cfg: ThresholdSettings,
         incident_cfg: IncidentSettings,
         key_prefix: str,
         max_attempts: int = MAX_ATTEMPTS,
         state_ttl_s: float | None = None,
         replay_batches: int = REPLAY_BATCHES,
+        slot_groups: int = SLOT_GROUPS,
     ) -> None:
         self.redis = redis
         self.threshold_cfg = threshold_cfg
@@ -253,7 +261,8 @@ class ThresholdStore:
         self.replay_batches = max(1, replay_batches)
         # A source silent for `state_ttl_s` loses its state (producers choose source names: unbounded otherwise).
         ttl_ms = int(state_ttl_s * 1000) if state_ttl_s else 0
-        self._cas = redis.register_script(CAS_SCRIPT.replace("TTL_MS", str(ttl_ms)))
+        self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms))
+        self._cas = redis.register_script(self._script)
         self._token = uuid.uuid4().hex  # its place in the keys' write queues
         self._cache: dict[str, tuple[int, SourceState]] = {}  # key -> (version, state) last seen in Redis
         self._initial: dict[tuple[str, str], thresholds.ThresholdState] = {}  # (model, version) -> fresh
@@ -262,18 +271,34 @@ class ThresholdStore:
         self.unsaved = 0  # source updates given up after max_attempts (verdicts still returned)
         self.stuck: dict[tuple[str, str, str], float] = {}  # (model, version, source) -> alarm rate
         self._tag = settings_tag(threshold_cfg)
+        # Redis Cluster runs a script only over keys of one slot. There a key carries the hash tag `{model:gNN}`,
+        # NN = blake2b(source) mod slot_groups (crc32 left half the groups empty for names like `line-3/press-5`):
+        # a model's sources spread over up to `slot_groups` slots (so over the masters), and a batch makes one
+        # script call per slot it touches, concurrently. One server (or Sentinel's primary): no tag, one call
+        # per batch (0 here).
+        self.slot_groups = slot_groups if isinstance(redis, RedisCluster) else 0
 
     @staticmethod
     def parse_key(key: str, key_prefix: str) -> tuple[str, str, str, str] | None:
-        """(model, version, rule tag, source) of a threshold key written by `key`, None for other keys.
+        """(model, version, rule tag, source) of a threshold key written by `key`, None for other keys; a
+        cluster key's `{model:gNN}` hash tag gives the model.
 
         >>> ThresholdStore.parse_key("lw:thr:sensors:0003:spot-1a2b3c4d:line-1/m:0", "lw")
+        ('sensors', '0003', 'spot-1a2b3c4d', 'line-1/m:0')
+        >>> ThresholdStore.parse_key("lw:thr:{sensors:g07}:0003:spot-1a2b3c4d:line-1/m:0", "lw")
         ('sensors', '0003', 'spot-1a2b3c4d', 'line-1/m:0')
         """
         head = f"{key_prefix}:thr:"
         if not key.startswith(head):
             return None
-        parts = key[len(head) :].split(":", 3)
+        rest = key[len(head) :]
+        if rest.startswith("{"):
+            tag, closed, rest = rest[1:].partition("}:")
+            model, _, group = tag.rpartition(":g")
+            if not (closed and model and group.isdigit()):
+                return None
+            rest = f"{model}:{rest}"
+        parts = rest.split(":", 3)
         return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
 
     def forget(self, model: str, source: str) -> None:
@@ -284,6 +309,9 @@ class ThresholdStore:
             del self._cache[key]
 
     def key(self, model: str, version: str, source: str) -> str:
+        if self.slot_groups:
+            group = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "big") % self.slot_groups
+            return f"{self.key_prefix}:thr:{{{model}:g{group:02d}}}:{version}:{self._tag}:{source}"
         return f"{self.key_prefix}:thr:{model}:{version}:{self._tag}:{source}"
 
     def initial(self, model: str, version: str, calibration_scores: np.ndarray | None) -> thresholds.ThresholdState:
@@ -340,8 +368,7 @@ class ThresholdStore:
             args: list[bytes | int | str] = [self._token]
             for src in srcs:
                 args += [computed[src][0], computed[src][1].dumps()]
-            self.round_trips += 1
-            replies = await self._cas(keys=keys, args=args)
+            replies = await self._compare_and_set(keys, args)
             pending = {}
             for src, key, reply in zip(srcs, keys, replies, strict=True):
                 expected, new_state, verdicts = computed[src]
@@ -371,6 +398,46 @@ class ThresholdStore:
             if not pending:
                 break
         return out  # type: ignore[return-value]
+
+    async def _compare_and_set(self, keys: list[str], args: list[bytes | int | str]) -> list[Any]:
+        """CAS_SCRIPT over `keys` (`args`: token, then version and state per key); the replies in key order.
+
+        One call on one server. On a cluster one call per slot, issued together; if one fails the others
+        still run to their end (their writes stand: the retried batch finds its events remembered there), then it raises.
+        The cluster sends the script's text (EVAL), not its hash: a promoted replica has no scripts loaded,
+        and a NOSCRIPT reply would cost each call a second round trip.
+        """
+        if not self.slot_groups:
+            self.round_trips += 1
+            return await self._cas(keys=keys, args=args)
+        cluster = self.redis
+        assert isinstance(cluster, RedisCluster)
+        # Calls issued together on a client that must (re)read the slot map break each other's new connections
+        # (redis-py 8.1: AttributeError on a closed writer), so the map is read first, once.
+        await cluster.initialize()
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key.encode()), []).append(i)
+        self.round_trips += len(by_slot)
+        token = args[0]
+        calls = [
+            cluster.eval(
+                self._script,
+                len(idx),
+                *[keys[i] for i in idx],
+                token,
+                *chain(*(args[2 * i + 1 : 2 * i + 3] for i in idx)),
+            )
+            for idx in by_slot.values()
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        replies: list[Any] = [None] * len(keys)
+        for idx, result in zip(by_slot.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            for i, reply in zip(idx, result, strict=True):
+                replies[i] = reply
+        return replies
 
     def _note_stuck(self, where: tuple[str, str, str], state: thresholds.ThresholdState) -> None:
         if isinstance(state, thresholds.SpotState) and state.stuck:  # only SPOT states track it
@@ -424,7 +491,8 @@ class ThresholdStore:
         return SourceState(thr_state, inc_state, recent), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
-        """The stored state of each source that has one (one round trip); refreshes the local cache."""
+        """The stored state of each source that has one (one round trip; per master, together, on a cluster);
+        refreshes the local cache."""
         keys = [self.key(model, version, s) for s in sources]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
@@ -444,8 +512,11 @@ class ThresholdStore:
         return {src: thresholds.current_threshold(self.threshold_cfg, st.threshold) for src, st in found.items()}
 
     async def clear(self, model: str | None = None) -> int:
-        """Delete stored states (all models, or one) under this prefix and forget the cache; returns the count."""
-        pattern = f"{self.key_prefix}:thr:{model}:*" if model else f"{self.key_prefix}:thr:*"
+        """Delete stored states (all models, or one) under this prefix and forget the cache; returns the count.
+
+        On a cluster the client scans every master and deletes slot by slot."""
+        tagged = f"{{{model}:g*" if self.slot_groups else f"{model}:*"
+        pattern = f"{self.key_prefix}:thr:{tagged}" if model else f"{self.key_prefix}:thr:*"
         keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
         if keys:
             await self.redis.delete(*keys)

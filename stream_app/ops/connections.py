@@ -13,6 +13,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from stream_app.settings import KafkaSettings, RedisSettings, Settings, secret_value
 
@@ -44,11 +47,32 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def redis_client(cfg: RedisSettings) -> aioredis.Redis:
-    """An asyncio Redis client; `rediss://` URLs get TLS; credentials from settings or the URL.
+RedisClient = aioredis.Redis | RedisCluster
+
+
+class SentinelRedis(aioredis.Redis):
+    """The primary's client in sentinel mode; `aclose` also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+def _address(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":")
+    return host, int(port)
+
+
+def redis_client(cfg: RedisSettings) -> RedisClient:
+    """An asyncio Redis client for `cfg.mode`; `rediss://` URLs get TLS; credentials from settings or the URL.
 
     Socket timeouts are set so a Redis that accepts connections but never answers (paused, overloaded) fails
-    the call instead of blocking a batch forever; the caller retries.
+    the call instead of blocking a batch forever; the caller retries. `cluster`: a `RedisCluster` that routes
+    each key to its slot's primary and re-reads the slot map after a failover. `sentinel`: a client whose
+    connections ask the sentinels for the current primary, so a promoted replica is found on reconnect.
     """
     kwargs: dict[str, Any] = {
         "socket_timeout": cfg.socket_timeout_s,
@@ -58,8 +82,24 @@ def redis_client(cfg: RedisSettings) -> aioredis.Redis:
         kwargs["username"] = cfg.username
     if cfg.password is not None:
         kwargs["password"] = secret_value(cfg.password)
-    if cfg.ssl_ca_certs and cfg.url.startswith("rediss://"):
+    tls = cfg.url.startswith("rediss://")
+    if cfg.ssl_ca_certs and tls:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    if cfg.mode == "cluster":
+        seeds = [ClusterNode(*_address(a)) for a in cfg.cluster_nodes]
+        return RedisCluster.from_url(cfg.url, startup_nodes=seeds or None, **kwargs)
+    if cfg.mode == "sentinel":
+        url = parse_url(cfg.url)  # scheme, database and credentials; the sentinels say where the primary is
+        on_sentinels = {k: v for k, v in kwargs.items() if k not in ("username", "password")}
+        if tls:
+            on_sentinels["ssl"] = kwargs["ssl"] = True
+        if cfg.sentinel_password is not None:
+            on_sentinels["password"] = secret_value(cfg.sentinel_password)
+        for k in ("db", "username", "password"):
+            if k in url:
+                kwargs.setdefault(k, url[k])
+        sentinel = Sentinel([_address(a) for a in cfg.sentinels], sentinel_kwargs=on_sentinels, **kwargs)
+        return sentinel.master_for(cfg.sentinel_service, redis_class=SentinelRedis)
     return aioredis.Redis.from_url(cfg.url, **kwargs)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from stream_app.ops.backoff import Backoff
 from stream_app.ops.connections import aiokafka_kwargs
@@ -43,8 +43,12 @@ Probe = Callable[[], Awaitable[Any]]
 
 
 def cause_of(exc: BaseException) -> str:
-    """Which dependency a failed batch points at (the retry metric's label and the probe to ask)."""
-    if isinstance(exc, RedisError):
+    """Which dependency a failed batch points at (the retry metric's label and the probe to ask).
+
+    A cluster client's "no node reachable" and "slot not covered" (mid-failover) are `RedisClusterException`s,
+    which do not derive from `RedisError`.
+    """
+    if isinstance(exc, (RedisError, RedisClusterException)):
         return "redis"
     if isinstance(exc, KafkaError):
         return "kafka"

@@ -83,6 +83,7 @@ class Worker:
         self.store = ThresholdStore(
             self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
             state_ttl_s=settings.limits.source_state_ttl_s, replay_batches=settings.recovery.replay_batches,
+            slot_groups=settings.redis.slot_groups,
         )  # fmt: skip
         self.pipeline = InspectionPipeline(settings, self.models, self.store, self.executor, self.metrics)
         self.health_state = HealthState(settings.recovery.stall_after_s)

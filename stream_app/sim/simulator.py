@@ -92,7 +92,8 @@ class FrameSample:
 
 class SensorMachine:
     """One machine's sensor stream: the plant row by row, with fault episodes starting at a rate that makes
-    about `fault_rate` of events faulty (a third at most: episodes need their cooldown), and `drift`
+    about `fault_rate` of events faulty (a third at most: episodes need their cooldown), families dealt
+    like cards (each once per round, shuffled), and `drift`
     moving every channel by that many normal spreads per 1000 events along a fixed direction (for
     retraining demos).
 
@@ -127,7 +128,8 @@ class SensorMachine:
         direction = own.normal(0.0, 1.0, len(channels))
         self.drift_step = direction / np.linalg.norm(direction) * normal_spread()[channels] / 1000.0
         self.fault_rng = _rng(seed, "faults", source, stream)
-        self.episodes: list[Episode] = []
+        self.episodes: list[Episode] = []  # drawn and not yet over
+        self._deck: list[str] = []
         self.count = 0
         self._rows = np.empty((0, len(channels)))
         self._labels = np.empty(0, int)
@@ -155,7 +157,9 @@ class SensorMachine:
             if start >= until:
                 self._free = until  # no start before `until`; the wait is memoryless, so draw afresh from there
                 return
-            family = str(rng.choice(self.faults))
+            if not self._deck:  # every family once, in a shuffled order, then again: a short run sees them all
+                self._deck = [str(f) for f in rng.permutation(self.faults)]
+            family = self._deck.pop()
             lo, hi = EPISODE_LENGTH[family]
             ep = Episode(family, start, int(rng.integers(lo, hi + 1)), float(rng.uniform(*FAULT_SIZE)))
             self.episodes.append(ep)

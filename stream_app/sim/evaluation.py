@@ -7,6 +7,7 @@ verdict. Two views, both reported:
 - **fault level** (what an operator feels): consecutive faulty events of a source form one fault; a fault is
   detected if any of its events is flagged; a flag is correct if it lies in a fault, or within `grace`
   events after one (a fault's tail still disturbs the signal, e.g. a stuck sensor that just recovered).
+  Recall is also given per fault kind (the truth label of the fault's first event).
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def evaluate(verdicts: Iterable[Verdict], grace: int = 3) -> dict[str, Any]:
     >>> v = [Verdict("s", 0, i, i, 0, 1, a, t, 0.01) for i, (a, t) in enumerate(
     ...     [(False, "normal"), (True, "spike"), (False, "normal"), (True, "normal"), (False, "normal")])]
     >>> r = evaluate(v, grace=0)
-    >>> r["event_precision"], r["event_recall"], r["fault_recall"], r["faults"]
-    (0.5, 1.0, 1.0, 1)
+    >>> r["event_precision"], r["event_recall"], r["fault_recall"], r["faults"], r["fault_recall_by_truth"]
+    (0.5, 1.0, 1.0, 1, {'spike': 1.0})
     """
     by_source: dict[str, list[Verdict]] = defaultdict(list)
     for v in verdicts:
         by_source[v.source].append(v)
     tp = fp = fn = 0
     n_faults = detected = flags = flags_near = 0
+    by_truth: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # truth -> [faults, detected]
     latencies: list[float] = []
     for items in by_source.values():
         items.sort(key=lambda v: (v.partition, v.offset))
@@ -80,7 +82,10 @@ def evaluate(verdicts: Iterable[Verdict], grace: int = 3) -> dict[str, Any]:
         near = is_fault.copy()
         for start, end in faults(truth):
             n_faults += 1
-            detected += bool(flagged[start:end].any())
+            hit = bool(flagged[start:end].any())
+            detected += hit
+            by_truth[truth[start]][0] += 1
+            by_truth[truth[start]][1] += hit
             near[end : end + grace] = True
         flags += int(flagged.sum())
         flags_near += int((flagged & near).sum())
@@ -95,6 +100,8 @@ def evaluate(verdicts: Iterable[Verdict], grace: int = 3) -> dict[str, Any]:
         "event_recall": _ratio(tp, tp + fn),
         "fault_precision": _ratio(flags_near, flags),
         "fault_recall": _ratio(detected, n_faults),
+        "faults_by_truth": {t: n for t, (n, _) in sorted(by_truth.items())},
+        "fault_recall_by_truth": {t: _ratio(hit, n) for t, (n, hit) in sorted(by_truth.items())},
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "latency_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
     }

@@ -4,21 +4,21 @@ Pure numpy (no Kafka): `simulate` (stream_app/commands/simulate.py) puts these s
 and the tests fit initial models on `training_samples`. Every sample carries its ground truth (`truth`:
 "normal" or the fault name) so a run can score itself.
 
-Sensors: all machines share one machine type (a latent factor model: F channels = a fixed mixing of a few
-smooth latent signals + channel noise, plus a slowly switching operating regime); each machine adds a small
-offset of its own, so one model can serve a whole fleet while thresholds stay per source. Faults are sized
-in units of a channel's normal spread (`scale`) so that they are clearly anomalous but not absurd:
-
-- spike: one channel jumps 7-10 sigma for one event;
-- stuck: one channel frozen at a rail value (mean +- 6 sigma, a saturated or disconnected sensor) for a stretch;
-- shift: 3-4 channels shift together by 4.5-6 sigma with mixed signs, breaking their correlation;
-- wear: one channel ramps from 5 to 12 sigma over the stretch (labelled from where it leaves its spec).
+Sensors: every machine is a pump / motor line of `sim.plant` (the process the sensor-quality benchmark
+uses): latent operating variables (speed regime, valve command, ambient temperature, tank level, grid
+voltage) drive correlated sensors through pump physics, one row per event. Machines are sisters: each has
+its pump constants a little off the reference (`Pump.varied`), so one model serves the fleet while
+thresholds stay per source. `n_features` picks the channels (`plant.channel_sensors`: 13 is every sensor
+once). Faults are episodes of the plant's families (`plant.FAMILIES`: offset, drift, stuck, spikes,
+bearing, cavitation, corr_break, valve), each changing the sensors `plant.FAMILY_SENSORS` names; an event
+is labelled with its episode's family (a spikes episode labels only its spiked events), and families
+that change none of the vector's channels are not drawn.
 
 Frames: textured surfaces (smoothed noise + a fine periodic weave), uint8 grayscale, with scratches (thin
 bright or dark line), spots (blob) and cracks (jagged dark polyline).
 
-Everything is deterministic under a seed: the machine type depends on (seed, n_features) only, each
-machine's dynamics and faults on (seed, source), so training data and a later simulation agree.
+Everything is deterministic under a seed: each machine's pump on (seed, source), its dynamics and faults on
+(seed, source, stream), so training data ("train") and a later simulation ("live") run the same machines.
 
 >>> sim = LineSimulator(lines=1, machines=2, cameras=1, seed=3)
 >>> s = sim.machines[0].next(ts=0.0)
@@ -37,13 +37,35 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-SENSOR_FAULTS = ("spike", "stuck", "shift", "wear")
+from stream_app.sim.plant import (
+    FAMILIES,
+    SPIKE_SHARE,
+    Episode,
+    Plant,
+    Pump,
+    channel_sensors,
+    families_for,
+    normal_spread,
+)
+
+SENSOR_FAULTS = FAMILIES
 FRAME_DEFECTS = ("scratch", "spot", "crack")
 NORMAL = "normal"
 
-_FAULT_LENGTH = {"spike": (1, 1), "stuck": (8, 20), "shift": (8, 20), "wear": (15, 35)}
-_MEAN_FAULT_LENGTH = float(np.mean([(lo + hi) / 2 for lo, hi in _FAULT_LENGTH.values()]))
-_COOLDOWN = 25  # normal events after a fault, so incidents can close between faults
+# Episode lengths in events, per family (the benchmark's are 120 rows; a live demo wants more, shorter ones).
+EPISODE_LENGTH = {
+    "offset": (10, 30),
+    "drift": (20, 40),
+    "stuck": (10, 30),
+    "spikes": (15, 30),
+    "bearing": (20, 40),
+    "cavitation": (10, 30),
+    "corr_break": (10, 30),
+    "valve": (15, 35),
+}
+FAULT_SIZE = (1.0, 3.0)  # an offset, drift or spikes episode is this many times the benchmark's height
+COOLDOWN = 40  # normal events after an episode, so incidents can close and thermal lags settle between faults
+_BLOCK = 64  # rows the plant produces at a time
 
 
 def _rng(seed: int, *keys: str | int) -> np.random.Generator:
@@ -68,40 +90,14 @@ class FrameSample:
     truth: str
 
 
-@dataclass(frozen=True)
-class MachineType:
-    """Parameters shared by every machine of the type: x = base + regime + mixing @ z + noise."""
-
-    base: np.ndarray  # [F] physical-looking operating points
-    unit: np.ndarray  # [F] channel units (multiplies everything below)
-    mixing: np.ndarray  # [F, L]
-    regimes: np.ndarray  # [R, F] regime offsets in channel units
-    noise: np.ndarray  # [F] channel noise in channel units
-    scale: np.ndarray  # [F] normal spread of each channel in raw units (used to size faults)
-
-    @classmethod
-    def create(cls, n_features: int = 8, n_latent: int = 3, n_regimes: int = 3, seed: int = 0) -> MachineType:
-        rng = _rng(seed, "machine-type", n_features)
-        base = rng.choice([5.0, 20.0, 60.0, 150.0, 1000.0], size=n_features) * rng.uniform(0.8, 1.2, n_features)
-        unit = base * rng.uniform(0.01, 0.03, n_features)
-        mixing = rng.normal(0.0, 1.0, (n_features, n_latent)) / np.sqrt(n_latent)
-        regimes = rng.normal(0.0, 0.8, (n_regimes, n_features))
-        regimes -= regimes.mean(axis=0)
-        noise = rng.uniform(0.08, 0.15, n_features)
-        spread = np.sqrt((mixing**2).sum(axis=1) + noise**2 + regimes.var(axis=0))
-        return cls(base, unit, mixing, regimes, noise, spread * unit)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.base)
-
-
 class SensorMachine:
-    """One machine's sensor stream: regimes switch slowly, latent signals evolve smoothly (AR(1)), faults
-    start at a rate that makes about `fault_rate` of events faulty, `drift` moves the operating point by
-    that many channel sigmas per 1000 events along a fixed direction (for retraining demos).
+    """One machine's sensor stream: the plant row by row, with fault episodes starting at a rate that makes
+    about `fault_rate` of events faulty (a third at most: episodes need their cooldown), families dealt
+    like cards (each once per round, shuffled), and `drift`
+    moving every channel by that many normal spreads per 1000 events along a fixed direction (for
+    retraining demos).
 
-    >>> m = SensorMachine("line-1/press-1", MachineType.create(4), seed=1, fault_rate=0.0)
+    >>> m = SensorMachine("line-1/press-1", seed=1, fault_rate=0.0)
     >>> [s.truth for s in m.take(3)]
     ['normal', 'normal', 'normal']
     """
@@ -109,100 +105,84 @@ class SensorMachine:
     def __init__(
         self,
         source: str,
-        machine_type: MachineType,
         seed: int = 0,
         fault_rate: float = 0.0,
         drift: float = 0.0,
         faults: Sequence[str] = SENSOR_FAULTS,
         stream: str = "live",
-        switch_prob: float = 0.01,
-        smoothness: float = 0.7,
+        n_features: int = 8,
     ):
         if not 0.0 <= fault_rate < 0.5:
             raise ValueError(f"fault_rate must be in [0, 0.5), got {fault_rate}")
         unknown = set(faults) - set(SENSOR_FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; expected some of {SENSOR_FAULTS}")
-        self.source, self.type, self.faults = source, machine_type, tuple(faults)
-        self.fault_rate, self.drift, self.switch_prob, self.a = fault_rate, drift, switch_prob, smoothness
-        F = machine_type.n_features
+        channels = channel_sensors(n_features)
+        visible = families_for(channels)
+        self.source, self.fault_rate, self.drift = source, fault_rate, drift
+        self.faults = tuple(f for f in faults if f in visible)
+        if fault_rate > 0 and not self.faults:
+            raise ValueError(f"none of the faults {list(faults)} changes the {n_features} channels simulated")
         own = _rng(seed, "machine", source)
-        self.offset = own.normal(0.0, 0.3, F)  # this machine's own operating point, in channel units
-        direction = own.normal(0.0, 1.0, F)
-        self.drift_direction = direction / np.linalg.norm(direction)
-        self.rng = _rng(seed, "dynamics", source, stream)
-        self.z: np.ndarray = self.rng.normal(0.0, 1.0, int(machine_type.mixing.shape[1]))
-        self.regime = int(self.rng.integers(len(machine_type.regimes)))
+        self.plant = Plant(_rng(seed, "dynamics", source, stream), Pump().varied(own), channels)
+        direction = own.normal(0.0, 1.0, len(channels))
+        self.drift_step = direction / np.linalg.norm(direction) * normal_spread()[channels] / 1000.0
+        self.fault_rng = _rng(seed, "faults", source, stream)
+        self.episodes: list[Episode] = []  # drawn and not yet over
+        self._deck: list[str] = []
         self.count = 0
-        self._fault: dict | None = None
-        self._cooldown = _COOLDOWN
-        # a fault episode starts with this probability on an eligible normal event
-        self._p_start = fault_rate / max(_MEAN_FAULT_LENGTH * (1 - fault_rate) - fault_rate * _COOLDOWN, 1e-9)
+        self._rows = np.empty((0, len(channels)))
+        self._labels = np.empty(0, int)
+        self._free = COOLDOWN  # the first row where the next episode may start
+        lengths = [EPISODE_LENGTH[f] for f in self.faults]
+        occupied = float(np.mean([(lo + hi) / 2 for lo, hi in lengths])) if lengths else 1.0
+        share = [SPIKE_SHARE if f == "spikes" else 1.0 for f in self.faults]
+        labelled = float(np.mean([s * (lo + hi) / 2 for s, (lo, hi) in zip(share, lengths, strict=True)] or [1.0]))
+        # an episode starts with probability p on each row after the cooldown, so a cycle (wait 1/p - 1, episode,
+        # cooldown) holds `labelled` faulty events out of labelled / fault_rate
+        wait = labelled / fault_rate - occupied - COOLDOWN + 1 if fault_rate > 0 else np.inf
+        self._p_start = 1.0 / max(wait, 1.0)
 
-    def normal_values(self) -> np.ndarray:
-        """Advance the latent state and return the next fault-free reading (raw units, float64)."""
-        t = self.type
-        if self.rng.random() < self.switch_prob:
-            self.regime = int(self.rng.integers(len(t.regimes)))
-        self.z = self.a * self.z + np.sqrt(1 - self.a**2) * self.rng.normal(0.0, 1.0, self.z.shape)
-        drift = self.drift * (self.count / 1000.0) * self.drift_direction * (t.scale / t.unit)
-        channel = t.regimes[self.regime] + self.offset + t.mixing @ self.z + t.noise * self.rng.normal(size=len(t.base))
+    @property
+    def channels(self) -> np.ndarray:
+        return self.plant.channels
+
+    def _schedule(self, until: int) -> None:
+        """Draw the episodes that start before row `until`."""
+        if not self.faults or self.fault_rate <= 0:
+            return
+        rng = self.fault_rng
+        while self._free < until:
+            start = self._free + int(rng.geometric(self._p_start)) - 1
+            if start >= until:
+                self._free = until  # no start before `until`; the wait is memoryless, so draw afresh from there
+                return
+            if not self._deck:  # every family once, in a shuffled order, then again: a short run sees them all
+                self._deck = [str(f) for f in rng.permutation(self.faults)]
+            family = self._deck.pop()
+            lo, hi = EPISODE_LENGTH[family]
+            ep = Episode(family, start, int(rng.integers(lo, hi + 1)), float(rng.uniform(*FAULT_SIZE)))
+            self.episodes.append(ep)
+            self._free = ep.stop + COOLDOWN
+
+    def _advance(self) -> tuple[np.ndarray, str]:
+        """The next reading (raw units, float64) and its label; the plant runs a block at a time."""
+        if not len(self._rows):
+            t0 = self.plant.t
+            self._schedule(t0 + _BLOCK)
+            self._rows, self._labels = self.plant.run(_BLOCK, [e for e in self.episodes if e.stop > t0])
+            self.episodes = [e for e in self.episodes if e.stop > t0 + _BLOCK]
+        values, label = self._rows[0] + self.drift * self.count * self.drift_step, int(self._labels[0])
+        self._rows, self._labels = self._rows[1:], self._labels[1:]
         self.count += 1
-        return t.base + (channel + drift) * t.unit
+        return values, FAMILIES[label - 1] if label else NORMAL
 
     def next(self, ts: float) -> SensorSample:
-        values = self.normal_values()
-        truth = NORMAL
-        if self._fault is None:
-            self._cooldown -= 1
-            if self.faults and self._cooldown <= 0 and self.rng.random() < self._p_start:
-                self._fault = self._start_fault(values)
-        if self._fault is not None:
-            truth = self._fault["name"]
-            values = self._apply_fault(values, self._fault)
-            self._fault["left"] -= 1
-            if self._fault["left"] <= 0:
-                self._fault, self._cooldown = None, _COOLDOWN
+        values, truth = self._advance()
         return SensorSample(self.source, ts, values.astype(np.float32), truth)
 
     def take(self, n: int, t0: float = 0.0, dt: float = 0.01) -> list[SensorSample]:
         return [self.next(t0 + i * dt) for i in range(n)]
-
-    def _start_fault(self, values: np.ndarray) -> dict:
-        name = str(self.rng.choice(self.faults))
-        lo, hi = _FAULT_LENGTH[name]
-        length = int(self.rng.integers(lo, hi + 1))
-        F, scale = len(values), self.type.scale
-        ch = int(self.rng.integers(F))
-        sign = float(self.rng.choice([-1.0, 1.0]))
-        fault = {"name": name, "left": length, "length": length, "channel": ch}
-        if name == "spike":
-            fault["delta"] = sign * self.rng.uniform(7.0, 10.0) * scale[ch]
-        elif name == "stuck":
-            mean = self.type.base[ch] + self.offset[ch] * self.type.unit[ch]
-            fault["value"] = mean + sign * 6.0 * scale[ch]
-        elif name == "shift":
-            chans = self.rng.choice(F, size=min(F, int(self.rng.integers(3, 5))), replace=False)
-            signs = np.where(np.arange(len(chans)) % 2 == 0, 1.0, -1.0) * sign
-            fault["channels"] = chans
-            fault["deltas"] = signs * self.rng.uniform(4.5, 6.0, len(chans)) * scale[chans]
-        elif name == "wear":
-            fault["sign"] = sign
-        return fault
-
-    def _apply_fault(self, values: np.ndarray, fault: dict) -> np.ndarray:
-        values = values.copy()
-        ch, name = fault["channel"], fault["name"]
-        if name == "spike":
-            values[ch] += fault["delta"]
-        elif name == "stuck":
-            values[ch] = fault["value"]
-        elif name == "shift":
-            values[fault["channels"]] += fault["deltas"]
-        elif name == "wear":
-            progress = 1.0 - fault["left"] / fault["length"]
-            values[ch] += fault["sign"] * (5.0 + 7.0 * progress) * self.type.scale[ch]
-        return values
 
 
 # ------------------------------------------------------------------ frames
@@ -355,9 +335,8 @@ class LineSimulator:
         seed: int = 0,
         stream: str = "live",
     ):
-        self.machine_type = MachineType.create(n_features, seed=seed)
         self.machines = [
-            SensorMachine(src, self.machine_type, seed, fault_rate, drift, stream=stream)
+            SensorMachine(src, seed, fault_rate, drift, stream=stream, n_features=n_features)
             for src in sensor_sources(lines, machines)
         ]
         self.cameras = [

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_app.ops.connections import aiokafka_kwargs
+from stream_app.ops.connections import aiokafka_kwargs, kafka_producer
 from stream_app.ops.processes import spawn, stop, worker_ports
 from stream_app.settings import Settings
 from stream_app.wire.codecs import encode_vector
@@ -81,8 +81,7 @@ class Traffic:
             await self._task
 
     async def _run(self) -> None:
-        kwargs = {**aiokafka_kwargs(self.settings.kafka), "request_timeout_ms": 120_000}  # outlive any outage
-        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, **kwargs)
+        producer = kafka_producer(self.settings.kafka, linger_ms=5, request_timeout_ms=120_000)  # outlive any outage
         await producer.start()
         self._started.set()
         pending: set[asyncio.Future] = set()

@@ -237,10 +237,8 @@ class LocalStack:
     def down(self, timeout_s: float = 30.0, services: tuple[str, ...] = SERVICES) -> None:
         """Stop the servers (SIGTERM, then SIGKILL), leaving no process behind."""
         names = [n.name for n in self._kafka_nodes(services)] + (["redis"] if "redis" in services else [])
+        _stop_groups([pid for pid in map(self._pid, names) if pid is not None and pid_alive(pid)], timeout_s)
         for name in names:
-            pid = self._pid(name)
-            if pid is not None and pid_alive(pid):
-                _stop_group(pid, timeout_s)
             self._pid_file(name).unlink(missing_ok=True)
 
     def signal(self, name: str, sig: int) -> None:
@@ -450,16 +448,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _stop_group(pid: int, timeout_s: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+def _stop_groups(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM every process group at once, SIGKILL what is left after `timeout_s`. At once, because a cluster's
+    nodes stopped one by one wait on a quorum that is leaving: the last one never gets its controlled shutdown."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and pid_alive(pid):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def _redis_healthy(url: str, **client_kwargs) -> tuple[bool, str]:

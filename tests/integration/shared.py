@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,17 +76,24 @@ def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
     )
 
 
-async def topic_replication(settings: Settings, topic: str) -> tuple[set[int], int]:
-    """The replica counts of `topic`'s partitions and its min.insync.replicas, as the cluster reports them."""
+async def topic_replication(settings: Settings, topic: str, timeout_s: float = 15.0) -> tuple[set[int], int]:
+    """The replica counts of `topic`'s partitions and its min.insync.replicas, as the cluster reports them (a
+    broker may not know a topic created a moment ago yet: asked again until one answers)."""
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings.kafka))
     await admin.start()
+    deadline = time.monotonic() + timeout_s
     try:
-        (described,) = await admin.describe_topics([topic])
-        (configs,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
-        )
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            (configs,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})]
+            )
+            ((code, message, *_, entries),) = configs.resources
+            if (code == 0 and described["error_code"] == 0) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
-    ((*_, entries),) = configs.resources
+    assert code == 0 and described["error_code"] == 0, f"{topic}: {message or described}"
     (min_insync,) = [int(value) for name, value, *_ in entries if name == "min.insync.replicas"]
     return {len(p["replicas"]) for p in described["partitions"]}, min_insync

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import signal
@@ -21,7 +20,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -344,35 +342,33 @@ class LocalStack:
         self._pid_file(name).write_text(str(proc.pid))
 
     def _wait_ready(self, services: tuple[str, ...]) -> None:
+        """Until Redis answers and every node is a live broker of the cluster (registered and caught up)."""
         deadline = time.monotonic() + self.ready_timeout_s
-        checks: dict[str, Callable[[], tuple[bool, str]]] = {}
-        if "redis" in services:
-            checks["redis"] = lambda: _redis_healthy(self.redis_url, **self.redis_client)
-        for node in self._kafka_nodes(services):
-            checks[node.name] = functools.partial(self._node_live, node)
-        pending = dict(checks)
+        node_ids = {n.name: n.node_id for n in self._kafka_nodes(services)}
+        pending = (["redis"] if "redis" in services else []) + list(node_ids)
         details: dict[str, str] = {}
         while pending and time.monotonic() < deadline:
-            for name, check in list(pending.items()):
+            for name in pending:
                 if not self._alive(name):
                     raise StackError(f"{name} exited during start-up; {self._log_file(name)} ends with:\n"
                                      f"{_tail(self._log_file(name).read_text(errors='replace'))}")  # fmt: skip
-                ok, details[name] = check()
-                if ok:
-                    del pending[name]
+            ready = set()
+            if "redis" in pending:
+                ok, details["redis"] = _redis_healthy(self.redis_url, **self.redis_client)
+                ready |= {"redis"} if ok else set()
+            if node_ids.keys() & set(pending):  # one metadata request answers for every node
+                live, detail = _kafka_brokers(self.bootstrap, **self.kafka_client)
+                details.update(dict.fromkeys(node_ids, detail))
+                ready |= {name for name, node_id in node_ids.items() if node_id in live}
+            pending = [name for name in pending if name not in ready]
             if pending:
                 time.sleep(0.5)
         if pending:
-            name = next(iter(pending))
+            name = pending[0]
             raise StackError(
                 f"{name} not ready after {self.ready_timeout_s:.0f} s ({details.get(name)}); "
                 f"{self._log_file(name)} ends with:\n{_tail(self._log_file(name).read_text(errors='replace'))}"
             )
-
-    def _node_live(self, node: KafkaNode) -> tuple[bool, str]:
-        """A node is ready once the cluster lists it as a live broker (it registered and caught up)."""
-        live, detail = _kafka_brokers(self.bootstrap, **self.kafka_client)
-        return node.node_id in live, detail
 
     def _pid(self, name: str) -> int | None:
         try:

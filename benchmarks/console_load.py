@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import multiprocessing as mp
 import os
-import socket
 import tempfile
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks._common import RESULTS, machine, write_json
+from deploy.localstack import free_port
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
 from stream_app.ops.processes import spawn, stop
 from stream_app.settings import Settings, TopicSettings
@@ -38,12 +38,6 @@ from stream_app.wire.records import Record
 
 SOURCES = [f"line-{line}/m{m}" for line in range(1, 6) for m in range(10)]
 WATCHED = SOURCES[7]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -217,8 +211,7 @@ def main() -> None:
     if not (bootstrap and redis_url):
         from deploy.localstack import LocalStack
 
-        stack = LocalStack(state_dir=tmp / "stack", cache_dir=Path.home() / ".cache" / "linewatch",
-                           kafka_port=free_port(), controller_port=free_port(), redis_port=free_port())  # fmt: skip
+        stack = LocalStack.on_free_ports(tmp / "stack", Path.home() / ".cache" / "linewatch")
         stack.up()
         bootstrap, redis_url = stack.bootstrap, stack.redis_url
     tag = f"load-{uuid.uuid4().hex[:8]}"

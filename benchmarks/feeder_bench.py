@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +37,6 @@ from stream_app.settings import Settings, TopicSettings
 
 SIZES = {"512x512": (512, 512), "2048x512": (2048, 512)}  # width x height
 ENCODINGS = ("png", "jpeg")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_clip(path: Path, width: int, height: int, n: int) -> Path:
@@ -160,13 +153,7 @@ def main() -> None:
     from deploy.localstack import LocalStack
 
     with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(
-            state_dir=Path(tmp) / "stack",
-            cache_dir=Settings().stack.cache_dir,
-            kafka_port=free_port(),
-            controller_port=free_port(),
-            redis_port=free_port(),
-        )
+        stack = LocalStack.on_free_ports(Path(tmp) / "stack", Settings().stack.cache_dir)
         try:
             stack.up(services=("kafka",))
             rows = asyncio.run(run(args, stack.bootstrap, Path(tmp)))

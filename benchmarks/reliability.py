@@ -1,16 +1,18 @@
-"""Reliability drills: steady traffic through real workers while workers, the broker and Redis fail in turn.
+"""Reliability drills: steady traffic through real workers while workers, brokers and Redis fail in turn.
 
-For each scenario, on its own topics against one local stack (deploy/localstack.py, started here on free
-ports): events in, verdicts out, input offsets without a verdict (lost, must be 0), duplicates (and whether
+For each scenario, on its own topics against a local stack (deploy/localstack.py, started here on free
+ports: one Kafka node, or three for the scenarios that need a cluster): events in, verdicts out, input offsets without a verdict (lost, must be 0), duplicates (and whether
 their content differs), recovery seconds (fault injected -> the last verdict delayed by more than 2 s
 arrived), worker RSS before/after, whether /health said 503 and why, and unexpected worker exits.
 
     PYTHONPATH=. nice -n 10 python benchmarks/reliability.py                 # every scenario, getmany path
     PYTHONPATH=. python benchmarks/reliability.py --consumer faust --only redis-stop worker-kill
+    PYTHONPATH=. python benchmarks/reliability.py --only leader-kill   # one scenario, merged into the JSON
     PYTHONPATH=. python benchmarks/reliability.py --worker-code /tmp/old --label "before" --only worker-kill
         (workers run another checkout's code, e.g. `git archive <commit> | tar -x -C /tmp/old`: before/after)
 
-Writes benchmarks/results/reliability.json (one section per consumer path) and reliability.png.
+Writes benchmarks/results/reliability.json (one section per consumer path; a scenario run again replaces its
+row, and each row says when and where it was measured) and reliability.png.
 """
 
 from __future__ import annotations
@@ -20,27 +22,20 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks._common import RESULTS, machine, save_figure, write_json
-from deploy.localstack import LocalStack
+from deploy.localstack import LocalStack, free_port
 from stream_app.ops.connections import ensure_topics
-from stream_app.ops.drills import Drill, log_problems, publish_tiny_model
+from stream_app.ops.drills import Drill, kill_partition_leader, log_problems, publish_tiny_model
 from stream_app.settings import Route, Settings, TopicSettings
 
 F = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def drill_settings(stack: LocalStack, base: Path, consumer: str, metrics_port: int | None) -> Settings:
@@ -62,7 +57,7 @@ def drill_settings(stack: LocalStack, base: Path, consumer: str, metrics_port: i
     return s
 
 
-Scenario = Callable[[Drill, LocalStack], Awaitable[None]]
+Fault = Callable[[Drill, LocalStack], Awaitable[dict[str, Any] | None]]  # may return figures of its own
 
 
 async def worker_signal(drill: Drill, stack: LocalStack, sig: int, name: str) -> None:
@@ -123,21 +118,39 @@ async def publish_failure(drill: Drill, stack: LocalStack) -> None:
     await drill.settle(fault)
 
 
-SCENARIOS: dict[str, tuple[int, Scenario]] = {  # name -> (workers at the start, the fault)
-    "worker-kill": (2, lambda d, s: worker_signal(d, s, signal.SIGKILL, "worker SIGKILL + restart")),
-    "worker-term": (2, lambda d, s: worker_signal(d, s, signal.SIGTERM, "worker SIGTERM + restart")),
-    "scale": (1, scale),
-    "broker-kill": (1, broker_kill),
-    "redis-kill": (1, redis_kill),
-    "redis-stop": (1, redis_stop),
-    "publish-failure": (1, publish_failure),
+async def leader_kill(drill: Drill, stack: LocalStack) -> dict[str, Any]:
+    name = "broker leader SIGKILL (3 brokers), restart 10 s after failover"
+    kill = await kill_partition_leader(drill, stack, name, partition=0, serve_s=10)
+    await drill.settle(kill.fault)
+    return {
+        "killed_broker": kill.victim,
+        "new_leader": kill.successor,
+        "leader_failover_s": None if kill.failover_s is None else round(kill.failover_s, 2),
+    }
+
+
+class Scenario(NamedTuple):
+    workers: int  # at the start
+    fault: Fault
+    brokers: int = 1  # Kafka nodes of the stack it runs on
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "worker-kill": Scenario(2, lambda d, s: worker_signal(d, s, signal.SIGKILL, "worker SIGKILL + restart")),
+    "worker-term": Scenario(2, lambda d, s: worker_signal(d, s, signal.SIGTERM, "worker SIGTERM + restart")),
+    "scale": Scenario(1, scale),
+    "broker-kill": Scenario(1, broker_kill),
+    "redis-kill": Scenario(1, redis_kill),
+    "redis-stop": Scenario(1, redis_stop),
+    "publish-failure": Scenario(1, publish_failure),
+    "leader-kill": Scenario(1, leader_kill, brokers=3),
 }
 
 
 async def run_scenario(
     name: str, stack: LocalStack, base: Path, consumer: str, rate: float, label: str, metrics_port: int | None
 ) -> dict[str, Any]:
-    workers, fault_fn = SCENARIOS[name]
+    workers, fault_fn, brokers = SCENARIOS[name]
     settings = drill_settings(stack, base, consumer, metrics_port)
     publish_tiny_model(settings, F)
     await ensure_topics(settings)
@@ -147,12 +160,12 @@ async def run_scenario(
     for _ in range(workers):
         drill.start_worker()
     started = time.monotonic()
-    error = None
+    error, figures = None, None
     async with drill:
         try:
             await drill.wait_consuming(workers)
             await asyncio.sleep(10)  # steady state before the fault
-            await fault_fn(drill, stack)
+            figures = await fault_fn(drill, stack)
             await asyncio.sleep(5)
         except Exception as exc:  # the drill could not go on (a worker died, never recovered): count anyway
             error = f"{type(exc).__name__}: {exc}"
@@ -164,6 +177,7 @@ async def run_scenario(
         "consumer": consumer,
         "code": label,
         "workers": workers,
+        "brokers": brokers,
         "events_in": counted.events_in,
         "verdicts_out": counted.verdicts_out,
         "lost": len(counted.lost),
@@ -186,6 +200,10 @@ async def run_scenario(
         "producer_closed_lines": problems["producer_closed"],
         "wall_s": round(time.monotonic() - started, 1),
         "drill_error": error,
+        **(figures or {}),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # a shared machine: how busy it was
     }
 
 
@@ -233,32 +251,29 @@ async def main() -> None:
 
     path = RESULTS / "reliability.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    names = args.only or list(SCENARIOS)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="lw-reliability-") as tmp:
         base = Path(tmp)
-        stack = LocalStack(
-            state_dir=base / "stack",
-            cache_dir=Path.home() / ".cache" / "linewatch",
-            kafka_port=free_port(),
-            controller_port=free_port(),
-            redis_port=free_port(),
-        )
-        rows = []
-        try:
-            await asyncio.to_thread(stack.up)  # it runs its own event loop for its probes
-            for name in args.only or list(SCENARIOS):
-                row = await run_scenario(name, stack, base, args.consumer, args.rate, label, args.metrics_port)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        finally:
-            stack.down()
+        for brokers in dict.fromkeys(SCENARIOS[n].brokers for n in names):  # one stack per cluster size
+            stack = LocalStack.on_free_ports(base / f"stack-{brokers}", Path.home() / ".cache" / "linewatch", brokers)
+            try:
+                await asyncio.to_thread(stack.up)  # it runs its own event loop for its probes
+                for name in (n for n in names if SCENARIOS[n].brokers == brokers):
+                    row = await run_scenario(name, stack, base, args.consumer, args.rate, label, args.metrics_port)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            finally:
+                stack.down()
     section = results.setdefault(label, {"scenarios": []})
     done = {r["scenario"] for r in rows}
     section["scenarios"] = [r for r in section["scenarios"] if r["scenario"] not in done] + rows
     section["rate_events_per_s"] = args.rate
     section["consumer"] = args.consumer
     section["worker_code"] = str(args.worker_code) if args.worker_code else "this checkout"
-    results["machine"] = machine()
-    results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if not args.only:  # a partial run leaves the date and machine of the full one; its rows carry their own
+        results["machine"] = machine()
+        results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["recovery_definition"] = "seconds from the fault's injection until the last verdict delayed > 2 s arrived"
     write_json("reliability", results)
     plot(results)

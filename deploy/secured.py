@@ -26,7 +26,7 @@ import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from deploy.localstack import LocalStack
+from deploy.localstack import LocalStack, StackError
 
 KAFKA_MECHANISM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"  # the broker's own inter-broker identity
@@ -115,6 +115,8 @@ class SecuredStack(LocalStack):
     secrets_file: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.brokers != 1:  # the listeners below are node 1's
+            raise StackError(f"the secured stack runs one Kafka node, not {self.brokers}")
         self.state_dir = Path(self.state_dir)
         tls_dir = self.state_dir / "tls"
         tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

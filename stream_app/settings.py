@@ -124,6 +124,12 @@ class TopicSettings(BaseModel):
     control: str = "inspection.control"
     labels: str = "inspection.labels"
     partitions: int = 4
+    replication_factor: int | None = Field(
+        None, ge=1, description="copies of each new topic's partitions; None: 3, or every broker of a smaller cluster"
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="copies an acks=all write needs (topic config); None: 2 with 3+ copies, else 1"
+    )
 
     def prefixed(self, prefix: str, partitions: int | None = None) -> TopicSettings:
         """Every topic renamed `<prefix>.<name>`: one run's own topics (demo, tests, benchmarks).
@@ -131,8 +137,20 @@ class TopicSettings(BaseModel):
         >>> TopicSettings().prefixed("run-1", partitions=2).alerts
         'run-1.inspection.alerts'
         """
-        names = {f: f"{prefix}.{getattr(self, f)}" for f in type(self).model_fields if f != "partitions"}
-        return TopicSettings(**names, partitions=self.partitions if partitions is None else partitions)
+        names = {f: f"{prefix}.{v}" for f, v in self if isinstance(v, str)}
+        return self.model_copy(update={**names, "partitions": self.partitions if partitions is None else partitions})
+
+    def replication(self, brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for new topics on a cluster of `brokers` brokers.
+
+        Three copies with two in sync by default: a broker may fail without refusing a write or losing an
+        acknowledged one. A smaller cluster keeps a copy on every broker and needs one in sync.
+
+        >>> TopicSettings().replication(3), TopicSettings().replication(5), TopicSettings().replication(1)
+        ((3, 2), (3, 2), (1, 1))
+        """
+        factor = self.replication_factor or min(3, brokers)
+        return factor, self.min_insync_replicas or (2 if factor >= 3 else 1)
 
 
 class BatchSettings(BaseModel):
@@ -192,8 +210,11 @@ class StackSettings(BaseModel):
     redis_port: int = 16379
     kafka_version: str = "3.9.1"
     cache_dir: Path = Path.home() / ".cache" / "linewatch"
-    kafka_heap_mb: int = 512
+    kafka_heap_mb: int = Field(512, description="heap of each broker's JVM")
     ready_timeout_s: float = 90.0
+    brokers: int = Field(
+        1, ge=1, description="KRaft nodes (broker + controller each); node i listens on the ports + 10 x (i - 1)"
+    )
 
 
 class RetrainSchedule(BaseModel):

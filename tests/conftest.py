@@ -8,7 +8,6 @@ stops it at the end. If a server cannot start, the run fails with the reason: ne
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.localstack import free_port
 from stream_app.settings import Settings, TopicSettings
 
 # Apps run as worker subprocesses by the tests; importing them needs their environment.
@@ -27,13 +27,6 @@ class StackUrls:
     kafka_bootstrap: str
     redis_url: str
     stack: object | None  # deploy.localstack.LocalStack when the fixture started it
-
-
-def free_port() -> int:
-    """A port nothing listens on now, so concurrent test sessions on one machine get their own stacks."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _test_port(env: str) -> int:

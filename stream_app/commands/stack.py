@@ -12,10 +12,10 @@ console = Console()
 stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis without Docker.", no_args_is_help=True)
 
 
-def _stack(ctx: typer.Context):
+def _stack(ctx: typer.Context, brokers: int | None = None):
     from deploy.localstack import LocalStack
 
-    return LocalStack.from_settings(ctx.obj)
+    return LocalStack.from_settings(ctx.obj, brokers)
 
 
 def _print_status(statuses) -> bool:
@@ -33,11 +33,20 @@ def _mark(ok: bool) -> str:
 
 
 @stack_app.command()
-def up(ctx: typer.Context) -> None:
+def up(
+    ctx: typer.Context,
+    brokers: int | None = typer.Option(
+        None,
+        "--brokers",
+        min=1,
+        help="Kafka nodes (3: topics replicated 3x, 2 in sync); default: stack.brokers, "
+        "or as many as the state dir already holds",
+    ),
+) -> None:
     """Start Kafka and Redis (idempotent); fetch Kafka's jars with Maven on first use."""
     from deploy.localstack import StackError
 
-    stack = _stack(ctx)
+    stack = _stack(ctx, brokers)
     started = time.monotonic()
     try:
         if not stack.jars_present():
@@ -48,6 +57,8 @@ def up(ctx: typer.Context) -> None:
         raise typer.Exit(1) from exc
     _print_status(statuses)
     console.print(f"ready in {time.monotonic() - started:.1f} s; state in {stack.state_dir}")
+    if stack.brokers > 1:
+        console.print(f"clients: LINEWATCH_KAFKA__BOOTSTRAP={stack.bootstrap}")
 
 
 @stack_app.command()
@@ -66,14 +77,15 @@ def fetch(ctx: typer.Context) -> None:
 
 @stack_app.command()
 def down(ctx: typer.Context) -> None:
-    """Stop Kafka and Redis started by `stack up`."""
+    """Stop Kafka (every node) and Redis started by `stack up`."""
     _stack(ctx).down()
     console.print("stack stopped")
 
 
 @stack_app.command()
 def status(ctx: typer.Context) -> None:
-    """Show each server's process and health; exit 1 unless both are healthy."""
+    """Show each server's process and health (a Kafka node: a live broker of the cluster); exit 1 unless all are
+    healthy."""
     if not _print_status(_stack(ctx).status()):
         raise typer.Exit(1)
 

@@ -157,9 +157,7 @@ async def feed_frames(
     into `claim_check_dir` (default: the first of settings.claim_check_dirs, else the file stays where it is).
     Up to `settings.camera.in_flight` sends await their acknowledgement at once; all are acknowledged on return.
     """
-    from aiokafka import AIOKafkaProducer
-
-    from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
+    from stream_app.ops.connections import ensure_topics, kafka_producer
     from stream_app.wire import codecs
 
     topic = settings.topics.frames
@@ -169,9 +167,7 @@ async def feed_frames(
     await ensure_topics(settings, [topic])
     report = FeedReport()
     started = time.monotonic()
-    producer = AIOKafkaProducer(
-        linger_ms=5, max_request_size=settings.kafka.max_message_bytes, **aiokafka_kwargs(settings.kafka)
-    )
+    producer = kafka_producer(settings.kafka, linger_ms=5, max_request_size=settings.kafka.max_message_bytes)
     in_flight: deque[tuple[asyncio.Future, Frame]] = deque()
 
     async def acknowledged(limit: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import NoError, TopicAlreadyExistsError, for_code
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -45,6 +44,13 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
             sasl_plain_password=secret_value(kafka.sasl_password),
         )
     return kwargs
+
+
+def kafka_producer(kafka: KafkaSettings, **options: Any) -> AIOKafkaProducer:
+    """The producer every part of linewatch writes with: a write counts once every in-sync replica has it (acks=all;
+    topics ask for `min.insync.replicas` of them), and the producer is idempotent, so a batch it sends again after
+    a lost ack or a leader change is not written twice. `options` are further AIOKafkaProducer arguments."""
+    return AIOKafkaProducer(**{**aiokafka_kwargs(kafka), **options, "acks": "all", "enable_idempotence": True})
 
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -104,7 +110,8 @@ def redis_client(cfg: RedisSettings) -> RedisClient:
 
 
 async def ensure_topics(settings: Settings, names: list[str] | None = None, partitions: int | None = None) -> None:
-    """Create the pipeline's topics (or `names`) if missing, all with the same partition count."""
+    """Create the pipeline's topics (or `names`) if missing, all with the same partition count, replicated as
+    `topics.replication` says for the cluster's brokers. Raises the cluster's error when it refuses one."""
     topics = settings.topics
     names = names or [
         topics.vectors, topics.frames, topics.alerts, topics.scores,
@@ -117,19 +124,17 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None, part
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if not missing:
             return
-        new = [
-            NewTopic(
-                name,
-                num_partitions=partitions or topics.partitions,
-                replication_factor=1,
-                topic_configs={"max.message.bytes": str(settings.kafka.max_message_bytes)},
-            )
-            for name in missing
-        ]
-        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created them first
-            await admin.create_topics(new)
+        factor, min_insync = topics.replication(len((await admin.describe_cluster())["brokers"]))
+        configs = {"max.message.bytes": str(settings.kafka.max_message_bytes), "min.insync.replicas": str(min_insync)}
+        new = [NewTopic(n, partitions or topics.partitions, factor, topic_configs=configs) for n in missing]
+        response = await admin.create_topics(new)
     finally:
         await admin.close()
+    # The response carries each topic's outcome; aiokafka raises none of them. Existing: another client was first.
+    for name, code, *message in response.topic_errors:  # v0 responses carry no message
+        if code not in (NoError.errno, TopicAlreadyExistsError.errno):
+            reason = message[0] if message else "no reason given"
+            raise for_code(code)(f"topic {name!r} ({factor} copies, {min_insync} in sync): {reason}")
 
 
 async def read_records(
@@ -159,7 +164,7 @@ async def read_records(
 async def send_json(settings: Settings, topic: str, key: str, message: Any) -> None:
     """Produce one keyed JSON message on its own producer and wait for the broker's ack (tools, the agent)."""
     await ensure_topics(settings, [topic])
-    async with AIOKafkaProducer(acks="all", **aiokafka_kwargs(settings.kafka)) as producer:
+    async with kafka_producer(settings.kafka) as producer:
         await producer.send_and_wait(topic, key=key.encode(), value=orjson.dumps(message))
 
 

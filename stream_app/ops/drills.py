@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from stream_app.judging import incidents
-from stream_app.ops.connections import aiokafka_kwargs
+from stream_app.ops.connections import aiokafka_kwargs, kafka_producer
 from stream_app.ops.processes import spawn, stop, worker_ports
 from stream_app.settings import IncidentSettings, Settings
 from stream_app.wire.codecs import encode_vector
@@ -83,8 +85,7 @@ class Traffic:
             await self._task
 
     async def _run(self) -> None:
-        kwargs = {**aiokafka_kwargs(self.settings.kafka), "request_timeout_ms": 120_000}  # outlive any outage
-        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, **kwargs)
+        producer = kafka_producer(self.settings.kafka, linger_ms=5, request_timeout_ms=120_000)  # outlive any outage
         await producer.start()
         self._started.set()
         pending: set[asyncio.Future] = set()
@@ -356,6 +357,67 @@ class Drill:
             if not counted.lost or time.monotonic() > deadline:
                 return counted
             await asyncio.sleep(2.0)
+
+
+async def partition_leader(settings: Settings, topic: str, partition: int, timeout_s: float = 10.0) -> int | None:
+    """The id of the broker leading `topic`/`partition` now, from a fresh metadata request (None: no leader).
+
+    The admin client asks the broker it finds least loaded, which may be one just killed and not yet fenced by
+    the cluster: such a request fails and is asked again (of another broker, once the failure marked it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings.kafka))
+        try:
+            await admin.start()
+            (described,) = await admin.describe_topics([topic])
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    leader = next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
+    return leader if leader >= 0 else None
+
+
+@dataclass
+class LeaderKill:
+    """What `kill_partition_leader` did: whom it killed, who took over and when (wall clock, like `Fault`)."""
+
+    fault: Fault
+    victim: int
+    successor: int | None = None  # the partition's leader once it moved; None if it had not within the outage
+    failover_s: float | None = None  # kill -> the partition had another leader (the cluster fenced the victim)
+    restarted: float | None = None  # when the victim was started again
+
+
+async def kill_partition_leader(
+    drill: Drill, stack: Any, name: str, partition: int = 0, serve_s: float = 5.0, max_down_s: float = 60.0
+) -> LeaderKill:
+    """SIGKILL the broker leading input `partition` of a cluster (a deploy.localstack.LocalStack) while traffic
+    flows; keep it down until another broker has led the partition for `serve_s` (at most `max_down_s` in all),
+    then start it again on its log dir. The fault ends once the broker is back; `drill.settle` it afterwards."""
+    topic = drill.settings.topics.vectors
+    victim = await partition_leader(drill.settings, topic, partition)
+    if victim is None:
+        raise RuntimeError(f"{topic}/{partition} has no leader to kill")
+    fault = drill.begin(name)
+    kill = LeaderKill(fault, victim)
+    await asyncio.to_thread(stack.kill, stack.node(victim).name)
+    deadline = time.monotonic() + max_down_s
+    while time.monotonic() < deadline and (
+        kill.failover_s is None or time.time() < fault.started + kill.failover_s + serve_s
+    ):
+        if kill.successor is None:
+            leader = await partition_leader(drill.settings, topic, partition)
+            if leader is not None and leader != victim:
+                kill.successor, kill.failover_s = leader, time.time() - fault.started
+        await asyncio.sleep(0.5)
+    kill.restarted = time.time()
+    await asyncio.to_thread(stack.restart, stack.node(victim).name)
+    drill.end(fault)
+    return kill
 
 
 def log_problems(log_dir: Path) -> dict[str, int]:

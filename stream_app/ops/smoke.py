@@ -11,9 +11,9 @@ import uuid
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
-from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_client
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, kafka_producer, redis_client
 from stream_app.settings import Settings
 
 
@@ -23,7 +23,7 @@ async def run_smoke(settings: Settings, events: int) -> dict[str, Any]:
     await ensure_topics(settings, [topic])
     kwargs = aiokafka_kwargs(settings.kafka)
     started = time.perf_counter()
-    async with AIOKafkaProducer(linger_ms=5, **kwargs) as producer:
+    async with kafka_producer(settings.kafka, linger_ms=5) as producer:
         futures = [
             await producer.send(
                 topic,

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from stream_app.ops.connections import aiokafka_kwargs
+from stream_app.ops.connections import kafka_producer
 from stream_app.settings import KafkaSettings
 from stream_app.wire.outputs import Output
 
@@ -25,12 +25,9 @@ BATCH_BYTES = 512 * 1024  # one record batch per partition per micro-batch; unde
 
 
 def output_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
-    """The producer a `Publisher` sends through: acks from all in-sync replicas, room for a whole batch."""
-    return AIOKafkaProducer(
-        acks="all",
-        max_batch_size=min(BATCH_BYTES, kafka.max_message_bytes),
-        max_request_size=kafka.max_message_bytes,
-        **aiokafka_kwargs(kafka),
+    """The producer a `Publisher` sends through (durable, see `kafka_producer`), with room for a whole batch."""
+    return kafka_producer(
+        kafka, max_batch_size=min(BATCH_BYTES, kafka.max_message_bytes), max_request_size=kafka.max_message_bytes
     )
 
 

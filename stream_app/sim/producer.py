@@ -37,9 +37,7 @@ async def run_simulation(
 ) -> dict:
     """Produce `rate` vectors/s in total and `fps` frames/s per camera for `duration` seconds (or until
     `stop_event` is set); return counts: vectors, frames, per-truth counts, sources, elapsed seconds."""
-    from aiokafka import AIOKafkaProducer
-
-    from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
+    from stream_app.ops.connections import ensure_topics, kafka_producer
     from stream_app.sim.simulator import LineSimulator
     from stream_app.wire import codecs
     from stream_app.wire.binary_vectors import CONTENT_TYPE as BINARY_CONTENT_TYPE
@@ -58,11 +56,8 @@ async def run_simulation(
     sent_v = sent_f = 0
     truth_v: Counter[str] = Counter()
     truth_f: Counter[str] = Counter()
-    producer = AIOKafkaProducer(
-        linger_ms=10,
-        max_batch_size=256 * 1024,
-        max_request_size=settings.kafka.max_message_bytes,
-        **aiokafka_kwargs(settings.kafka),
+    producer = kafka_producer(
+        settings.kafka, linger_ms=10, max_batch_size=256 * 1024, max_request_size=settings.kafka.max_message_bytes
     )
     await producer.start()
     started = time.monotonic()

@@ -9,22 +9,18 @@ not log a traceback.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from deploy.localstack import LocalStack, StackError
+from deploy.localstack import LocalStack
 from stream_app.ops.connections import ensure_topics
-from stream_app.ops.drills import Drill, Tally, log_problems, publish_tiny_model
+from stream_app.ops.drills import Drill, log_problems, publish_tiny_model
 from stream_app.ops.processes import port_file, worker_ports
-from stream_app.settings import Route, Settings, TopicSettings
-from tests.conftest import free_port
+from tests.integration.shared import assert_nothing_lost, chaos_settings, own_stack
 
 pytestmark = pytest.mark.integration
 F = 4
@@ -33,55 +29,8 @@ RATE = 100.0  # events/s, steady through every fault
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    own = LocalStack(
-        state_dir=tmp_path_factory.mktemp("chaos-stack"),
-        cache_dir=Path(os.environ.get("LINEWATCH_STACK__CACHE_DIR", Path.home() / ".cache" / "linewatch")),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        redis_port=free_port(),
-    )
-    try:
-        own.up()
-    except StackError as exc:
-        own.down()
-        pytest.fail(f"the chaos stack could not start: {exc}")
-    yield own
-    own.down()
-
-
-def chaos_settings(stack: LocalStack, tmp_path: Path) -> Settings:
-    tag = f"chaos-{uuid.uuid4().hex[:8]}"
-    s = Settings(
-        app_id=f"lw-{tag}",
-        topics=TopicSettings().prefixed(tag, partitions=4),
-        routes=[Route(pattern="line-*", model="sensors")],
-        registry_dir=tmp_path / "registry",
-        state_dir=tmp_path / "state",
-        metrics_port=free_port(),  # every worker starts here: the second takes the next free port
-        worker_processes=1,  # each worker a single process, as the drills count them
-    )
-    s.kafka.bootstrap, s.redis.url, s.redis.key_prefix = stack.bootstrap, stack.redis_url, tag
-    s.kafka.request_timeout_ms = 5000  # a stopped broker fails a batch's acks within the test's time
-    s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms = 6000, 2000
-    s.redis.socket_timeout_s = 2.0
-    s.recovery.retry_max_s, s.recovery.probe_interval_s, s.recovery.revoke_wait_s = 3.0, 1.0, 5.0
-    s.batching.max_wait_ms = 20
-    return s
-
-
-def assert_nothing_lost(counted: Tally, drill: Drill) -> None:
-    assert counted.events_in > 0
-    assert counted.lost == [], f"{len(counted.lost)} of {counted.events_in} input offsets have no verdict"
-    assert counted.inconsistent == [], "a redelivered event must get the same verdict"
-    assert counted.incident_mismatches == [], "incident events must be those the verdict sequence implies"
-    assert drill.unexpected_exits() == [], "no worker may exit by itself"
-    print(
-        f"events in {counted.events_in}, verdicts out {counted.verdicts_out}, duplicates {counted.duplicates}; "
-        + "; ".join(
-            f"{f.name}: recovery {counted.recovery_s(f, until=nxt.started if nxt else None):.1f} s"
-            for f, nxt in zip(drill.faults, [*drill.faults[1:], None], strict=True)
-        )
-    )
+    with own_stack(tmp_path_factory.mktemp("chaos-stack")) as own:
+        yield own
 
 
 async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):

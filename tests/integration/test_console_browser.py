@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from deploy.localstack import free_port
 from stream_app.alerts.labels import labelled_records, read_labels
 from stream_app.console import scene
 from stream_app.console.auth import hash_secret
@@ -112,12 +112,6 @@ def _settings(stack_urls, tmp: Path, port: int) -> Settings:
     c.port, c.users, c.stale_after_s = port, {"op": SecretStr(hash_secret("pw"))}, 5
     c.update_interval_s, c.replay_s = 0.25, 300
     return s
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:

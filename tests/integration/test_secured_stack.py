@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,38 +25,18 @@ from stream_app.ops.processes import running
 from stream_app.registry.versions import Registry
 from stream_app.settings import Route, Settings, TopicSettings
 from stream_app.wire.codecs import encode_image, encode_vector
+from tests.integration.shared import own_stack
 
 pytestmark = pytest.mark.integration
 F = 4
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from deploy.localstack import StackError
     from deploy.secured import SecuredStack
 
-    stack = SecuredStack(
-        state_dir=tmp_path_factory.mktemp("secured"),
-        cache_dir=Path(os.environ.get("LINEWATCH_STACK__CACHE_DIR", Path.home() / ".cache" / "linewatch")),
-        kafka_port=free_port(),
-        controller_port=free_port(),
-        redis_port=free_port(),
-    )
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the secured Kafka/Redis stack could not start: {exc}")
-    try:
+    with own_stack(tmp_path_factory.mktemp("secured"), kind=SecuredStack) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture

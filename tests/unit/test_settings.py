@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from stream_app.settings import Settings, load_settings
+from stream_app.settings import Settings, TopicSettings, load_settings
 
 
 def test_defaults_match_the_topic_contract():
@@ -88,3 +88,16 @@ def test_passwords_are_secret_in_dumps_but_reach_child_settings_files(tmp_path):
     child = load_settings(write_config(s, tmp_path))
     assert child.kafka.sasl_password.get_secret_value() == "kafka-pw"
     assert child.redis.password.get_secret_value() == "redis-pw"
+
+
+def test_topic_replication_follows_the_cluster_unless_set():
+    derived = TopicSettings()
+    assert [derived.replication(n) for n in (1, 2, 3, 6)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
+    assert TopicSettings(replication_factor=5).replication(6) == (5, 2)
+    assert TopicSettings(replication_factor=3, min_insync_replicas=3).replication(1) == (3, 3)  # the cluster refuses
+
+
+def test_prefixed_topics_keep_their_replication_settings():
+    prefixed = TopicSettings(replication_factor=3, min_insync_replicas=2).prefixed("run", partitions=2)
+    assert (prefixed.vectors, prefixed.partitions) == ("run.sensor.vectors", 2)
+    assert (prefixed.replication_factor, prefixed.min_insync_replicas) == (3, 2)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     new: dict = {}
+    wall, load = {}, {}
     for part in args.parts.split(","):
+        t_part = time.perf_counter()
         if part == "spectra":
             sp = spectra_task()
             new["spectra"] = {"per_fault": sp, "summary": summarize(sp)}
@@ -189,8 +192,10 @@ def main() -> None:
             new[key] = {"per_digit": dg, "summary": summarize(dg)}
         elif part == "fit":
             new["fit_time_6000x784"] = fit_time(args.fit_rows)
-        print(f"[{time.perf_counter() - t0:5.0f}s] {part}: {new[list(new)[-1]].get('summary', new[list(new)[-1]])}",
-              flush=True)  # fmt: skip
+        key = list(new)[-1]
+        wall[key] = round(time.perf_counter() - t_part, 1)
+        load[key] = [round(x, 2) for x in os.getloadavg()]  # the machine may be shared: say how busy it was
+        print(f"[{time.perf_counter() - t0:5.0f}s] {part}: {new[key].get('summary', new[key])}", flush=True)
     path = RESULTS / "wide_vectors.json"
     payload = json.loads(path.read_text()) if path.exists() else {}  # parts run separately accumulate
     payload |= new
@@ -204,7 +209,9 @@ def main() -> None:
         "torch_threads": args.threads,
     }
     payload.setdefault("wall_seconds", {})
-    payload["wall_seconds"] |= {p: round(time.perf_counter() - t0, 1) for p in args.parts.split(",")}
+    payload["wall_seconds"] |= wall
+    payload.setdefault("load_average_1_5_15_min_at_end", {})
+    payload["load_average_1_5_15_min_at_end"] |= load
     payload["machine"] = machine()
     payload["machine_info"] = machine_info()
     write_json("wide_vectors", payload)

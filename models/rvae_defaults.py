@@ -33,6 +33,11 @@ HIDDEN_MIN, HIDDEN_MAX = 64, 256  # hidden = next power of two >= width / 2, cli
 LATENT_PER_SQRT_WIDTH = 1.0  # latent = round(this * sqrt(width)), clipped to [LATENT_MIN, LATENT_MAX]
 LATENT_MIN, LATENT_MAX = 2, 32
 SMALL_ROWS = 1000  # below this many training rows: one unit per tower, a narrower net, earlier stopping
+# Few rows, wide input: fewer training rows than inputs (digits: ~125 rows x 784 pixels). The narrow-net
+# cap keeps a floor of HIDDEN_MIN, so the latent keeps round(sqrt(width)) instead of being halved by a
+# 32-wide layer, and early stopping waits FEW_ROWS_PATIENCE epochs: the 10% validation split is then a
+# dozen rows whose loss is too noisy to stop on after 5 (digits, rvae_sweep.json `few_rows_wide`).
+FEW_ROWS_PATIENCE = 20
 STEPS = 1500  # optimizer steps to aim for; epochs = STEPS / steps per epoch, clipped to [EPOCHS_MIN, EPOCHS_MAX]
 EPOCHS_MIN, EPOCHS_MAX = 20, 150
 BETA = 1.0
@@ -65,6 +70,11 @@ def _pow2_at_least(x: float) -> int:
     return 1 << max(0, math.ceil(math.log2(max(x, 1.0))))
 
 
+def few_rows_wide(n_features: int, n_rows: int | None, window: int = 1) -> bool:
+    """Whether the training set has fewer rows than the network has inputs (and is small)."""
+    return n_rows is not None and n_rows < min(SMALL_ROWS, int(n_features) * int(window))
+
+
 def default_config(n_features: int, n_rows: int | None = None, window: int = 1) -> RVAEDefaults:
     """Network and training defaults for `n_features` raw features, `window` lags, `n_rows` training rows.
 
@@ -78,7 +88,10 @@ def default_config(n_features: int, n_rows: int | None = None, window: int = 1) 
     if small:  # a few hundred rows: fewer parameters and earlier stopping rather than memorising them
         n_layers, patience = 1, 5
         assert n_rows is not None  # `small` implies it
-        hidden = max(HIDDEN_MIN // 2, min(hidden, _pow2_at_least(n_rows / 4)))
+        floor = HIDDEN_MIN // 2
+        if few_rows_wide(n_features, n_rows, window):
+            floor, patience = HIDDEN_MIN, FEW_ROWS_PATIENCE
+        hidden = max(floor, min(hidden, _pow2_at_least(n_rows / 4)))
     latent = min(latent, hidden // 2)
     # Small sets get smaller batches (16-128, rows / 8), so a few hundred rows still give several steps per epoch.
     rows_ = 1000 if n_rows is None else n_rows

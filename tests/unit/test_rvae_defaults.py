@@ -11,7 +11,7 @@ import models
 from models.normalization import Normalization
 from models.persistence import MANIFEST
 from models.rvae import RVAEScorer
-from models.rvae_defaults import default_config, default_normalization
+from models.rvae_defaults import RVAEDefaults, default_config, default_normalization, few_rows_wide
 
 TINY = {"n_layers": 1, "hidden": 16, "latent": 3, "device": "cpu"}
 NAMES = ["flow", "pressure_in", "pressure_out", "current"]
@@ -37,8 +37,36 @@ def test_a_wide_model_is_not_64_wide() -> None:
 def test_defaults_are_a_pure_function_of_shape() -> None:
     assert default_config(1024) == default_config(1024)
     wide, small = default_config(784, n_rows=6000), default_config(784, n_rows=300)
-    assert small.n_layers < wide.n_layers and small.patience < wide.patience
+    assert small.n_layers < wide.n_layers
+    plenty, few = default_config(64, n_rows=6000), default_config(64, n_rows=300)
+    assert few.n_layers < plenty.n_layers and few.patience < plenty.patience
     assert default_config(8, n_rows=400).epochs >= default_config(8, n_rows=50_000).epochs
+
+
+# The configs the spectra (3,000 x 512), fit-time (6,000 x 784) and plant (400 / 5,000 x 13) benchmarks
+# ran with, written out when the few-rows-wide regime was added: their published figures stay valid.
+UNCHANGED = {
+    (512, 3000): RVAEDefaults(256, 23, 2, 1.0, 0.0, 69, 128, 10, 0.0, True),
+    (784, 6000): RVAEDefaults(256, 28, 2, 1.0, 0.0, 35, 128, 10, 0.0, True),
+    (13, 400): RVAEDefaults(64, 4, 1, 1.0, 0.0, 150, 64, 5, 0.0, True),
+    (13, 5000): RVAEDefaults(64, 4, 2, 1.0, 0.0, 42, 128, 10, 0.0, True),
+}
+
+
+@pytest.mark.parametrize(("n_features", "n_rows"), list(UNCHANGED))
+def test_the_few_rows_wide_regime_leaves_the_other_benchmarks_configs_alone(n_features: int, n_rows: int) -> None:
+    assert not few_rows_wide(n_features, n_rows)
+    assert default_config(n_features, n_rows) == UNCHANGED[(n_features, n_rows)]
+
+
+def test_fewer_rows_than_inputs_keep_the_latent_and_wait_longer_to_stop() -> None:
+    digits = default_config(784, n_rows=126)  # benchmarks/wide_vectors.py: ~125 training rows per digit
+    assert few_rows_wide(784, 126) and (digits.hidden, digits.latent, digits.patience) == (64, 28, 20)
+    assert digits.n_layers == 1 and not digits.whiten  # the rest of the small-data rule still holds
+    narrow = default_config(64, n_rows=126)  # as many rows, narrower input: the plain small-data rule
+    assert not few_rows_wide(64, 126) and (narrow.hidden, narrow.patience) == (32, 5)
+    assert few_rows_wide(8, 126, window=20)  # width counts the window's lags
+    assert not few_rows_wide(4096, 1500)  # not small: the full-size rule already applies
 
 
 def test_explicit_arguments_override_the_defaults() -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -604,10 +604,53 @@ class RVAEScorer:
         """
         hist = self._history(history)
         scores = self._errors(X, reduce=True, history=hist)
-        X = as_vectors(X, self.n_features)
+        return scores, self._carry(hist, as_vectors(X, self.n_features))
+
+    def _carry(self, history: np.ndarray | None, X: np.ndarray) -> np.ndarray:
+        """The last W - 1 raw rows of history + X (checked rows): what the next call takes as history."""
         keep = self.window - 1
-        seq = X if hist is None else np.concatenate([hist, X])
-        return scores, np.ascontiguousarray(seq[len(seq) - min(keep, len(seq)) :]) if keep else X[:0].copy()
+        seq = X if history is None else np.concatenate([history, X])
+        return np.ascontiguousarray(seq[len(seq) - min(keep, len(seq)) :]) if keep else X[:0].copy()
+
+    @torch.inference_mode()
+    def score_sequences(
+        self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`score_with_history` for many sources at once: [(history, rows)] -> [(scores, new history)].
+
+        A streaming batch holds many sources with a few rows each: one normalization and one batched forward
+        pass over all their windows instead of a forward per source (windows are gathered batch by batch, so
+        memory stays at the rows plus one batch of windows).
+        """
+        self._check_fitted()
+        W, F = self.window, self.n_features
+        hists = [self._history(h) for h, _ in pairs]
+        rows = [as_vectors(x, F) for _, x in pairs]
+        carried = [self._carry(h, x) for h, x in zip(hists, rows, strict=True)]
+        if not pairs:
+            return []
+        if W == 1:
+            scores = self._errors(np.concatenate(rows), reduce=True)
+        else:
+            parts, starts, at = [], [], 0
+            for h, x in zip(hists, rows, strict=True):
+                seq = np.concatenate([h, x]) if h is not None else x
+                z = self.standardize(torch.from_numpy(seq).to(self.device))
+                padded = self._padded(z[len(seq) - len(x) :], z[: len(seq) - len(x)])
+                parts.append(padded)
+                starts.append(torch.arange(at, at + len(x)))
+                at += len(padded)
+            full, first = torch.cat(parts), torch.cat(starts).to(self.device)
+            lags = torch.arange(W, device=self.device)
+            out = np.empty(len(first), np.float32)
+            for sl in batches(len(first), self.score_batch_size):
+                windows = full[first[sl, None] + lags].reshape(-1, W * F)  # [b, W, F] oldest first -> [b, W * F]
+                out[sl] = self._window_errors(windows, True).cpu().numpy()
+            if not math.isfinite(out.sum()):  # overflow of finite input: the most anomalous score (as in _errors)
+                out[np.isnan(out)] = np.inf
+            scores = out
+        bounds = np.cumsum([len(x) for x in rows])[:-1]
+        return list(zip(np.split(scores, bounds), carried, strict=True))
 
     def _history(self, history: np.ndarray | None) -> np.ndarray | None:
         if history is None or len(history) == 0:

@@ -117,6 +117,21 @@ def test_score_with_history_equals_scoring_the_concatenated_sequence(window: int
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_score_sequences_equals_score_with_history_per_source(window: int) -> None:
+    X = process(300)
+    s = RVAEScorer(n_features=4, window=window, **TINY)
+    s.fit(X, epochs=2)
+    pairs = [(None, X[:5]), (X[11 - min(window - 1, 1) : 11], X[11:12]), (X[20:20 + window - 1], X[40:90]), (None, X[200:201])]
+    together = s.score_sequences(pairs)
+    assert len(together) == len(pairs)
+    for (history, rows), (scores, carried) in zip(pairs, together, strict=True):
+        alone, alone_carried = s.score_with_history(history, rows)
+        np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(carried, alone_carried)
+    assert s.score_sequences([]) == []
+
+
 def test_first_rows_are_padded_with_the_first_row() -> None:
     X = process(100)
     s = RVAEScorer(n_features=4, window=3, **TINY)

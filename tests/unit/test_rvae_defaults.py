@@ -122,7 +122,12 @@ def test_score_sequences_equals_score_with_history_per_source(window: int) -> No
     X = process(300)
     s = RVAEScorer(n_features=4, window=window, **TINY)
     s.fit(X, epochs=2)
-    pairs = [(None, X[:5]), (X[11 - min(window - 1, 1) : 11], X[11:12]), (X[20:20 + window - 1], X[40:90]), (None, X[200:201])]
+    pairs = [
+        (None, X[:5]),
+        (X[11 - min(window - 1, 1) : 11], X[11:12]),
+        (X[20 : 20 + window - 1], X[40:90]),
+        (None, X[200:201]),
+    ]
     together = s.score_sequences(pairs)
     assert len(together) == len(pairs)
     for (history, rows), (scores, carried) in zip(pairs, together, strict=True):

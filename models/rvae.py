@@ -25,7 +25,7 @@ first, as one input of W * F values; `fit(X)` and `score(X)` read X as one time-
 rows with fewer than W - 1 predecessors are padded with the sequence's first row. The score is the mean
 squared error over the whole window; `explain` averages it over lags ([N, F]); `top_features` names the
 feature and the lag ("pressure_out@t-2"); `score_with_history` carries the last W - 1 rows across
-batches for a streaming worker.
+batches for a streaming worker, and `score_sequences` scores many sources' rows that way in one pass.
 
 Sizes left unset (None) come from `models.rvae_defaults.default_config(n_features, n_rows, window)`:
 the network from the width at construction, the schedule and the small-data fallback from the rows in
@@ -618,39 +618,46 @@ class RVAEScorer:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """`score_with_history` for many sources at once: [(history, rows)] -> [(scores, new history)].
 
-        A streaming batch holds many sources with a few rows each: one normalization and one batched forward
-        pass over all their windows instead of a forward per source (windows are gathered batch by batch, so
-        memory stays at the rows plus one batch of windows).
+        A streaming batch holds many sources with a few rows each: all rows are checked and normalized
+        once, each window is gathered by index (a row before its sequence's start reads the first row, the
+        padding of `score`), and the windows of every source go through the network together, a batch at a
+        time (memory: the rows plus one batch of windows).
         """
         self._check_fitted()
-        W, F = self.window, self.n_features
-        hists = [self._history(h) for h, _ in pairs]
-        rows = [as_vectors(x, F) for _, x in pairs]
-        carried = [self._carry(h, x) for h, x in zip(hists, rows, strict=True)]
         if not pairs:
             return []
+        W, F = self.window, self.n_features
+        pieces, n_hist, n_rows = [], [], []
+        for history, x in pairs:
+            h = None if history is None or len(history) == 0 else np.asarray(history)
+            x = np.asarray(x)
+            if h is not None and (h.ndim != 2 or h.shape[1] != F or len(h) > W - 1):
+                raise ValueError(f"expected history of shape [<= {W - 1}, {F}] or None, got {h.shape}")
+            if x.ndim != 2 or x.shape[1] != F or not len(x):
+                raise ValueError(f"expected rows of shape [N >= 1, {F}], got {x.shape}")
+            pieces += [x] if h is None else [h, x]
+            n_hist.append(0 if h is None else len(h))
+            n_rows.append(len(x))
+        raw = as_vectors(np.concatenate(pieces), F)  # one dtype and finiteness check for every row
+        hist_n, rows_n = np.array(n_hist), np.array(n_rows)
+        seq_end = np.cumsum(hist_n + rows_n)
+        seq_start, first = seq_end - hist_n - rows_n, seq_end - rows_n
         if W == 1:
-            scores = self._errors(np.concatenate(rows), reduce=True)
+            scores = self._errors(raw, reduce=True)
         else:
-            parts, starts, at = [], [], 0
-            for h, x in zip(hists, rows, strict=True):
-                seq = np.concatenate([h, x]) if h is not None else x
-                z = self.standardize(torch.from_numpy(seq).to(self.device))
-                padded = self._padded(z[len(seq) - len(x) :], z[: len(seq) - len(x)])
-                parts.append(padded)
-                starts.append(torch.arange(at, at + len(x)))
-                at += len(padded)
-            full, first = torch.cat(parts), torch.cat(starts).to(self.device)
-            lags = torch.arange(W, device=self.device)
-            out = np.empty(len(first), np.float32)
-            for sl in batches(len(first), self.score_batch_size):
-                windows = full[first[sl, None] + lags].reshape(-1, W * F)  # [b, W, F] oldest first -> [b, W * F]
-                out[sl] = self._window_errors(windows, True).cpu().numpy()
-            if not math.isfinite(out.sum()):  # overflow of finite input: the most anomalous score (as in _errors)
-                out[np.isnan(out)] = np.inf
-            scores = out
-        bounds = np.cumsum([len(x) for x in rows])[:-1]
-        return list(zip(np.split(scores, bounds), carried, strict=True))
+            # Row j of a source sits at first + j; its window reads rows j - W + 1 .. j, none before the sequence.
+            row = np.repeat(first, rows_n) + np.arange(rows_n.sum()) - np.repeat(np.cumsum(rows_n) - rows_n, rows_n)
+            idx = np.maximum(row[:, None] + np.arange(1 - W, 1), np.repeat(seq_start, rows_n)[:, None])
+            z, index = self.standardize(torch.from_numpy(raw).to(self.device)), torch.from_numpy(idx).to(self.device)
+            scores = np.empty(len(idx), np.float32)
+            for sl in batches(len(idx), self.score_batch_size):
+                windows = z[index[sl]].reshape(-1, W * F)  # [b, W, F] oldest first -> [b, W * F], as `_unfold`
+                scores[sl] = self._window_errors(windows, True).cpu().numpy()
+            if not math.isfinite(scores.sum()):  # overflow of finite input: the most anomalous score (as `_errors`)
+                scores[np.isnan(scores)] = np.inf
+        keep = np.minimum(W - 1, hist_n + rows_n)
+        carried = [raw[e - k : e].copy() for e, k in zip(seq_end.tolist(), keep.tolist(), strict=True)]
+        return list(zip(np.split(scores, np.cumsum(rows_n)[:-1]), carried, strict=True))
 
     def _history(self, history: np.ndarray | None) -> np.ndarray | None:
         if history is None or len(history) == 0:

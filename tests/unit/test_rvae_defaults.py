@@ -135,6 +135,9 @@ def test_score_sequences_equals_score_with_history_per_source(window: int) -> No
         np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(carried, alone_carried)
     assert s.score_sequences([]) == []
+    for bad in [(None, np.zeros((0, 4), np.float32)), (X[:window], X[:2]), (None, np.full((2, 4), np.nan, np.float32))]:
+        with pytest.raises(ValueError, match="expected"):
+            s.score_sequences([(None, X[:3]), bad])
 
 
 def test_first_rows_are_padded_with_the_first_row() -> None:

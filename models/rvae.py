@@ -612,7 +612,6 @@ class RVAEScorer:
         seq = X if history is None else np.concatenate([history, X])
         return np.ascontiguousarray(seq[len(seq) - min(keep, len(seq)) :]) if keep else X[:0].copy()
 
-    @torch.inference_mode()
     def score_sequences(
         self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -623,9 +622,21 @@ class RVAEScorer:
         padding of `score`), and the windows of every source go through the network together, a batch at a
         time (memory: the rows plus one batch of windows).
         """
+        errors, carried = self._sequence_errors(pairs, reduce=True)
+        return list(zip(errors, carried, strict=True))
+
+    def explain_sequences(self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> list[np.ndarray]:
+        """`explain_lags(rows, history)` for many (history, rows) pairs in one pass: float32 [n, W * F] each."""
+        return self._sequence_errors(pairs, reduce=False)[0]
+
+    @torch.inference_mode()
+    def _sequence_errors(
+        self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]], reduce: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Errors ([n] or [n, W * F]) of each pair's rows after its history, and each pair's last W - 1 rows."""
         self._check_fitted()
         if not pairs:
-            return []
+            return [], []
         W, F = self.window, self.n_features
         pieces, n_hist, n_rows = [], [], []
         for history, x in pairs:
@@ -643,21 +654,21 @@ class RVAEScorer:
         seq_end = np.cumsum(hist_n + rows_n)
         seq_start, first = seq_end - hist_n - rows_n, seq_end - rows_n
         if W == 1:
-            scores = self._errors(raw, reduce=True)
+            errors = self._errors(raw, reduce=reduce)
         else:
             # Row j of a source sits at first + j; its window reads rows j - W + 1 .. j, none before the sequence.
             row = np.repeat(first, rows_n) + np.arange(rows_n.sum()) - np.repeat(np.cumsum(rows_n) - rows_n, rows_n)
             idx = np.maximum(row[:, None] + np.arange(1 - W, 1), np.repeat(seq_start, rows_n)[:, None])
             z, index = self.standardize(torch.from_numpy(raw).to(self.device)), torch.from_numpy(idx).to(self.device)
-            scores = np.empty(len(idx), np.float32)
+            errors = np.empty((len(idx),) if reduce else (len(idx), W * F), np.float32)
             for sl in batches(len(idx), self.score_batch_size):
                 windows = z[index[sl]].reshape(-1, W * F)  # [b, W, F] oldest first -> [b, W * F], as `_unfold`
-                scores[sl] = self._window_errors(windows, True).cpu().numpy()
-            if not math.isfinite(scores.sum()):  # overflow of finite input: the most anomalous score (as `_errors`)
-                scores[np.isnan(scores)] = np.inf
+                errors[sl] = self._window_errors(windows, reduce).cpu().numpy()
+            if not math.isfinite(errors.sum()):  # overflow of finite input: the most anomalous there is (`_errors`)
+                errors[np.isnan(errors)] = np.inf
         keep = np.minimum(W - 1, hist_n + rows_n)
         carried = [raw[e - k : e].copy() for e, k in zip(seq_end.tolist(), keep.tolist(), strict=True)]
-        return list(zip(np.split(scores, np.cumsum(rows_n)[:-1]), carried, strict=True))
+        return np.split(errors, np.cumsum(rows_n)[:-1]), carried
 
     def _history(self, history: np.ndarray | None) -> np.ndarray | None:
         if history is None or len(history) == 0:

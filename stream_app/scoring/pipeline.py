@@ -113,21 +113,22 @@ def window_of(scorer: object) -> int:
 
 
 def lag_explanations(scorer: Any, sources: list[str], rows: list[int], windows: Sequences) -> dict[int, Any]:
-    """A windowed model's explanations of rows of a batch judged with `windows`: the inputs with the largest
-    error, named with sensor and lag ("f2@t-1"), each with its raw value in the window the row was scored in."""
+    """A windowed model's explanations of rows of a batch judged with `windows` (one pass for all of them): the
+    inputs with the largest error, named with sensor and lag ("f2@t-1"), each with its raw value in the window
+    the row was scored in."""
     w = window_of(scorer)
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, src in enumerate(sources):
         by_source[src].append(i)
-    out = {}
+    pairs = []
     for r in rows:
-        row = windows.rows[r : r + 1]
         before = windows.before(r, sources[r], by_source[sources[r]])
-        history = None if before is None else before[-(w - 1) :]
-        contrib = scorer.explain_lags(row, history)[0]
+        pairs.append((None if before is None else before[-(w - 1) :], windows.rows[r : r + 1]))
+    out = {}
+    for r, (history, row), contrib in zip(rows, pairs, scorer.explain_sequences(pairs), strict=True):
         seq = row if history is None else np.concatenate([history, row])
         window = np.concatenate([np.repeat(seq[:1], w - len(seq), axis=0), seq])  # padded as the scorer pads
-        out[r] = top_features(contrib, window.reshape(-1), scorer.input_names)
+        out[r] = top_features(contrib[0], window.reshape(-1), scorer.input_names)
     return out
 
 

@@ -388,12 +388,12 @@ def plot_windowed(results: dict[str, Any]) -> None:
     width = 0.8 / len(results["windows"])
     for n, (w, r) in enumerate(results["windows"].items()):
         ax.bar(np.arange(len(keys)) + n * width, [r[k] for k in keys], width, label=f"window {w}")
-    ax.set_xticks(np.arange(len(keys)) + width * (len(results["windows"]) - 1) / 2, [k[:-6] for k in keys])
+    labels = ["bare model (1 thread)", "pipeline in-process", "worker end to end"]
+    ax.set_xticks(np.arange(len(keys)) + width * (len(results["windows"]) - 1) / 2, labels)
     ax.set_yscale("log")
     ax.set_ylabel("vectors/s")
     ax.legend(fontsize=8)
-    ax.set_title(f"RVAE window: vector throughput, {results['sources']} sources (median of {results['rounds']})",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(f"RVAE window: vector throughput, {results['sources']} sources (medians)", fontsize=9)
     fig.suptitle(f"{results['machine'][:100]}; load {results['load_average_1m']['before']:.1f}", fontsize=7)
     save_figure(fig, "windowed")
 

@@ -3,7 +3,9 @@
 Transport-free: `process` takes `Record`s (from a faust `take_events` batch or an aiokafka `getmany`) and
 returns the outputs to publish; `InspectionPipeline.handle` publishes them and waits for the broker's acks,
 so a caller that commits offsets after `handle` returns gets at-least-once delivery. The model version is
-looked up once per batch and model, so a hot swap lands between batches.
+looked up once per batch and model, so a hot swap lands between batches. A model with temporal context
+(`window` > 1) scores while judging: the threshold store scores each source's new events after the rows kept
+with that source's state (`stream_app/judging/history.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from models import ImageScorer, VectorScorer
+from models import ImageScorer, SequenceScorer, VectorScorer
 from stream_app.judging.history import ScoreSequences, Sequences
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.metrics import WorkerMetrics
@@ -112,7 +114,7 @@ def window_of(scorer: object) -> int:
     return int(getattr(scorer, "window", 1))
 
 
-def lag_explanations(scorer: Any, sources: list[str], rows: list[int], windows: Sequences) -> dict[int, Any]:
+def lag_explanations(scorer: SequenceScorer, sources: list[str], rows: list[int], windows: Sequences) -> dict[int, Any]:
     """A windowed model's explanations of rows of a batch judged with `windows` (one pass for all of them): the
     inputs with the largest error, named with sensor and lag ("f2@t-1"), each with its raw value in the window
     the row was scored in."""
@@ -276,12 +278,12 @@ class InspectionPipeline:
     def _sequence_scoring(self, loaded: LoadedModel) -> ScoreSequences:
         """The call `ThresholdStore.judge` scores a windowed model's rows with: on the inference thread, all sources
         of the batch in one forward pass; the scorer's own errors come out as `ScoringFailed`."""
-        scorer = loaded.scorer
+        scorer = cast(SequenceScorer, loaded.scorer)
 
         async def score(pairs: list[tuple[np.ndarray | None, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
             started = time.perf_counter()
             try:
-                out = await self.executor.run(scorer.score_sequences, pairs)  # type: ignore[attr-defined]
+                out = await self.executor.run(scorer.score_sequences, pairs)
             except POISON_ERRORS as exc:
                 raise ScoringFailed(f"{type(exc).__name__}: {exc}") from exc
             self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
@@ -349,7 +351,7 @@ class InspectionPipeline:
         try:
             if windows is not None:
                 sources = [ev.source for ev in group.events]
-                return await self.executor.run(lag_explanations, scorer, sources, rows, windows)
+                return await self.executor.run(lag_explanations, cast(SequenceScorer, scorer), sources, rows, windows)
             if isinstance(scorer, VectorScorer):
                 contrib = await self.executor.run(scorer.explain, data[rows])
                 return {r: top_features(contrib[n], data[r], scorer.feature_names) for n, r in enumerate(rows)}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,27 @@ def save_figure(fig: Any, name: str) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def free_port() -> int:
+    """A port nothing listens on now (a benchmark's own stack must not meet another job's)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_stack(state_dir: Path) -> Iterator[Any]:
+    """A Kafka + Redis of this benchmark's own on free ports (deploy.localstack), stopped on the way out."""
+    from deploy.localstack import LocalStack
+    from stream_app.settings import Settings
+
+    stack = LocalStack(state_dir=state_dir, cache_dir=Settings().stack.cache_dir.expanduser(), kafka_port=free_port(),
+                       controller_port=free_port(), redis_port=free_port())  # fmt: skip
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()

@@ -15,6 +15,11 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
   through `linewatch worker --processes 2`; `*_vs_bound` divides by min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
+
+Windowed models: `python benchmarks/pipeline_bench.py --windows 1,8` measures only the vector path, once per
+RVAE `window` (temporal context), in alternating rounds on one stack of its own (free ports, stopped at the end):
+the bare `score_sequences` rate, the in-process getmany pipeline and the `e2e_per_s` of a worker subprocess,
+and writes results/windowed.json and .png.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -33,7 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks._common import machine, save_figure, write_json
+from benchmarks._common import machine, own_stack, save_figure, write_json
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import ensure_topics, read_records, redis_client
 from stream_app.ops.metrics import WorkerMetrics
@@ -80,19 +86,29 @@ def fit_models(settings: Settings, images_side: int) -> dict[str, Any]:
 
 
 async def produce(
-    settings: Settings, kind: str, data: np.ndarray, n: int, rate: float | None = None, encoding: str = "json"
+    settings: Settings,
+    kind: str,
+    data: np.ndarray,
+    n: int,
+    rate: float | None = None,
+    encoding: str = "json",
+    sources: int = 4,
+    in_order: bool = False,
 ) -> None:
     """The load generator: events leave as closed per-partition record batches (the worker's `Publisher`),
     so generating load costs little CPU next to the worker under test on a shared machine. With `rate`,
-    the events due are sent every 5 ms, each stamped with the time it is sent."""
+    the events due are sent every 5 ms, each stamped with the time it is sent. Event i comes from source
+    i % sources with row i of `data`, or with `in_order` row i // sources (every source sends the rows in
+    their order: a time series, for models with temporal context)."""
     topic = settings.topics.vectors if kind == "vectors" else settings.topics.frames
     payloads = [encode_image(img) for img in data[:64]] if kind == "images" else None
 
     def event(i: int, now: float) -> Output:
-        source = f"line-{i % 4}/m"
+        source = f"line-{i % sources}/m"
         if kind == "vectors":
             encode = encode_vector if encoding == "json" else encode_vector_binary
-            return Output(topic, source.encode(), encode(source, data[i % len(data)], ts=now), [])
+            row = data[(i // sources if in_order else i) % len(data)]
+            return Output(topic, source.encode(), encode(source, row, ts=now), [])
         return Output(topic, source.encode(), payloads[i % len(payloads)], frame_headers(source, ts=now))
 
     async with output_producer(settings.kafka) as producer:
@@ -254,6 +270,136 @@ async def e2e_variant(settings: Settings, data: np.ndarray, n: int, tag: str, en
     return drain_rate(np.array([r.timestamp for r in verdicts], np.float64))
 
 
+def raw_sequence_rate(scorer: Any, data: np.ndarray, n: int, max_batch: int, sources: int) -> float:
+    """The bare windowed scorer as the worker calls it: `score_sequences` on batches of `max_batch` rows from
+    `sources` sources, each source's history carried from batch to batch."""
+    in_order = np.repeat(data, sources, axis=0)  # event i: source i % sources, row i // sources (`produce`)
+    reps = np.tile(in_order, (n // len(in_order) + 1, 1))[:n]
+    history: list[np.ndarray | None] = [None] * sources
+    scorer.score_sequences([(None, reps[:8])])  # warm up, as `raw_model_rate`
+    started = time.perf_counter()
+    for i in range(0, n, max_batch):
+        batch = reps[i : i + max_batch]
+        mine = [batch[(np.arange(len(batch)) + i) % sources == s] for s in range(sources)]
+        live = [s for s in range(sources) if len(mine[s])]
+        out = scorer.score_sequences([(history[s], mine[s]) for s in live])
+        for s, (_, after) in zip(live, out, strict=True):
+            history[s] = after
+    return n / (time.perf_counter() - started)
+
+
+async def windowed_round(settings: Settings, scorer: Any, data: np.ndarray, n: int, sources: int) -> dict[str, float]:
+    """One measurement of one window: fresh topics and keys, the same n events from `sources` sources."""
+    tag = uuid.uuid4().hex[:6]
+    s = settings.model_copy(update={"app_id": f"{settings.app_id}-{tag}"}, deep=True)
+    s.topics = TopicSettings().prefixed(s.app_id, partitions=2)
+    s.redis.key_prefix = s.app_id
+    await ensure_topics(s)
+    await produce(s, "vectors", data, n, sources=sources, in_order=True)
+    inproc = await in_process_rates(s, "vectors", n, naive_n=50)
+    out = {k: inproc[k] for k in ("raw_consume_per_s", "getmany_per_s")}
+    s.redis.key_prefix = f"{s.app_id}-worker"  # the worker judges the events afresh, not as replays
+    with running(s, "worker", "-l", "warning"):
+        verdicts = await drain(s, s.topics.scores, n)
+    out["e2e_per_s"] = drain_rate(np.array([r.timestamp for r in verdicts], np.float64))
+    out["anomalous_share"] = float(np.mean([orjson.loads(r.value)["anomalous"] for r in verdicts]))
+    return out
+
+
+def bare_rates(scorers: dict[int, Any], data: np.ndarray, n: int, max_batch: int, sources: int, passes: int) -> dict:
+    """The bare scorer of each window called as the worker calls it (`score`, or `score_sequences` with carried
+    history), on one torch thread (a second one mostly spins on a shared 2-CPU machine), alternating windows."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates: dict[int, list[float]] = {w: [] for w in scorers}
+    try:
+        for _ in range(passes):
+            for w, scorer in scorers.items():
+                rate = raw_sequence_rate if w > 1 else (lambda s, d, n, b, _: raw_model_rate(s, d, n, b))
+                rates[w].append(rate(scorer, data, n, max_batch, sources))
+    finally:
+        torch.set_num_threads(threads)
+    return rates
+
+
+async def windowed(args: argparse.Namespace, stack: Any, tmp: Path) -> dict[str, Any]:
+    """The vector path with RVAE windows side by side, rounds alternating so both share the machine's load."""
+    from models import RVAEScorer
+
+    windows = [int(w) for w in args.windows.split(",")]
+    settings = bench_settings(tmp)
+    settings.kafka.bootstrap, settings.redis.url = stack.bootstrap, stack.redis_url
+    vectors = normal_vectors(4000, seed=0)
+    registry, scorers, versions = Registry(settings.registry_dir), {}, {}
+    for w in windows:  # one version of the model per window; each round promotes the one it measures
+        scorers[w] = RVAEScorer(n_features=vectors.shape[1], n_layers=2, hidden=64, latent=8, window=w,
+                                device="cpu")  # fmt: skip
+        scorers[w].fit(vectors, epochs=args.epochs)
+        versions[w] = registry.publish("sensors", scorers[w]).version
+    load_before = os.getloadavg()
+    rounds: dict[int, list[dict[str, float]]] = {w: [] for w in windows}
+    for _ in range(args.rounds):
+        for w in windows:
+            registry.promote("sensors", versions[w])
+            rounds[w].append(await windowed_round(settings, scorers[w], vectors, args.vectors, args.sources))
+    bare = bare_rates(scorers, vectors, args.vectors, settings.batching.max_batch, args.sources, passes=5)
+    load_after = os.getloadavg()
+    keys = ["raw_consume_per_s", "getmany_per_s", "e2e_per_s", "anomalous_share"]
+    per_window: dict[str, dict[str, Any]] = {
+        str(w): {
+            "window": w,
+            "raw_model_per_s": float(np.median(bare[w])),
+            **{k: float(np.median([r[k] for r in rounds[w]])) for k in keys},
+            "raw_model_passes": bare[w],
+            "rounds": rounds[w],
+        }
+        for w in windows
+    }
+    base = per_window[str(windows[0])]
+    for r in per_window.values():
+        r["e2e_vs_first"] = r["e2e_per_s"] / base["e2e_per_s"]
+        r["raw_model_vs_first"] = r["raw_model_per_s"] / base["raw_model_per_s"]
+    return {
+        "windows": per_window,
+        "events": args.vectors,
+        "sources": args.sources,
+        "rounds": args.rounds,
+        "max_batch": Settings().batching.max_batch,
+        "max_wait_ms": Settings().batching.max_wait_ms,
+        "model": "RVAEScorer(n_features=8, n_layers=2, hidden=64, latent=8, window=W), CPU",
+        "machine": machine(),
+        "load_average_1m": {"before": load_before[0], "after": load_after[0]},
+        "notes": "rates are medians over alternating rounds (window 1, window 8, window 1, ...) on one stack of its "
+        "own; each source sends the model's training rows in order (a time series); raw_model_per_s is the bare "
+        "scorer as the worker calls it, on 1 torch thread, median of 5 alternating passes; the worker uses torch's "
+        "default threads. The machine was shared with other jobs (load_average_1m far above its 2 CPUs), so "
+        "absolute rates are low and noisy: read the ratio between windows",
+    }
+
+
+def plot_windowed(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["raw_model_per_s", "getmany_per_s", "e2e_per_s"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(results["windows"])
+    for n, (w, r) in enumerate(results["windows"].items()):
+        ax.bar(np.arange(len(keys)) + n * width, [r[k] for k in keys], width, label=f"window {w}")
+    labels = ["bare model (1 thread)", "pipeline in-process", "worker end to end"]
+    ax.set_xticks(np.arange(len(keys)) + width * (len(results["windows"]) - 1) / 2, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("vectors/s")
+    ax.legend(fontsize=8)
+    ax.set_title(f"RVAE window: vector throughput, {results['sources']} sources (medians)", fontsize=9)
+    fig.suptitle(f"{results['machine'][:100]}; load {results['load_average_1m']['before']:.1f}", fontsize=7)
+    save_figure(fig, "windowed")
+
+
 def plot(results: dict[str, dict]) -> None:
     import matplotlib
 
@@ -300,7 +446,20 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=20000)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--image-side", type=int, default=64)
+    parser.add_argument("--windows", help="e.g. 1,8: only the vector path, once per RVAE window (windowed.json)")
+    parser.add_argument("--sources", type=int, default=4, help="--windows: sources the events come from")
+    parser.add_argument("--rounds", type=int, default=2, help="--windows: alternating rounds per window")
+    parser.add_argument("--epochs", type=int, default=20, help="--windows: epochs of each model's fit")
     args = parser.parse_args()
+    if args.windows:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="windowed-bench-") as tmp, own_stack(Path(tmp) / "stack") as stack:
+            results = asyncio.run(windowed(args, stack, Path(tmp)))
+        write_json("windowed", results)
+        plot_windowed(results)
+        print(json.dumps(results, indent=2))
+        return
 
     from deploy.localstack import LocalStack
 

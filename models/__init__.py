@@ -14,7 +14,7 @@ from models.factory import (
     scorer_class,
 )
 from models.persistence import ModelIntegrityError
-from models.protocols import DataKindName, ImageScorer, Scorer, VectorScorer
+from models.protocols import DataKindName, ImageScorer, Scorer, SequenceScorer, VectorScorer
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +38,7 @@ __all__ = [
     "PatchMemoryScorer",
     "RVAEScorer",
     "Scorer",
+    "SequenceScorer",
     "TransformalyScorer",
     "VectorScorer",
     "create_scorer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -32,6 +33,22 @@ class VectorScorer(Scorer, Protocol):
     feature_names: list[str]
 
     def explain(self, data: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SequenceScorer(VectorScorer, Protocol):
+    """A vector scorer with temporal context (`window` > 1): it scores each row of a source after the source's
+    previous `window - 1` rows, given as raw rows (the history a streaming worker keeps per source)."""
+
+    window: int
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+    def score_sequences(
+        self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def explain_sequences(self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> list[np.ndarray]: ...
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ first, as one input of W * F values; `fit(X)` and `score(X)` read X as one time-
 rows with fewer than W - 1 predecessors are padded with the sequence's first row. The score is the mean
 squared error over the whole window; `explain` averages it over lags ([N, F]); `top_features` names the
 feature and the lag ("pressure_out@t-2"); `score_with_history` carries the last W - 1 rows across
-batches for a streaming worker.
+batches for a streaming worker, and `score_sequences` scores many sources' rows that way in one pass.
 
 Sizes left unset (None) come from `models.rvae_defaults.default_config(n_features, n_rows, window)`:
 the network from the width at construction, the schedule and the small-data fallback from the rows in
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -604,10 +604,71 @@ class RVAEScorer:
         """
         hist = self._history(history)
         scores = self._errors(X, reduce=True, history=hist)
-        X = as_vectors(X, self.n_features)
+        return scores, self._carry(hist, as_vectors(X, self.n_features))
+
+    def _carry(self, history: np.ndarray | None, X: np.ndarray) -> np.ndarray:
+        """The last W - 1 raw rows of history + X (checked rows): what the next call takes as history."""
         keep = self.window - 1
-        seq = X if hist is None else np.concatenate([hist, X])
-        return scores, np.ascontiguousarray(seq[len(seq) - min(keep, len(seq)) :]) if keep else X[:0].copy()
+        seq = X if history is None else np.concatenate([history, X])
+        return np.ascontiguousarray(seq[len(seq) - min(keep, len(seq)) :]) if keep else X[:0].copy()
+
+    def score_sequences(
+        self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`score_with_history` for many sources at once: [(history, rows)] -> [(scores, new history)].
+
+        A streaming batch holds many sources with a few rows each: all rows are checked and normalized
+        once, each window is gathered by index (a row before its sequence's start reads the first row, the
+        padding of `score`), and the windows of every source go through the network together, a batch at a
+        time (memory: the rows plus one batch of windows).
+        """
+        errors, carried = self._sequence_errors(pairs, reduce=True)
+        return list(zip(errors, carried, strict=True))
+
+    def explain_sequences(self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> list[np.ndarray]:
+        """`explain_lags(rows, history)` for many (history, rows) pairs in one pass: float32 [n, W * F] each."""
+        return self._sequence_errors(pairs, reduce=False)[0]
+
+    @torch.inference_mode()
+    def _sequence_errors(
+        self, pairs: Sequence[tuple[np.ndarray | None, np.ndarray]], reduce: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Errors ([n] or [n, W * F]) of each pair's rows after its history, and each pair's last W - 1 rows."""
+        self._check_fitted()
+        if not pairs:
+            return [], []
+        W, F = self.window, self.n_features
+        pieces, n_hist, n_rows = [], [], []
+        for history, x in pairs:
+            h = None if history is None or len(history) == 0 else np.asarray(history)
+            x = np.asarray(x)
+            if h is not None and (h.ndim != 2 or h.shape[1] != F or len(h) > W - 1):
+                raise ValueError(f"expected history of shape [<= {W - 1}, {F}] or None, got {h.shape}")
+            if x.ndim != 2 or x.shape[1] != F or not len(x):
+                raise ValueError(f"expected rows of shape [N >= 1, {F}], got {x.shape}")
+            pieces += [x] if h is None else [h, x]
+            n_hist.append(0 if h is None else len(h))
+            n_rows.append(len(x))
+        raw = as_vectors(np.concatenate(pieces), F)  # one dtype and finiteness check for every row
+        hist_n, rows_n = np.array(n_hist), np.array(n_rows)
+        seq_end = np.cumsum(hist_n + rows_n)
+        seq_start, first = seq_end - hist_n - rows_n, seq_end - rows_n
+        if W == 1:
+            errors = self._errors(raw, reduce=reduce)
+        else:
+            # Row j of a source sits at first + j; its window reads rows j - W + 1 .. j, none before the sequence.
+            row = np.repeat(first, rows_n) + np.arange(rows_n.sum()) - np.repeat(np.cumsum(rows_n) - rows_n, rows_n)
+            idx = np.maximum(row[:, None] + np.arange(1 - W, 1), np.repeat(seq_start, rows_n)[:, None])
+            z, index = self.standardize(torch.from_numpy(raw).to(self.device)), torch.from_numpy(idx).to(self.device)
+            errors = np.empty((len(idx),) if reduce else (len(idx), W * F), np.float32)
+            for sl in batches(len(idx), self.score_batch_size):
+                windows = z[index[sl]].reshape(-1, W * F)  # [b, W, F] oldest first -> [b, W * F], as `_unfold`
+                errors[sl] = self._window_errors(windows, reduce).cpu().numpy()
+            if not math.isfinite(errors.sum()):  # overflow of finite input: the most anomalous there is (`_errors`)
+                errors[np.isnan(errors)] = np.inf
+        keep = np.minimum(W - 1, hist_n + rows_n)
+        carried = [raw[e - k : e].copy() for e, k in zip(seq_end.tolist(), keep.tolist(), strict=True)]
+        return np.split(errors, np.cumsum(rows_n)[:-1]), carried
 
     def _history(self, history: np.ndarray | None) -> np.ndarray | None:
         if history is None or len(history) == 0:

@@ -224,6 +224,14 @@ def fit(
     n_layers: Annotated[int | None, typer.Option(help="autoencoder blocks per tower (default: by data size)")] = None,
     hidden: Annotated[int | None, typer.Option(help="autoencoder hidden width (default: by width)")] = None,
     latent: Annotated[int | None, typer.Option(help="autoencoder latent width (default: by width)")] = None,
+    window: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="autoencoder: rows of one source seen at once (temporal context); --data is "
+            "then time-ordered rows, one source after another",
+        ),
+    ] = 1,
     batch_size: Annotated[int | None, typer.Option()] = None,
     backbone: Annotated[str, typer.Option(help="timm ViT for transformaly")] = DEFAULT_BACKBONE,
     weights: Annotated[
@@ -257,15 +265,19 @@ def fit(
         if kind not in (IMAGE_KINDS if images else VECTOR_KINDS):
             raise UserError(f"--kind {kind} does not fit {'images' if images else 'vectors'} "
                             f"(vectors: {', '.join(VECTOR_KINDS)}; images: {', '.join(IMAGE_KINDS)})")  # fmt: skip
+        if images and window != 1:
+            raise UserError(f"--window {window} is for vector models (temporal context); {kind} scores frames")
         X = load_images(data) if images else load_vectors(data)
         options: dict[str, Any] = {"seed": seed, "device": device or settings.device}
         if kind == "transformaly":
             pretrained = backbone_weights(registry.root, backbone, weights, random_backbone)
             options |= {"backbone": backbone, "pretrained": pretrained, "img_size": img_size, "n_blocks": n_blocks}
         elif not images:
-            options |= {"n_features": X.shape[1], "n_layers": n_layers, "hidden": hidden, "latent": latent}
+            options |= {"n_features": X.shape[1], "n_layers": n_layers, "hidden": hidden, "latent": latent,
+                        "window": window}  # fmt: skip
         scorer = create_scorer(kind, **options)
-        console.print(f"fitting {kind} on {len(X)} samples of shape {list(X.shape[1:])} from {data}")
+        temporal = f", window {window}" if window > 1 else ""
+        console.print(f"fitting {kind}{temporal} on {len(X)} samples of shape {list(X.shape[1:])} from {data}")
         mv = fit_and_publish(registry, name, scorer, X, data, epochs or settings.retrain.epochs, batch_size)
         console.print(f"published {name} version [bold]{mv.version}[/] at {mv.path}")
         if promote_:

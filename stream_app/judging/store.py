@@ -20,6 +20,7 @@ On a Redis Cluster the keys carry a `{model:gNN}` hash tag and the batch is one 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import functools
 import hashlib
 import logging
@@ -37,6 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from stream_app.judging import incidents, thresholds
+from stream_app.judging.history import History, Sequences
 from stream_app.judging.stored import json_object
 from stream_app.settings import IncidentSettings, RedisSettings, ThresholdSettings
 
@@ -155,29 +157,33 @@ class JudgedBatch:
 
 @dataclass(frozen=True)
 class SourceState:
-    """What one Redis key holds: the threshold state and the incident state of a source, and the verdicts of
-    its last judged batches (`recent`: replayed for events judged again, which the state does not absorb twice)."""
+    """What one Redis key holds: the threshold state and the incident state of a source, the verdicts of its
+    last judged batches (`recent`: replayed for events judged again, which the state does not absorb twice) and,
+    for a windowed model, its last raw rows (`history`: what its next events are scored after)."""
 
     threshold: thresholds.ThresholdState
     incident: incidents.IncidentState
     recent: tuple[JudgedBatch, ...] = ()
+    history: History | None = None
 
     def dumps(self) -> bytes:
-        return orjson.dumps(
-            {
-                "thr": thresholds.to_dict(self.threshold),
-                "inc": self.incident.to_dict(),
-                "recent": [b.to_dict() for b in self.recent],
-            }
-        )
+        d = {
+            "thr": thresholds.to_dict(self.threshold),
+            "inc": self.incident.to_dict(),
+            "recent": [b.to_dict() for b in self.recent],
+        }
+        if self.history is not None:
+            d["hist"] = self.history.to_dict()
+        return orjson.dumps(d)
 
     @classmethod
     def loads(cls, data: bytes | str) -> SourceState:
         d = json_object(data, "source state")
         try:
             recent = tuple(JudgedBatch.from_dict(b) for b in d.get("recent", ()))
-            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]), recent)
-        except (KeyError, TypeError) as exc:
+            history = History.from_dict(d["hist"]) if d.get("hist") is not None else None
+            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]), recent, history)
+        except (KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
 
     def judged(self, source: str, keys: Sequence[str]) -> dict[str, Judgement]:
@@ -337,13 +343,18 @@ class ThresholdStore:
         version: str,
         calibration_scores: np.ndarray | None,  # None: CalibrationError, like initial()
         sources: Sequence[str],
-        scores: np.ndarray,
+        scores: np.ndarray | None,
         event_keys: Sequence[str],
+        sequences: Sequences | None = None,
     ) -> list[Judgement]:
         """Verdicts for `scores` (one per event, in input order); each source's events are judged in order.
 
-        `event_keys` are the events' deterministic alert ids (they name the incidents they open).
+        `event_keys` are the events' deterministic alert ids (they name the incidents they open). A windowed
+        model passes `sequences` instead of scores: each source's new events are scored after the history
+        stored with the state they are judged against, and their rows extend it (see `Sequences`).
         """
+        if sequences is not None:
+            scores = np.full(len(sequences.rows), np.nan)
         x = np.asarray(scores, dtype=np.float64).reshape(-1)
         self.initial(model, version, calibration_scores)  # refuse a bad version before touching Redis
         if not (len(sources) == x.size == len(event_keys)):
@@ -358,11 +369,7 @@ class ThresholdStore:
             pending[src] = cached or (0, self._fresh(model, version, calibration_scores))
 
         for attempt in range(self.max_attempts):
-            computed: dict[str, tuple[int, SourceState, list[Judgement]]] = {}
-            for src, (expected, state) in pending.items():
-                idx = by_source[src]
-                new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx])
-                computed[src] = (expected, new_state, verdicts)
+            computed = await self._compute(pending, by_source, x, event_keys, sequences)
             srcs = list(computed)
             keys = [self.key(model, version, s) for s in srcs]
             args: list[bytes | int | str] = [self._token]
@@ -371,7 +378,7 @@ class ThresholdStore:
             replies = await self._compare_and_set(keys, args)
             pending = {}
             for src, key, reply in zip(srcs, keys, replies, strict=True):
-                expected, new_state, verdicts = computed[src]
+                _, new_state, verdicts = computed[src]
                 if isinstance(reply, int):
                     self._cache[key] = (reply, new_state)
                     self._note_stuck((model, version, src), new_state.threshold)
@@ -390,9 +397,8 @@ class ThresholdStore:
                         key,
                         self.max_attempts,
                     )
-                    _, verdicts = self._judge_source(
-                        state, src, x[by_source[src]], [event_keys[i] for i in by_source[src]]
-                    )
+                    _, _, verdicts = (await self._compute({src: (stored_version, state)}, by_source, x, event_keys,
+                                                          sequences))[src]  # fmt: skip
                     for i, v in zip(by_source[src], verdicts, strict=True):
                         out[i] = v
             if not pending:
@@ -439,6 +445,55 @@ class ThresholdStore:
                 replies[i] = reply
         return replies
 
+    async def _compute(
+        self,
+        pending: dict[str, tuple[int, SourceState]],
+        by_source: dict[str, list[int]],
+        x: np.ndarray,
+        event_keys: Sequence[str],
+        sequences: Sequences | None,
+    ) -> dict[str, tuple[int, SourceState, list[Judgement]]]:
+        """Each pending source's (expected version, next state, verdicts), judged from the state it would
+        compare-and-set from; a windowed model's new events are scored first, after that state's history."""
+        carried: dict[str, History] = {}
+        if sequences is not None:
+            x, carried = await self._score_fresh(pending, by_source, x, event_keys, sequences)
+        computed: dict[str, tuple[int, SourceState, list[Judgement]]] = {}
+        for src, (expected, state) in pending.items():
+            idx = by_source[src]
+            new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx], carried.get(src))
+            computed[src] = (expected, new_state, verdicts)
+        return computed
+
+    async def _score_fresh(
+        self,
+        pending: dict[str, tuple[int, SourceState]],
+        by_source: dict[str, list[int]],
+        x: np.ndarray,
+        event_keys: Sequence[str],
+        seq: Sequences,
+    ) -> tuple[np.ndarray, dict[str, History]]:
+        """Scores of the events each state has not judged yet, after that state's history, in one scoring call;
+        and each such source's history after them. Events already judged keep NaN (their verdicts are replayed)."""
+        todo: list[tuple[str, list[int], np.ndarray | None]] = []
+        for src, (_, state) in pending.items():
+            idx = by_source[src]
+            judged = state.judged(src, [event_keys[i] for i in idx]) if state.recent else {}
+            fresh = [i for i in idx if event_keys[i] not in judged]
+            if fresh:
+                todo.append((src, fresh, None if state.history is None else state.history.rows()))
+        if not todo:
+            return x, {}
+        results = await seq.score([(history, seq.rows[fresh]) for _, fresh, history in todo])
+        seq.calls += 1
+        x = x.copy()
+        carried: dict[str, History] = {}
+        for (src, fresh, history), (scores, after) in zip(todo, results, strict=True):
+            x[fresh] = scores
+            carried[src] = History.of(after)
+            seq.followed[src], seq.fresh[src] = history, fresh
+        return x, carried
+
     def _note_stuck(self, where: tuple[str, str, str], state: thresholds.ThresholdState) -> None:
         if isinstance(state, thresholds.SpotState) and state.stuck:  # only SPOT states track it
             if where not in self.stuck:
@@ -452,24 +507,30 @@ class ThresholdStore:
             self.stuck.pop(where, None)
 
     def _judge_source(
-        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str]
+        self,
+        state: SourceState,
+        source: str,
+        scores: np.ndarray,
+        event_keys: list[str],
+        history: History | None = None,
     ) -> tuple[SourceState, list[Judgement]]:
         """Verdicts for one source's events, and its next state. Events it remembers judging get those verdicts
-        again and are not absorbed twice; the others are judged in order after them."""
+        again and are not absorbed twice; the others are judged in order after them. `history`: a windowed
+        model's rows after the new events (only they extend it), stored with the next state."""
         judged = state.judged(source, event_keys) if state.recent else {}
         if not judged:
-            return self._judge_new(state, source, scores, event_keys)
+            return self._judge_new(state, source, scores, event_keys, history)
         fresh = [i for i, k in enumerate(event_keys) if k not in judged]
         verdicts: list[Judgement] = [judged.get(k) for k in event_keys]  # type: ignore[misc]
         if not fresh:
             return state, verdicts
-        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh])
+        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh], history)
         for i, v in zip(fresh, new, strict=True):
             verdicts[i] = v
         return state, verdicts
 
     def _judge_new(
-        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str]
+        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str], history: History | None = None
     ) -> tuple[SourceState, list[Judgement]]:
         learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
         thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
@@ -488,7 +549,7 @@ class ThresholdStore:
                    inc_ids, inc_events, [stuck] * n, strict=True)  # fmt: skip
         verdicts = list(map(_new_judgement, rows))
         recent = (*state.recent, JudgedBatch.of(event_keys, verdicts))[-self.replay_batches :]
-        return SourceState(thr_state, inc_state, recent), verdicts
+        return SourceState(thr_state, inc_state, recent, state.history if history is None else history), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
         """The stored state of each source that has one (one round trip; per master, together, on a cluster);

@@ -233,7 +233,8 @@ class RetrainAgent:
         _, current = await asyncio.to_thread(self.registry.load, model, prod.version, self.device)
         kind = data_kind(current.data_kind)
         topic = kind.input_topic(self.settings.topics)
-        window = await read_window(self.settings, topic, kind.name, model, guard=guard)
+        sequences = getattr(current, "window", 1) > 1  # temporal context: each source's rows in order
+        window = await read_window(self.settings, topic, kind.name, model, guard=guard, sequences=sequences)
         result = CycleResult(model, "skipped", "", trigger, parent=prod.version, counts=window.counts)
         log.info("retrain %s: window of %s %s, counts %s, bad %s", model, topic,
                  _span(window), window.counts, window.bad or "none")  # fmt: skip

@@ -20,6 +20,13 @@ with their incident ids and whether the incident closed inside the window: likel
 the candidate must still flag (see `decision.py` and `regression.py`). Bad records are skipped and counted by dead-letter reason; the
 clean events are capped at `max_samples`, evenly spaced in time, and the newest `holdout_fraction` of
 them is held back for validation.
+
+A model with temporal context (`window` > 1) reads its rows as time-ordered sequences of one source
+(`sequences=True`): the cap keeps the newest `max_samples` clean events instead (evenly spaced ones would
+put rows far apart side by side in a window), and the training and held-back rows are each grouped by
+source, every source's rows in offset order (its order on its partition). The W - 1 windows at each
+boundary between two sources, or across the gap left by a guarded incident, mix rows that were not
+neighbours: a small share for sources with hundreds of events in the window.
 """
 
 from __future__ import annotations
@@ -194,11 +201,12 @@ async def read_window(
     model: str | None = None,
     now: float | None = None,
     guard: bool | None = None,
+    sequences: bool = False,
 ) -> TrainingWindow:
     """Read, judge, guard, decode and sample the recent window of `topic` for `model` (see module doc).
 
     `kind` is the input's data kind ("vectors" or "images"); `model` None keeps events of every model.
-    `guard` overrides `settings.retrain.guard`.
+    `guard` overrides `settings.retrain.guard`; `sequences`: rows grouped by source, in order (windowed models).
     """
     cfg = settings.retrain
     guard = cfg.guard if guard is None else guard
@@ -227,7 +235,7 @@ async def read_window(
     finally:
         await consumer.stop()
     # Decoding (images especially) is CPU work: keep it off the event loop.
-    window = await asyncio.to_thread(select, settings, records, verdicts, topic, kind, model, guard)
+    window = await asyncio.to_thread(select, settings, records, verdicts, topic, kind, model, guard, sequences)
     window.offsets = {tp.partition: [s, e] for tp, (s, e) in ranges.items()}
     return window
 
@@ -243,8 +251,9 @@ def select(
     kind: str,
     model: str | None,
     guard: bool,
+    sequences: bool = False,
 ) -> TrainingWindow:
-    """The pure part of `read_window`: join records with verdicts, guard, cap, decode, split."""
+    """The pure part of `read_window`: join records with verdicts, guard, cap, decode, split (see module doc)."""
     cfg = settings.retrain
     router = Router(data_kind(kind).routes(settings))
     counts: dict[str, int] = {"records": len(records), "other_model": 0}
@@ -283,7 +292,7 @@ def select(
         }
     )
     kept = np.flatnonzero(keep)
-    kept = kept[evenly_spaced(len(kept), cfg.max_samples)]
+    kept = kept[-cfg.max_samples :] if sequences else kept[evenly_spaced(len(kept), cfg.max_samples)]
     # Detection is checked on clear anomalies only: incident events well above their threshold. Drift-induced
     # false alarms sit just above it, and a candidate that stops flagging those is the point of retraining.
     severity = np.array([_severity(r[3]) for r in rows], np.float64)
@@ -293,13 +302,18 @@ def select(
     closed_ids = _closed_incidents(sources, [r[3] for r in rows])
 
     bad: Counter[str] = Counter()
-    clean, _ = _decode(settings, kind, [rows[i][0] for i in kept], bad)
+    clean, decoded = _decode(settings, kind, [rows[i][0] for i in kept], bad)
     shape = clean.shape[1:] if len(clean) else None
     decoded_inc = _decode(settings, kind, [rows[i][0] for i in true_anomalies], bad, shape)
     kept_inc = [j for j, ok in enumerate(decoded_inc[1]) if ok]
     incidents, inc_ids = decoded_inc[0], [inc_ids[j] for j in kept_inc]
     n_hold = round(len(clean) * cfg.holdout_fraction) if len(clean) >= 2 else 0
     train, holdout = clean[: len(clean) - n_hold], clean[len(clean) - n_hold :]
+    if sequences:
+        order = [
+            (rows[i][1], rows[i][0].partition, rows[i][0].offset) for i, ok in zip(kept, decoded, strict=True) if ok
+        ]
+        train, holdout = _by_source(train, order[: len(train)]), _by_source(holdout, order[len(train) :])
     closed = np.array([i in closed_ids for i in inc_ids], bool)
     counts |= {"sampled": len(kept), "train": len(train), "holdout": len(holdout), "incidents": len(incidents),
                "confirmed": int(closed.sum())}  # fmt: skip
@@ -319,6 +333,11 @@ def select(
         counts=dict(counts),
         bad=dict(bad),
     )
+
+
+def _by_source(rows: np.ndarray, order: list[tuple[str, int, int]]) -> np.ndarray:
+    """Rows regrouped by (source, partition, offset): each source's rows together, in the order it sent them."""
+    return rows[sorted(range(len(rows)), key=order.__getitem__)] if len(rows) else rows
 
 
 def _closed_incidents(sources: Sequence[str], verdicts: Sequence[dict[str, Any] | None]) -> set[str]:

@@ -3,7 +3,9 @@
 Transport-free: `process` takes `Record`s (from a faust `take_events` batch or an aiokafka `getmany`) and
 returns the outputs to publish; `InspectionPipeline.handle` publishes them and waits for the broker's acks,
 so a caller that commits offsets after `handle` returns gets at-least-once delivery. The model version is
-looked up once per batch and model, so a hot swap lands between batches.
+looked up once per batch and model, so a hot swap lands between batches. A model with temporal context
+(`window` > 1) scores while judging: the threshold store scores each source's new events after the rows kept
+with that source's state (`stream_app/judging/history.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from models import ImageScorer, VectorScorer
+from models import ImageScorer, SequenceScorer, VectorScorer
+from stream_app.judging.history import ScoreSequences, Sequences
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.metrics import WorkerMetrics
 from stream_app.scoring.admission import SourceAdmission
@@ -92,13 +95,43 @@ class Routed:
 
 @dataclass
 class ScoredGroup:
-    """Events scored together in one tensor: records, events, the model's input and its scores."""
+    """Events scored together in one tensor: records, events, the model's input and its scores (None for a
+    windowed model: its events are scored while they are judged, after each source's stored history)."""
 
     records: list[Record]
     events: list[Event]
     data: np.ndarray
-    scores: np.ndarray
+    scores: np.ndarray | None
     alerts: int = 0  # anomalous events (closing records on the alerts topic are not alerts)
+
+
+class ScoringFailed(Exception):
+    """A windowed model's scorer raised inside judging: the group is bisected like one whose scoring failed."""
+
+
+def window_of(scorer: object) -> int:
+    """Rows of one source a vector scorer sees at once (1: each row alone)."""
+    return int(getattr(scorer, "window", 1))
+
+
+def lag_explanations(scorer: SequenceScorer, sources: list[str], rows: list[int], windows: Sequences) -> dict[int, Any]:
+    """A windowed model's explanations of rows of a batch judged with `windows` (one pass for all of them): the
+    inputs with the largest error, named with sensor and lag ("f2@t-1"), each with its raw value in the window
+    the row was scored in."""
+    w = window_of(scorer)
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, src in enumerate(sources):
+        by_source[src].append(i)
+    pairs = []
+    for r in rows:
+        before = windows.before(r, sources[r], by_source[sources[r]])
+        pairs.append((None if before is None else before[-(w - 1) :], windows.rows[r : r + 1]))
+    out = {}
+    for r, (history, row), contrib in zip(rows, pairs, scorer.explain_sequences(pairs), strict=True):
+        seq = row if history is None else np.concatenate([history, row])
+        window = np.concatenate([np.repeat(seq[:1], w - len(seq), axis=0), seq])  # padded as the scorer pads
+        out[r] = top_features(contrib[0], window.reshape(-1), scorer.input_names)
+    return out
 
 
 class InspectionPipeline:
@@ -211,20 +244,52 @@ class InspectionPipeline:
     async def _score_model(self, kind: DataKind, loaded: LoadedModel, routed: Routed, batch: BatchOutputs) -> None:
         for group in self._groups(kind, loaded, routed, batch):
             data = kind.stack(group.events)
-            started = time.perf_counter()
-
-            try:  # one call, and no copies, when the group scores (the common case)
-                scores = await self.executor.run(loaded.scorer.score, data)
-            except POISON_ERRORS:  # bisect to the records that fail on their own
+            scored = await self._scored(loaded, group, data, batch)
+            if scored is None:
+                continue
+            try:
+                batch.outputs += await self._judge_and_emit(kind, loaded, scored)
+            except ScoringFailed:  # a windowed model refused a record: bisect, then judge the others
                 kept = await self._isolate(loaded, group, data, batch)
                 if kept is None:
                     continue
-                group, data, scores = kept
-            self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
-            scored = ScoredGroup(group.records, group.events, data, scores)
-            batch.outputs += await self._judge_and_emit(kind, loaded, scored)
-            batch.report.scored += len(group.records)
+                scored = ScoredGroup(kept[0].records, kept[0].events, kept[1], None)
+                batch.outputs += await self._judge_and_emit(kind, loaded, scored)
+            batch.report.scored += len(scored.records)
             batch.report.alerts += scored.alerts
+
+    async def _scored(
+        self, loaded: LoadedModel, group: Routed, data: np.ndarray, batch: BatchOutputs
+    ) -> ScoredGroup | None:
+        """The group with its scores (None if every record failed); a windowed model's are computed when judged."""
+        if window_of(loaded.scorer) > 1:
+            return ScoredGroup(group.records, group.events, data, None)
+        started = time.perf_counter()
+        try:  # one call, and no copies, when the group scores (the common case)
+            scores = await self.executor.run(loaded.scorer.score, data)
+        except POISON_ERRORS:  # bisect to the records that fail on their own
+            kept = await self._isolate(loaded, group, data, batch)
+            if kept is None:
+                return None
+            group, data, scores = kept
+        self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
+        return ScoredGroup(group.records, group.events, data, scores)
+
+    def _sequence_scoring(self, loaded: LoadedModel) -> ScoreSequences:
+        """The call `ThresholdStore.judge` scores a windowed model's rows with: on the inference thread, all sources
+        of the batch in one forward pass; the scorer's own errors come out as `ScoringFailed`."""
+        scorer = cast(SequenceScorer, loaded.scorer)
+
+        async def score(pairs: list[tuple[np.ndarray | None, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+            started = time.perf_counter()
+            try:
+                out = await self.executor.run(scorer.score_sequences, pairs)
+            except POISON_ERRORS as exc:
+                raise ScoringFailed(f"{type(exc).__name__}: {exc}") from exc
+            self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
+            return out
+
+        return score
 
     async def _isolate(
         self, loaded: LoadedModel, group: Routed, data: np.ndarray, batch: BatchOutputs
@@ -250,10 +315,13 @@ class InspectionPipeline:
         sources = [ev.source for ev in group.events]
         keys = [alert_id(rec.topic, rec.partition, rec.offset) for rec in group.records]
         calibration = loaded.scorer.calibration_scores
-        judgements = await self.store.judge(loaded.name, loaded.version, calibration, sources, group.scores, keys)
+        windows = None if group.scores is not None else Sequences(group.data, self._sequence_scoring(loaded))
+        judgements = await self.store.judge(
+            loaded.name, loaded.version, calibration, sources, group.scores, keys, windows
+        )
 
         anomalous = [i for i, j in enumerate(judgements) if j.anomalous]
-        explanations = await self._explain(loaded, group.data, anomalous) if anomalous else {}
+        explanations = await self._explain(loaded, group, anomalous, windows) if anomalous else {}
 
         outputs = []
         batch_alerts = 0
@@ -275,10 +343,15 @@ class InspectionPipeline:
         group.alerts = batch_alerts
         return outputs
 
-    async def _explain(self, loaded: LoadedModel, data: np.ndarray, rows: list[int]) -> dict[int, Any]:
-        """Top sensors (vectors) or a coarse heatmap (images) for the anomalous rows only."""
-        scorer = loaded.scorer
+    async def _explain(
+        self, loaded: LoadedModel, group: ScoredGroup, rows: list[int], windows: Sequences | None
+    ) -> dict[int, Any]:
+        """Top sensors (vectors; with the lag for a windowed model) or a coarse heatmap (images), anomalous rows only."""
+        scorer, data = loaded.scorer, group.data
         try:
+            if windows is not None:
+                sources = [ev.source for ev in group.events]
+                return await self.executor.run(lag_explanations, cast(SequenceScorer, scorer), sources, rows, windows)
             if isinstance(scorer, VectorScorer):
                 contrib = await self.executor.run(scorer.explain, data[rows])
                 return {r: top_features(contrib[n], data[r], scorer.feature_names) for n, r in enumerate(rows)}

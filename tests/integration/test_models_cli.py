@@ -58,6 +58,17 @@ def test_fit_publishes_a_version_and_list_and_show_describe_it(offline):
     assert "initial threshold" in detail.output and "training data" in detail.output
 
 
+def test_fit_with_a_window_publishes_a_temporal_model_and_retraining_keeps_its_window(offline):
+    from stream_app.retraining.agent import new_candidate
+
+    config, data = offline
+    result = lw(config, "models", "fit", "press", *fit_args(data, "--window", "3"))
+    assert result.exit_code == 0 and "window 3" in result.output, result.output
+    _, scorer = Registry(json.loads(config.read_text())["registry_dir"]).load("press", "0001", "cpu")
+    assert scorer.window == 3 and scorer.input_names[0] == "f0@t-2"
+    assert new_candidate(scorer, "cpu").window == 3
+
+
 def test_user_errors_exit_1_with_one_line_and_no_traceback(offline, tmp_path: Path):
     config, data = offline
     bad = tmp_path / "bad.npy"
@@ -67,6 +78,7 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(offline, tmp_path: Pa
         (["models", "fit", "press", "--data", str(tmp_path / "missing.npy")], "does not exist"),
         (["models", "fit", "press", "--data", str(bad)], "expected a numeric [N, F] array"),
         (["models", "fit", "press", "--data", str(data), "--kind", "transformaly"], "does not fit vectors"),
+        (["models", "fit", "camera", "--data", str(tmp_path), "--window", "3"], "is for vector models"),
         (["models", "promote", "nope", "1"], "no model 'nope'"),
         (["models", "rollback", "nope"], "no model 'nope'"),
         (["retrain", "--once", "nope"], "no production version"),

@@ -271,3 +271,21 @@ async def test_tampered_weights_are_refused_and_the_worker_keeps_serving(tmp_pat
     (registry.root / MODEL / "PRODUCTION").write_text(v2.version)  # promote refuses it; point at it by hand
     assert await manager.swap(MODEL, v2.version, sha256=registry.digest(MODEL, v2.version)) is None
     assert manager.current(MODEL).version == "0001" and "does not match" in manager.refused[-1][2]
+
+
+@pytest.mark.integration
+async def test_a_windowed_model_is_retrained_with_its_window_on_each_sources_rows_in_order(make_settings):
+    from tests.integration.test_windowed_judging import sensor_sequence
+
+    settings = make_settings(retrain=retrain_settings(keep_rejected=True, auto_promote=False))
+    production = RVAEScorer(F, window=3, n_layers=1, hidden=16, latent=3, device="cpu")
+    production.fit(sensor_sequence(800, seed=0), epochs=3)
+    fit_v1(settings, production)
+    now, series = time.time(), {src: sensor_sequence(300, seed=1 + i) for i, src in enumerate(("a", "b"))}
+    events = [Event(src, series[src][i].tolist(), now - 100 + i * 0.1) for i in range(300) for src in series]
+    await produce_judged(settings, events)
+
+    result = await RetrainAgent(settings, progress=False).run_cycle(MODEL, trigger="test")
+    assert result.decision in ("passed", "rejected") and result.version is not None, result.reason
+    _, candidate = Registry(settings.registry_dir).load(MODEL, result.version, "cpu")
+    assert candidate.window == 3 and result.counts["train"] + result.counts["holdout"] == 600

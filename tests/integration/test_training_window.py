@@ -153,6 +153,16 @@ def test_select_keeps_only_the_requested_model_and_caps_samples():
     assert (np.r_[w.train[:, 0], w.holdout[:, 0]] < 1000).all()
 
 
+def test_select_for_a_windowed_model_keeps_the_newest_rows_of_each_source_together_and_in_order():
+    rng = np.random.default_rng(4)
+    a, b = series("a", 30, 0.0, 0.0, rng), series("b", 30, 0.5, 1000.0, rng)
+    events = [e for pair in zip(a, b, strict=True) for e in pair]  # the two sources interleaved in time
+    settings = _settings(max_samples=40, holdout_fraction=0.25)
+    w = select(settings, *_records(events), "in", "vectors", "sensors", True, sequences=True)
+    assert w.train[:, 0].astype(int).tolist() == [*range(10, 25), *range(1010, 1025)]  # newest 40, not every 3rd
+    assert w.holdout[:, 0].astype(int).tolist() == [*range(25, 30), *range(1025, 1030)]
+
+
 # ----------------------------------------------------------------------------- real Kafka
 
 

@@ -145,12 +145,52 @@ def test_score_with_history_equals_scoring_the_concatenated_sequence(window: int
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_score_sequences_equals_score_with_history_per_source(window: int) -> None:
+    X = process(300)
+    s = RVAEScorer(n_features=4, window=window, **TINY)
+    s.fit(X, epochs=2)
+    pairs = [
+        (None, X[:5]),
+        (X[11 - min(window - 1, 1) : 11], X[11:12]),
+        (X[20 : 20 + window - 1], X[40:90]),
+        (None, X[200:201]),
+    ]
+    together = s.score_sequences(pairs)
+    assert len(together) == len(pairs)
+    for (history, rows), (scores, carried) in zip(pairs, together, strict=True):
+        alone, alone_carried = s.score_with_history(history, rows)
+        np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(carried, alone_carried)
+    for (history, rows), lags in zip(pairs, s.explain_sequences(pairs), strict=True):
+        np.testing.assert_allclose(lags, s.explain_lags(rows, history), rtol=1e-5, atol=1e-6)
+    assert s.score_sequences([]) == []
+    for bad in [(None, np.zeros((0, 4), np.float32)), (X[:window], X[:2]), (None, np.full((2, 4), np.nan, np.float32))]:
+        with pytest.raises(ValueError, match="expected"):
+            s.score_sequences([(None, X[:3]), bad])
+
+
 def test_first_rows_are_padded_with_the_first_row() -> None:
     X = process(100)
     s = RVAEScorer(n_features=4, window=3, **TINY)
     s.fit(X, epochs=2)
     padded = np.concatenate([X[:1], X[:1], X[:5]])
     np.testing.assert_allclose(s.score(X[:5]), s.score(padded)[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_a_sources_padded_first_windows_score_below_the_alert_level_on_the_simulated_line() -> None:
+    """Warm-up: a source's first W - 1 events are scored with padded windows; they must not look like faults."""
+    from stream_app.sim.simulator import LineSimulator
+
+    samples = LineSimulator(lines=1, machines=1, cameras=0, seed=3).machines[0].take(3000)
+    normal = np.array([x.truth == "normal" for x in samples])
+    X = np.stack([x.values for x in samples]).astype(np.float32)
+    s = RVAEScorer(n_features=X.shape[1], window=4, **TINY)
+    s.fit(X[:2000][normal[:2000]], epochs=5)
+    level = np.quantile(s.calibration_scores, 0.99)
+    starts = [t for t in range(2000, 2996, 20) if normal[t : t + 3].all()]  # a source starting on normal events
+    warm_up = np.concatenate([s.score(X[t : t + 3]) for t in starts])
+    assert len(starts) > 30 and warm_up.max() < level
 
 
 def test_window_explain_aggregates_lags_and_top_features_name_the_lag() -> None:

@@ -70,6 +70,7 @@ class Sequences:
 
     rows: np.ndarray
     score: ScoreSequences
+    window: int  # W: a source's first W - 1 events are warm-up (padded windows: never anomalous, not learned)
     followed: dict[str, np.ndarray | None] = field(default_factory=dict)
     fresh: dict[str, list[int]] = field(default_factory=dict)
     calls: int = 0  # scoring calls made: 1 per batch in the steady state, 1 more per conflicted attempt

@@ -455,13 +455,14 @@ class ThresholdStore:
     ) -> dict[str, tuple[int, SourceState, list[Judgement]]]:
         """Each pending source's (expected version, next state, verdicts), judged from the state it would
         compare-and-set from; a windowed model's new events are scored first, after that state's history."""
-        carried: dict[str, History] = {}
+        carried: dict[str, tuple[History, int]] = {}
         if sequences is not None:
             x, carried = await self._score_fresh(pending, by_source, x, event_keys, sequences)
         computed: dict[str, tuple[int, SourceState, list[Judgement]]] = {}
         for src, (expected, state) in pending.items():
             idx = by_source[src]
-            new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx], carried.get(src))
+            history, warmup = carried.get(src, (None, 0))
+            new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx], history, warmup)
             computed[src] = (expected, new_state, verdicts)
         return computed
 
@@ -472,7 +473,7 @@ class ThresholdStore:
         x: np.ndarray,
         event_keys: Sequence[str],
         seq: Sequences,
-    ) -> tuple[np.ndarray, dict[str, History]]:
+    ) -> tuple[np.ndarray, dict[str, tuple[History, int]]]:
         """Scores of the events each state has not judged yet, after that state's history, in one scoring call;
         and each such source's history after them. Events already judged keep NaN (their verdicts are replayed)."""
         todo: list[tuple[str, list[int], np.ndarray | None]] = []
@@ -487,10 +488,10 @@ class ThresholdStore:
         results = await seq.score([(history, seq.rows[fresh]) for _, fresh, history in todo])
         seq.calls += 1
         x = x.copy()
-        carried: dict[str, History] = {}
+        carried: dict[str, tuple[History, int]] = {}
         for (src, fresh, history), (scores, after) in zip(todo, results, strict=True):
             x[fresh] = scores
-            carried[src] = History.of(after)
+            carried[src] = History.of(after), max(0, seq.window - 1 - (0 if history is None else len(history)))
             seq.followed[src], seq.fresh[src] = history, fresh
         return x, carried
 
@@ -513,34 +514,47 @@ class ThresholdStore:
         scores: np.ndarray,
         event_keys: list[str],
         history: History | None = None,
+        warmup: int = 0,
     ) -> tuple[SourceState, list[Judgement]]:
         """Verdicts for one source's events, and its next state. Events it remembers judging get those verdicts
         again and are not absorbed twice; the others are judged in order after them. `history`: a windowed
-        model's rows after the new events (only they extend it), stored with the next state."""
+        model's rows after the new events (only they extend it), stored with the next state; the first `warmup`
+        new events were scored with padded windows."""
         judged = state.judged(source, event_keys) if state.recent else {}
         if not judged:
-            return self._judge_new(state, source, scores, event_keys, history)
+            return self._judge_new(state, source, scores, event_keys, history, warmup)
         fresh = [i for i, k in enumerate(event_keys) if k not in judged]
         verdicts: list[Judgement] = [judged.get(k) for k in event_keys]  # type: ignore[misc]
         if not fresh:
             return state, verdicts
-        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh], history)
+        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh], history, warmup)
         for i, v in zip(fresh, new, strict=True):
             verdicts[i] = v
         return state, verdicts
 
     def _judge_new(
-        self, state: SourceState, source: str, scores: np.ndarray, event_keys: list[str], history: History | None = None
+        self,
+        state: SourceState,
+        source: str,
+        scores: np.ndarray,
+        event_keys: list[str],
+        history: History | None = None,
+        warmup: int = 0,
     ) -> tuple[SourceState, list[Judgement]]:
+        """Judge events not judged before. The first `warmup` (a windowed model's padded windows: a repeated row
+        looks like a stuck sensor) are never anomalous and do not teach the threshold."""
+        settled = np.arange(scores.size) >= warmup
         learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
+        if warmup:
+            learn = settled if learn is None else learn
         thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
-        flags = anomalous.tolist()
+        flags = (anomalous & settled).tolist()
         steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
         inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
         if learn is None and "opened" in inc_events:  # from the event that opens an incident, normal scores only:
-            learn = np.arange(scores.size) < inc_events.index("opened")  # judge again, same state before it
+            learn = (np.arange(scores.size) < inc_events.index("opened")) & settled  # again, same state before it
             thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
-            flags = anomalous.tolist()
+            flags = (anomalous & settled).tolist()
             steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
             inc_ids, inc_events = zip(*steps, strict=True)
         n = scores.size

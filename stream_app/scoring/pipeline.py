@@ -315,7 +315,10 @@ class InspectionPipeline:
         sources = [ev.source for ev in group.events]
         keys = [alert_id(rec.topic, rec.partition, rec.offset) for rec in group.records]
         calibration = loaded.scorer.calibration_scores
-        windows = None if group.scores is not None else Sequences(group.data, self._sequence_scoring(loaded))
+        windows = None
+        if group.scores is None:
+            window = cast(SequenceScorer, loaded.scorer).window
+            windows = Sequences(group.data, self._sequence_scoring(loaded), window)
         judgements = await self.store.judge(
             loaded.name, loaded.version, calibration, sources, group.scores, keys, windows
         )

@@ -54,7 +54,7 @@ def scoring(scorer: RVAEScorer):
 async def judge_in_batches(store: ThresholdStore, scorer: RVAEScorer, sources, rows, keys, bounds) -> list:
     verdicts, calls = [], []
     for lo, hi in itertools.pairwise(bounds):
-        windows = Sequences(rows[lo:hi], scoring(scorer))
+        windows = Sequences(rows[lo:hi], scoring(scorer), scorer.window)
         verdicts += await store.judge("m", "v1", scorer.calibration_scores, sources[lo:hi], None, keys[lo:hi], windows)
         calls.append(windows.calls)
     return verdicts, calls

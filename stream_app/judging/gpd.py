@@ -166,8 +166,17 @@ def spot_threshold(t: float, xi: float, sigma: float, q: float, n: Any, n_t: Any
     >>> round(float(spot_threshold(1.0, 0.0, 1.0, 1e-3, 1000, 0)), 3)  # no exceedances: 1 + ln 2
     1.693
     """
-    n, n_t = np.asarray(n, np.float64), np.asarray(n_t, np.float64)
     sigma = sigma if sigma > 0 else 1e-12 * max(1.0, abs(t))  # constant calibration scores: just above t
+    return (t + gpd_isf(tail_probability(q, n, n_t), xi, sigma))[()]
+
+
+def tail_probability(q: float, n: Any, n_t: Any) -> Any:
+    """r = q * n / N_t, the probability that an excess over t exceeds the alert level, capped at `R_MAX` (also
+    when there are no exceedances). `spot_threshold` explains the cap.
+
+    >>> float(tail_probability(1e-3, 1000, 20)), float(tail_probability(1e-3, 1000, 0))
+    (0.05, 0.5)
+    """
+    n, n_t = np.asarray(n, np.float64), np.asarray(n_t, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(n_t > 0, q * n / np.where(n_t > 0, n_t, 1.0), R_MAX)
-    return (t + gpd_isf(np.minimum(r, R_MAX), xi, sigma))[()]
+        return np.minimum(np.where(n_t > 0, q * n / np.where(n_t > 0, n_t, 1.0), R_MAX), R_MAX)[()]

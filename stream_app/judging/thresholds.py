@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MIN_CAL_PEAKS = 10  # calibration scores SPOT keeps above t: fewer cannot even estimate an exponential scale
 REFIT_FRACTION_INV = 20  # SPOT refits the tail once 1/20 of the kept peaks are new...
 REFIT_MIN_NEW = 5  # ...and at least 5 (a refit costs ~5-10 ms; one peak among dozens barely moves it)
-FAULT_FACTOR = 2.0  # SPOT calls a source faulty once it beats its alert level 2x as often as its tail expects
+FAULT_FACTOR = 5.0  # SPOT calls a source faulty once it beats its alert level 5x as often as its tail expects
 MAX_PASSES = 8  # SPOT judges a chunk again with its own verdicts at most this often (see `Spot._chunk`)
 QUANTILE_SPAN = 5.0  # the quantile rule's lower anchor sits at 5x the upper anchor's tail probability
 
@@ -91,7 +91,7 @@ class SpotState(_State):
     `n_c` counts (decayed, like `n_t`) the exceedances judged anomalous and `n_e` how many of them the tail
     expects: the odds r / (1 - r) of the level met, added per exceedance judged normal. Faults are what
     exceeds that; the tail fit keeps no more censored peaks than n_e per admitted one, and on a `faulty`
-    source the rate counts no more than n_e (see `counted_exceedances`). States saved without them load
+    source (5x) the rate counts no more than n_e (see `counted_exceedances`). States saved without them load
     with both at 0 (the first anomalous exceedance then counts as a fault, a negligible change to N_t).
 
     `alarms` and `seen` decay the same way over every finite score, learned or not (inside an incident the
@@ -296,11 +296,13 @@ class Spot(ThresholdRule):
 
         `counted` marks the scores the counts see (finite and learned). Before the i-th score with k_i of those
         ahead of it in the chunk, a decayed count is lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted
-        scores j before i); n counts all of them, whose sum is the geometric series. `n_c` and `n_e` depend on
-        the chunk's own verdicts: a first guess judges the exceedances against the level the chunk starts at,
-        and the chunk is judged again with the verdicts it gave until they agree (each pass fixes at least the
-        first verdict that changed; one pass almost always, as the level barely moves within a chunk), which
-        are then the event-by-event verdicts. `n_e` grows by the odds of the level the chunk starts at.
+        scores j before i); n counts all of them, whose sum is the geometric series. `n_c` and `n_e` move the
+        level only on a `faulty` source, and depend on the chunk's own verdicts: a chunk that cannot become
+        faulty (even if all its exceedances beat z) is judged in one pass on N_t; otherwise a first guess
+        judges the exceedances against the level the chunk starts at, and the chunk is judged again with the
+        verdicts it gave until they agree (each pass fixes at least the first verdict that changed; one pass
+        almost always, as the level barely moves within a chunk), which are then the event-by-event verdicts.
+        `n_e` grows by the odds of the level the chunk starts at.
         """
         n0, nt0, nc0, ne0, a0, seen0 = counts
         q, h, lam = self.cfg.risk, self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
@@ -310,17 +312,21 @@ class Spot(ThresholdRule):
         exc = counted & (x > st.t)
         w_exc = np.where(exc, lam ** -(k + 1.0), 0.0)
         nt_i = decay * (nt0 + np.cumsum(w_exc) - w_exc)
-        nt_start = counted_exceedances(nt0, nc0, ne0)
+        w_total = float(w_exc.sum())
+        nt_start = float(counted_exceedances(nt0, nc0, ne0))
         odds = _odds(q, n0, nt_start)
-        cens = exc & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start))
-        for _ in range(MAX_PASSES):
-            w_c, w_e = np.where(cens, w_exc, 0.0), np.where(cens, 0.0, w_exc * odds)
-            nc_i, ne_i = decay * (nc0 + np.cumsum(w_c) - w_c), decay * (ne0 + np.cumsum(w_e) - w_e)
-            z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, counted_exceedances(nt_i, nc_i, ne_i))
-            judged = exc & (x > z)
-            if np.array_equal(judged, cens):
-                break
-            cens = judged
+        if not faulty(nc0 + w_total, ne0):  # not faulty before any score even if every exceedance beats z
+            z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, nt_i)
+        else:
+            cens = exc & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start))
+            for _ in range(MAX_PASSES):
+                w_c, w_e = np.where(cens, w_exc, 0.0), np.where(cens, 0.0, w_exc * odds)
+                nc_i, ne_i = decay * (nc0 + np.cumsum(w_c) - w_c), decay * (ne0 + np.cumsum(w_e) - w_e)
+                z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, counted_exceedances(nt_i, nc_i, ne_i))
+                judged = exc & (x > z)
+                if np.array_equal(judged, cens):
+                    break
+                cens = judged
         finite = np.isfinite(x)
         anomalous = ~finite | (x > z)
         end = lam ** float(counted.sum())
@@ -330,9 +336,9 @@ class Spot(ThresholdRule):
         cens_w = float(w_exc[exc & anomalous].sum())
         new_counts = (
             n0 * end + (1.0 - end) * h,
-            end * (nt0 + float(w_exc.sum())),
+            end * (nt0 + w_total),
             end * (nc0 + cens_w),
-            end * (ne0 + odds * (float(w_exc.sum()) - cens_w)),
+            end * (ne0 + odds * (w_total - cens_w)),
             end_all * (a0 + float(alarm_w.sum())),
             seen0 * end_all + (1.0 - end_all) * h,
         )
@@ -537,7 +543,7 @@ def _odds(risk: float, n: float, n_t: float) -> float:
 
 def faulty(n_c: Any, n_e: Any) -> Any:
     """Whether a source beats its alert level more than `FAULT_FACTOR` times as often as its tail expects."""
-    return np.asarray(n_c) > FAULT_FACTOR * np.asarray(n_e)
+    return n_c > FAULT_FACTOR * n_e
 
 
 def counted_exceedances(n_t: Any, n_c: Any, n_e: Any) -> Any:
@@ -551,17 +557,18 @@ def counted_exceedances(n_t: Any, n_c: Any, n_e: Any) -> Any:
     Faults beat the level far more often: counted in full they made the estimated P(x > t) = N_t / n grow with
     their share f of the events (0.02 -> 0.20 with 19% faults), the level rise, the faults below it enter the fit
     as normal peaks and the level go above the faults (measured: 6.9 -> 54, fault recall 0.002). Counted up
-    to n_e, N_t / n stays at P(x > t) + risk whatever f is. Below the factor every exceedance counts, as in
-    SPOT: faults rarer than that move N_t / n by at most ~risk, and a level that is too low keeps being lifted
-    by its own extra alarms. Capped, no absorbing state either: if a normal score beats z with probability
+    to n_e, N_t / n stays at P(x > t) + risk whatever f is. Below the factor (5: a 20% fault line sits at ~190,
+    stationary scores reached up to 3.9 after calibrating on 50-200 scores) every exceedance counts, as in SPOT:
+    a level that is too low keeps being lifted by its own extra alarms (with a factor of 2, one such source
+    stayed at 3-5x risk for 300k events), and faults rarer than that move N_t / n by at most 4 x risk, which
+    the tail cap keeps from compounding (see `_expected_censoring`). Capped, no absorbing state either: if a normal score beats z with probability
     s > risk, the admitted exceedances (rate P(x > t) - s) still count in full, and the level they give is
     above z whenever risk < s < P(x > t), since (s - risk)(P(x > t) - s) > 0: z climbs back to the
     calibrated level, its one fixed point.
 
-    >>> float(counted_exceedances(50.0, 30.0, 10.0)), float(counted_exceedances(50.0, 15.0, 10.0))
-    (30.0, 50.0)
+    >>> float(counted_exceedances(100.0, 60.0, 10.0)), float(counted_exceedances(100.0, 40.0, 10.0))
+    (50.0, 100.0)
     """
-    n_c = np.asarray(n_c)
     return n_t - np.where(faulty(n_c, n_e), n_c - n_e, 0.0)
 
 
@@ -573,20 +580,21 @@ def _expected_censoring(censored: np.ndarray, per_admitted: float) -> np.ndarray
     all of them as censored normal scores makes the tail heavier after every fault burst, until the alert
     level sits above the faults themselves (measured: 7.9 -> ~400 on exponential scores with a 30-event
     burst every 1,000). Any surplus ratchets: the fit puts the level where the tail expects fewer censored
-    peaks than it keeps, the faults beat the new level as often, and so on (measured: 7 -> 14, fault recall
-    0.91, with faults creeping up to 1.9x risk and capped only above 2x). So the fit is always capped, per
+    peaks than it keeps, the faults beat the new level as often, and so on (measured: 7.1 -> 24, fault recall
+    0.65, with faults creeping up to 3x risk, below the `faulty` factor). So the fit is always capped, per
     admitted peak rather than as a share of the window (faults that fill the window outweighed the few
     admitted peaks left in it: xi 0.55 from 47 admitted peaks and 6 censored, the level 7.6 -> 14 on a line
-    of 20% faults); on a `faulty` source the dropped peaks also leave the window, which keeps ~`window`
-    admitted peaks instead of ~100-170 with 20% faults. The cost: on stationary data the cap also drops the
-    censored peaks a level slightly too low adds, so the false-alarm rate settles a little above risk.
+    of 20% faults), rounded up; on a `faulty` source the dropped peaks also leave the window, which keeps
+    ~`window` admitted peaks (1870 of 2000 with 20% faults, ~100-170 otherwise). The cost: on stationary data
+    the cap also drops the censored peaks a level slightly too low adds, so the false-alarm rate settles a
+    little above risk.
 
     >>> _expected_censoring(np.array([False, True, True, False, True]), per_admitted=1.0).tolist()
     [True, False, True, True, True]
     """
     keep = ~censored
     idx = np.flatnonzero(censored)
-    allowed = min(round(int(keep.sum()) * per_admitted), idx.size)
+    allowed = min(math.ceil(int(keep.sum()) * per_admitted), idx.size)
     keep[idx[idx.size - allowed :]] = True
     return keep
 

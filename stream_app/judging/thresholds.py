@@ -28,7 +28,6 @@ calibration sets, drift, a retrain and lines with faults.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from bisect import bisect_left, insort
@@ -90,9 +89,11 @@ class SpotState(_State):
 
     `n_c` counts (decayed, like `n_t`) the exceedances judged anomalous and `n_e` how many of them the tail
     expects: the odds r / (1 - r) of the level met, added per exceedance judged normal. Faults are what
-    exceeds that; the tail fit keeps no more censored peaks than n_e per admitted one, and on a `faulty`
-    source (5x) the rate counts no more than n_e (see `counted_exceedances`). States saved without them load
-    with both at 0 (the first anomalous exceedance then counts as a fault, a negligible change to N_t).
+    exceeds that; the tail fit weighs its censored peaks down to n_e per admitted peak judged against a level
+    (`cal_peaks` counts the calibration peaks still in the window, which were not), and on a `faulty` source
+    (5x) the rate counts no more than n_e (see `counted_exceedances`, `_expected_censoring`). States saved
+    without these fields load with zeros (anomalous exceedances then count as faults until n_e has grown, a
+    negligible change to N_t).
 
     `alarms` and `seen` decay the same way over every finite score, learned or not (inside an incident the
     store lets a source learn its normal scores only). `high_for` counts the events since the alarm rate
@@ -114,6 +115,7 @@ class SpotState(_State):
     seen: float = 0.0
     count: int = 0
     unfit: int = 0
+    cal_peaks: int = 0  # of `peaks`, the oldest ones from calibration (observed whole: none censored)
     high_for: int = 0
     stuck: bool = False
     mode: Mode = "spot"
@@ -235,6 +237,7 @@ class Spot(ThresholdRule):
         n, n_t = float(cal.size), float(above.size)
         return SpotState(
             t=t, xi=xi, sigma=sigma, n=n, n_t=n_t, n_e=n_t * _odds(self.cfg.risk, n, n_t), seen=n, peaks=frozen(peaks),
+            cal_peaks=peaks.size,
             censored=frozen(np.zeros(peaks.size, bool), dtype=bool), limits=frozen(np.full(peaks.size, np.inf)),
         )  # fmt: skip
 
@@ -246,93 +249,102 @@ class Spot(ThresholdRule):
         cfg = self.cfg
         finite = np.isfinite(x)
         learn_all = np.ones(x.size, bool) if learn is None else np.asarray(learn, bool)
-        # An exceedance that may teach the state only if judged normal depends on its own verdict: those are
-        # judged one by one; the runs between them in closed form (in chunks of at most 20 horizons).
-        one_by_one = np.flatnonzero(finite & ~learn_all & (x > st.t))
-        bounds = sorted(
-            {0, x.size, *one_by_one.tolist(), *(one_by_one + 1).tolist(), *range(0, x.size, 20 * cfg.horizon)}
-        )
         thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
-        counts = (st.n, st.n_t, st.n_c, st.n_e, st.alarms, st.seen)
+        counts: tuple[float, ...] = (st.n, st.n_t, st.n_c, st.n_e, st.alarms, st.seen)
         new_peaks, new_cens, new_limits = [st.peaks], [st.censored], [st.limits]
-        single = set(one_by_one.tolist())
-        for lo, hi in itertools.pairwise(bounds):
-            xs = x[lo:hi]
-            counted = finite[lo:hi]
-            truncated = lo in single
-            if truncated:  # judged first without counting it, counted only when normal
-                z, anom, _, _ = self._chunk(st, xs, np.zeros(1, bool), counts)
-                counted = ~anom
-            z, anom, counts, (peaks, cens) = self._chunk(st, xs, counted, counts)
-            thr[lo:hi], anomalous[lo:hi] = z, anom
+        lo, span = 0, 20 * cfg.horizon
+        while lo < x.size:
+            z, anom, counts, (peaks, cens, lims) = self._chunk(st, x[lo : lo + span], learn_all[lo : lo + span], counts)
+            thr[lo : lo + z.size], anomalous[lo : lo + z.size] = z, anom
             new_peaks.append(peaks)
             new_cens.append(cens)
-            new_limits.append(np.full(peaks.size, z[0] - st.t if truncated else np.inf, np.float32))
+            new_limits.append(lims)
+            lo += z.size
         n, n_t, n_c, n_e, alarms, seen = counts
         added = sum(p.size for p in new_peaks[1:])
         peaks, censored, limits = np.concatenate(new_peaks), np.concatenate(new_cens), np.concatenate(new_limits)
         per_admitted = n_e / max(n_t - n_c, 1e-9)  # censored peaks the tail expects per admitted one
         if added and faulty(n_c, n_e):  # faults would push the admitted peaks out of the window
-            keep = _expected_censoring(censored, per_admitted)
+            keep = _newest_censored(censored, _expected_censoring(censored, per_admitted, st.cal_peaks, exact=True)[1])
             peaks, censored, limits = peaks[keep], censored[keep], limits[keep]
+        cal_peaks = max(0, st.cal_peaks - max(0, peaks.size - cfg.window))  # the oldest leave the window first
         peaks, censored, limits = peaks[-cfg.window :], censored[-cfg.window :], limits[-cfg.window :]
         xi, sigma, unfit = st.xi, st.sigma, st.unfit + added
         if unfit >= REFIT_MIN_NEW and unfit * REFIT_FRACTION_INV >= peaks.size and (~censored).any():
-            keep = _expected_censoring(censored, per_admitted)
-            (xi, sigma), unfit = fit_gpd(peaks[keep], censored[keep], limits[keep]), 0
+            weight = _expected_censoring(censored, per_admitted, cal_peaks, exact=bool(faulty(n_c, n_e)))[0]
+            (xi, sigma), unfit = fit_gpd(peaks, censored, limits, weight), 0
         high = seen > 0 and alarms / seen > cfg.stuck_factor * cfg.risk
         high_for = st.high_for + int(finite.sum()) if high else 0
         learned_normal = finite & ~anomalous
         new = SpotState(
             t=st.t, xi=xi, sigma=sigma, n=float(n), n_t=float(n_t), n_c=float(n_c), n_e=float(n_e), peaks=frozen(peaks),
             censored=frozen(censored, dtype=bool), limits=frozen(limits), alarms=float(alarms), seen=float(seen),
-            count=st.count + int(learned_normal.sum()), unfit=unfit, high_for=high_for,
+            count=st.count + int(learned_normal.sum()), unfit=unfit, cal_peaks=cal_peaks, high_for=high_for,
             stuck=high_for >= cfg.stuck_events,
         )  # fmt: skip
         return thr, anomalous, new
 
-    def _chunk(self, st: SpotState, x: np.ndarray, counted: np.ndarray, counts: tuple[float, ...]):
-        """Thresholds, flags, end counts and new excesses of one chunk, counts in closed form.
+    def _chunk(
+        self,
+        st: SpotState,
+        x: np.ndarray,
+        learn: np.ndarray,
+        counts: tuple[float, ...],
+        guess: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Thresholds, flags, end counts and new (excesses, censored flags, limits) of the scores `x` (at most 20
+        horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
 
-        `counted` marks the scores the counts see (finite and learned). Before the i-th score with k_i of those
-        ahead of it in the chunk, a decayed count is lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted
-        scores j before i); n counts all of them, whose sum is the geometric series. `n_c` and `n_e` move the
-        level only on a `faulty` source, and depend on the chunk's own verdicts: a chunk that cannot become
-        faulty (even if all its exceedances beat z) is judged in one pass on N_t; otherwise a first guess
-        judges the exceedances against the level the chunk starts at, and the chunk is judged again with the
-        verdicts it gave until they agree (each pass fixes at least the first verdict that changed; one pass
-        almost always, as the level barely moves within a chunk), which are then the event-by-event verdicts.
+        The counts see every finite score but an exceedance of t not to be learned (`learn` False) that is
+        judged anomalous. Before the i-th score with k_i counted ones ahead of it, a decayed count is
+        lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted scores j before i); n counts all of them, whose
+        sum is the geometric series. What the counts see then depends on the chunk's own verdicts (those
+        exceedances, and on a source that may become `faulty` here, every exceedance through n_c and n_e): a
+        first guess judges them against the level the chunk starts at, and the chunk is judged again with the
+        verdicts it gave until they agree, which are then the event-by-event verdicts. One pass almost always
+        (the level barely moves within a batch; inside an incident the counts do not move at all); each pass
+        settles at least the first verdict that changed, and after `MAX_PASSES` the settled prefix is returned.
         `n_e` grows by the odds of the level the chunk starts at.
         """
         n0, nt0, nc0, ne0, a0, seen0 = counts
         q, h, lam = self.cfg.risk, self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
-        k = np.cumsum(counted) - counted  # counted scores before each one
-        decay = lam**k
-        n_i = n0 * decay + (1.0 - decay) * h
-        exc = counted & (x > st.t)
-        w_exc = np.where(exc, lam ** -(k + 1.0), 0.0)
-        nt_i = decay * (nt0 + np.cumsum(w_exc) - w_exc)
-        w_total = float(w_exc.sum())
+        finite = np.isfinite(x)
+        above = finite & (x > st.t)
+        unsure = above & ~learn  # counted only if judged normal
         nt_start = float(counted_exceedances(nt0, nc0, ne0))
         odds = _odds(q, n0, nt_start)
-        if not faulty(nc0 + w_total, ne0):  # not faulty before any score even if every exceedance beats z
-            z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, nt_i)
-        else:
-            cens = exc & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start))
-            for _ in range(MAX_PASSES):
-                w_c, w_e = np.where(cens, w_exc, 0.0), np.where(cens, 0.0, w_exc * odds)
+        settled = not faulty(nc0 + float(above.sum()) * lam ** -float(x.size), ne0)  # cannot become faulty here
+        depends = unsure if settled else above  # the verdicts the counts depend on
+        if guess is None:
+            guess = above & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start)) if depends.any() else above
+        for _ in range(MAX_PASSES):
+            counted = finite & ~(unsure & guess)
+            k = np.cumsum(counted) - counted  # counted scores before each one
+            decay = lam**k
+            n_i = n0 * decay + (1.0 - decay) * h
+            exc = counted & above
+            w_exc = np.where(exc, lam ** -(k + 1.0), 0.0)
+            nt_i = decay * (nt0 + np.cumsum(w_exc) - w_exc)
+            if settled:
+                z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, nt_i)
+            else:
+                w_c, w_e = np.where(guess, w_exc, 0.0), np.where(guess, 0.0, w_exc * odds)
                 nc_i, ne_i = decay * (nc0 + np.cumsum(w_c) - w_c), decay * (ne0 + np.cumsum(w_e) - w_e)
                 z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, counted_exceedances(nt_i, nc_i, ne_i))
-                judged = exc & (x > z)
-                if np.array_equal(judged, cens):
-                    break
-                cens = judged
-        finite = np.isfinite(x)
+            judged = above & (x > z)
+            changed = np.flatnonzero((judged != guess) & depends)
+            if not changed.size:
+                break
+            guess = judged
+        else:
+            m = int(changed[0]) + 1
+            return self._chunk(st, x[:m], learn[:m], counts, guess[:m])
         anomalous = ~finite | (x > z)
         end = lam ** float(counted.sum())
         k_all = np.cumsum(finite) - finite  # the alarm rate sees every finite score
         end_all = lam ** float(finite.sum())
         alarm_w = lam ** -(k_all[finite & anomalous] + 1.0)
+        w_total = float(w_exc.sum())
         cens_w = float(w_exc[exc & anomalous].sum())
         new_counts = (
             n0 * end + (1.0 - end) * h,
@@ -343,14 +355,16 @@ class Spot(ThresholdRule):
             seen0 * end_all + (1.0 - end_all) * h,
         )
         cens = anomalous[exc]
-        excess = np.where(cens, z[exc], x[exc]) - st.t
-        return z, anomalous, new_counts, (excess.astype(np.float32), cens)
+        excess = (np.where(cens, z[exc], x[exc]) - st.t).astype(np.float32)
+        limits = np.where(unsure[exc], z[exc] - st.t, np.inf).astype(np.float32)  # admitted below the level it met
+        return z, anomalous, new_counts, (excess, cens, limits)
 
     @staticmethod
     def dump(state: SpotState) -> dict[str, Any]:
         return {
             "t": state.t, "xi": state.xi, "sigma": state.sigma, "n": state.n, "n_t": state.n_t, "n_c": state.n_c, "n_e": state.n_e,
             "alarms": state.alarms, "seen": state.seen, "count": state.count, "unfit": state.unfit, "high_for": state.high_for,
+            "cal_peaks": state.cal_peaks,
             "stuck": state.stuck, "peaks": b64(state.peaks), "censored": b64_bits(state.censored),
             "limits": b64(state.limits),
         }  # fmt: skip
@@ -572,30 +586,40 @@ def counted_exceedances(n_t: Any, n_c: Any, n_e: Any) -> Any:
     return n_t - np.where(faulty(n_c, n_e), n_c - n_e, 0.0)
 
 
-def _expected_censoring(censored: np.ndarray, per_admitted: float) -> np.ndarray:
-    """Which peaks to keep: all admitted ones, and the newest censored ones up to `per_admitted` per admitted one
-    (n_e per exceedance judged normal: the censored ones the tail expects, see `counted_exceedances`).
+def _expected_censoring(censored: np.ndarray, per_admitted: float, cal_peaks: int, exact: bool) -> tuple[float, int]:
+    """(weight, count) of the censored peaks the tail fit takes: as many in all as the tail expects, spread evenly
+    over them; and how many of the newest a faulty source keeps in its window.
 
-    A normal score beats the alert level that rarely; a run of faults beats it far more often, and fitting
-    all of them as censored normal scores makes the tail heavier after every fault burst, until the alert
-    level sits above the faults themselves (measured: 7.9 -> ~400 on exponential scores with a 30-event
-    burst every 1,000). Any surplus ratchets: the fit puts the level where the tail expects fewer censored
-    peaks than it keeps, the faults beat the new level as often, and so on (measured: 7.1 -> 24, fault recall
-    0.65, with faults creeping up to 3x risk, below the `faulty` factor). So the fit is always capped, per
-    admitted peak rather than as a share of the window (faults that fill the window outweighed the few
-    admitted peaks left in it: xi 0.55 from 47 admitted peaks and 6 censored, the level 7.6 -> 14 on a line
-    of 20% faults), rounded up; on a `faulty` source the dropped peaks also leave the window, which keeps
-    ~`window` admitted peaks (1870 of 2000 with 20% faults, ~100-170 otherwise). The cost: on stationary data
-    the cap also drops the censored peaks a level slightly too low adds, so the false-alarm rate settles a
-    little above risk.
+    The tail expects `per_admitted` censored peaks per admitted one judged against a level (n_e per exceedance
+    judged normal, see `counted_exceedances`); the `cal_peaks` calibration peaks do not count, calibration saw
+    its exceedances whole. A run of faults beats the level far more often, and fitting all of them as censored
+    normal scores makes the tail heavier after every fault burst, until the level sits above the faults
+    (measured: 7.9 -> ~400 on exponential scores with a 30-event burst every 1,000). Any surplus ratchets: the
+    fit puts the level where the tail expects fewer censored peaks than it keeps, the faults beat the new level
+    as often, and so on (measured with faults creeping up to 3x risk: 7.1 -> 24, fault recall 0.65, uncapped;
+    a whole number of peaks, or calibration peaks counted, was surplus enough for a line of 20% faults judged
+    event by event to run away from a fit of ~40 peaks). So on a `faulty` source (`exact`) the fit takes exactly
+    the expected weight, and the peaks beyond it (rounded up) leave the window, which keeps ~`window` admitted
+    peaks (1870 of 2000 with 20% faults, ~100-170 otherwise). Elsewhere the censored peaks are mostly normal
+    ones and a count above the expected one by its Poisson noise (sqrt + 1) is kept whole: cutting the noise
+    one-sidedly made the tail too light (stationary false alarms 1.3-1.45x risk instead of 1.1-1.15x; a source
+    calibrated on 200 scores whose first fit was too light stayed above 3x risk for 300k events).
 
-    >>> _expected_censoring(np.array([False, True, True, False, True]), per_admitted=1.0).tolist()
-    [True, False, True, True, True]
+    >>> _expected_censoring(np.array([False, True, True, False, True]), per_admitted=0.75, cal_peaks=0, exact=True)
+    (0.5, 2)
     """
+    expected = max(int((~censored).sum()) - cal_peaks, 0) * per_admitted
+    if not exact:
+        expected += math.sqrt(expected) + 1.0
+    n_cens = int(censored.sum())
+    return (min(1.0, expected / n_cens) if n_cens else 1.0), min(math.ceil(expected), n_cens)
+
+
+def _newest_censored(censored: np.ndarray, count: int) -> np.ndarray:
+    """Which peaks to keep: every admitted one and the `count` newest censored ones."""
     keep = ~censored
     idx = np.flatnonzero(censored)
-    allowed = min(math.ceil(int(keep.sum()) * per_admitted), idx.size)
-    keep[idx[idx.size - allowed :]] = True
+    keep[idx[idx.size - count :]] = True
     return keep
 
 

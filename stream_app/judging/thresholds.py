@@ -248,13 +248,14 @@ class Spot(ThresholdRule):
     def judge(self, st: SpotState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         cfg = self.cfg
         finite = np.isfinite(x)
-        learn_all = np.ones(x.size, bool) if learn is None else np.asarray(learn, bool)
+        learn_some = None if learn is None else np.asarray(learn, bool)
         thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
         counts: tuple[float, ...] = (st.n, st.n_t, st.n_c, st.n_e, st.alarms, st.seen)
         new_peaks, new_cens, new_limits = [st.peaks], [st.censored], [st.limits]
         lo, span = 0, 20 * cfg.horizon
         while lo < x.size:
-            z, anom, counts, (peaks, cens, lims) = self._chunk(st, x[lo : lo + span], learn_all[lo : lo + span], counts)
+            learn_chunk = None if learn_some is None else learn_some[lo : lo + span]
+            z, anom, counts, (peaks, cens, lims) = self._chunk(st, x[lo : lo + span], learn_chunk, counts)
             thr[lo : lo + z.size], anomalous[lo : lo + z.size] = z, anom
             new_peaks.append(peaks)
             new_cens.append(cens)
@@ -288,7 +289,7 @@ class Spot(ThresholdRule):
         self,
         st: SpotState,
         x: np.ndarray,
-        learn: np.ndarray,
+        learn: np.ndarray | None,
         counts: tuple[float, ...],
         guess: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -310,15 +311,16 @@ class Spot(ThresholdRule):
         q, h, lam = self.cfg.risk, self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
         finite = np.isfinite(x)
         above = finite & (x > st.t)
-        unsure = above & ~learn  # counted only if judged normal
+        unsure = None if learn is None else above & ~learn  # counted only if judged normal
         nt_start = float(counted_exceedances(nt0, nc0, ne0))
         odds = _odds(q, n0, nt_start)
         settled = not faulty(nc0 + float(above.sum()) * lam ** -float(x.size), ne0)  # cannot become faulty here
         depends = unsure if settled else above  # the verdicts the counts depend on
+        dependent = depends is not None and bool(depends.any())
         if guess is None:
-            guess = above & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start)) if depends.any() else above
+            guess = above & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start)) if dependent else above
         for _ in range(MAX_PASSES):
-            counted = finite & ~(unsure & guess)
+            counted = finite if unsure is None else finite & ~(unsure & guess)
             k = np.cumsum(counted) - counted  # counted scores before each one
             decay = lam**k
             n_i = n0 * decay + (1.0 - decay) * h
@@ -331,6 +333,8 @@ class Spot(ThresholdRule):
                 w_c, w_e = np.where(guess, w_exc, 0.0), np.where(guess, 0.0, w_exc * odds)
                 nc_i, ne_i = decay * (nc0 + np.cumsum(w_c) - w_c), decay * (ne0 + np.cumsum(w_e) - w_e)
                 z = spot_threshold(st.t, st.xi, st.sigma, q, n_i, counted_exceedances(nt_i, nc_i, ne_i))
+            if not dependent:
+                break
             judged = above & (x > z)
             changed = np.flatnonzero((judged != guess) & depends)
             if not changed.size:
@@ -338,7 +342,7 @@ class Spot(ThresholdRule):
             guess = judged
         else:
             m = int(changed[0]) + 1
-            return self._chunk(st, x[:m], learn[:m], counts, guess[:m])
+            return self._chunk(st, x[:m], None if learn is None else learn[:m], counts, guess[:m])
         anomalous = ~finite | (x > z)
         end = lam ** float(counted.sum())
         k_all = np.cumsum(finite) - finite  # the alarm rate sees every finite score
@@ -356,7 +360,9 @@ class Spot(ThresholdRule):
         )
         cens = anomalous[exc]
         excess = (np.where(cens, z[exc], x[exc]) - st.t).astype(np.float32)
-        limits = np.where(unsure[exc], z[exc] - st.t, np.inf).astype(np.float32)  # admitted below the level it met
+        limits = np.full(excess.size, np.inf, np.float32)
+        if unsure is not None:
+            limits[unsure[exc]] = (z[exc] - st.t)[unsure[exc]]  # admitted below the level it met
         return z, anomalous, new_counts, (excess, cens, limits)
 
     @staticmethod

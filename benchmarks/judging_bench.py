@@ -6,7 +6,10 @@ Judgement objects), without Redis, at micro-batch sizes. Writes benchmarks/resul
 
 Each number is the minimum over repeats of (CPU time of this process to judge `events` scores in batches) / events, after a
 warm-up that fills the SPOT peak window, on one source (the worst case for per-source overhead is many
-sources with few events each; the store does one pass per source per batch).
+sources with few events each; the store does one pass per source per batch). `spot+20%faults` judges a
+source whose events are 20% faults (scores at 10-40, the level is ~7): SPOT's faulty-source path;
+`spot+incident` a level shift of +10, every event an exceedance judged inside an open incident (the rule is
+told not to learn any of them; the store opens the incident on the third event).
 """
 
 from __future__ import annotations
@@ -49,21 +52,36 @@ def main() -> None:
     gen = np.random.default_rng(0)
     out: dict[str, dict[str, float]] = {}
     store = ThresholdStore(aioredis.Redis(), ThresholdSettings(), IncidentSettings(), "bench")
-    for mode in ("spot", "quantile", "ewma"):
+    cases = (
+        ("spot", "", 0.0),
+        ("spot", "+20%faults", 0.2),
+        ("spot", "+incident", 0.0),
+        ("quantile", "", 0.0),
+        ("ewma", "", 0.0),
+    )
+    for mode, case, faults in cases:
         cfg = ThresholdSettings(mode=mode, risk=1e-3)
         store.threshold_cfg = cfg
+
+        def scores(n: int, faults: float = faults) -> np.ndarray:
+            return np.where(gen.random(n) < faults, 10.0 + 30.0 * gen.random(n), gen.exponential(size=n))
+
         state = thresholds.initial_state(cfg, gen.exponential(size=2000))
-        _, _, state = thresholds.judge(cfg, state, gen.exponential(size=200_000))  # fill the peak window
-        x = gen.exponential(size=args.events)
-        keys = [f"t:0:{i}" for i in range(x.size)]
+        _, _, state = thresholds.judge(cfg, state, scores(200_000))  # fill the peak window
+        x = scores(args.events) + (10.0 if case == "+incident" else 0.0)
+        name, keys = mode + case, [f"t:0:{i}" for i in range(x.size)]
         for batch in (64, 256, 1024):
-            rule = per_event_us(lambda st, xs, cfg=cfg: thresholds.judge(cfg, st, xs)[2], state, x, batch, args.repeats)
+
+            def judge_rule(st, xs, cfg=cfg, incident=case == "+incident"):
+                return thresholds.judge(cfg, st, xs, np.zeros(xs.size, bool) if incident else None)[2]
+
+            rule = per_event_us(judge_rule, state, x, batch, args.repeats)
             full = per_event_us(
                 lambda st, xs, keys=keys: store._judge_source(st, "s", xs, keys[: xs.size])[0],
                 SourceState(state, incidents.IncidentState()), x, batch, args.repeats,
             )  # fmt: skip
-            out[f"{mode}/{batch}"] = {"rule_us_per_event": round(rule, 3), "source_us_per_event": round(full, 3)}
-            print(mode, batch, out[f"{mode}/{batch}"], flush=True)
+            out[f"{name}/{batch}"] = {"rule_us_per_event": round(rule, 3), "source_us_per_event": round(full, 3)}
+            print(name, batch, out[f"{name}/{batch}"], flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "judging.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
@@ -83,7 +101,7 @@ def plot(doc: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    labels = list(next(iter(doc.values()))["results"])
+    labels = list(dict.fromkeys(k for run in doc.values() for k in run["results"]))
     width = 0.8 / max(len(doc), 1)
     for i, (label, run) in enumerate(doc.items()):
         vals = [run["results"].get(k, {}).get("source_us_per_event", np.nan) for k in labels]

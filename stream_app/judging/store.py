@@ -236,9 +236,12 @@ class ThresholdStore:
     `CalibrationError` for a version whose calibration scores are missing or non-finite (keep the current
     version serving then).
 
-    From the event that opens an incident until a batch starts with none open, a source learns only from
-    scores judged normal (a persisting fault must not teach SPOT that it is normal, while a drift still
-    moves the threshold through its normal scores, so an incident made of drift alarms can close). `stuck` maps
+    From the event that opens an incident until a batch starts with none open, a source learns nothing from
+    scores above SPOT's initial threshold t, judged normal or not: a persisting fault must not teach SPOT that
+    it is normal, and its scores that a level lifted by its first alarms now calls normal would fatten the
+    tail (measured on the demo's pump line: the level went 4.8 -> 17 and later faults went unseen). Scores
+    below t still count, and a drift is learned between incidents (an incident closes after `close_m` normal
+    events), or by retraining. `stuck` maps
     (model, version, source) to the alarm rate of each source whose state is flagged stuck (see
     `SpotState`); a warning is logged when a source becomes stuck.
 
@@ -551,7 +554,7 @@ class ThresholdStore:
         flags = (anomalous & settled).tolist()
         steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
         inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
-        if learn is None and "opened" in inc_events:  # from the event that opens an incident, normal scores only:
+        if learn is None and "opened" in inc_events:  # from the event that opens an incident, nothing above t:
             learn = (np.arange(scores.size) < inc_events.index("opened")) & settled  # again, same state before it
             thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
             flags = (anomalous & settled).tolist()

@@ -170,9 +170,11 @@ class ThresholdRule:
     def judge(self, state: Any, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         """(threshold each score met, anomalous flags, new state) for float64 scores `x` in order.
 
-        `learn` (optional, one flag per score; default all True) says whether a score judged anomalous may
-        still teach the state (SPOT's censored exceedances). False: only if judged normal, as the store
-        asks inside an incident. Rules that learn normal scores only ignore it.
+        `learn` (optional, one flag per score; default all True) says whether a score may teach the state.
+        SPOT: False keeps its exceedance of t out of every count and of the tail, judged normal or anomalous
+        (inside an incident the store passes False: a fault's scores that the level it lifted now calls
+        normal must not fatten the tail); scores below t still count. Rules that learn normal scores only
+        ignore it.
         """
         raise NotImplementedError
 
@@ -277,6 +279,8 @@ class Spot(ThresholdRule):
         high = seen > 0 and alarms / seen > cfg.stuck_factor * cfg.risk
         high_for = st.high_for + int(finite.sum()) if high else 0
         learned_normal = finite & ~anomalous
+        if learn_some is not None:  # exceedances of t not to be learned teach nothing, judged normal or not
+            learned_normal &= ~((x > st.t) & ~learn_some)
         new = SpotState(
             t=st.t, xi=xi, sigma=sigma, n=float(n), n_t=float(n_t), n_c=float(n_c), n_e=float(n_e), peaks=frozen(peaks),
             censored=frozen(censored, dtype=bool), limits=frozen(limits), alarms=float(alarms), seen=float(seen),
@@ -296,8 +300,7 @@ class Spot(ThresholdRule):
         """Thresholds, flags, end counts and new (excesses, censored flags, limits) of the scores `x` (at most 20
         horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
 
-        The counts see every finite score but an exceedance of t not to be learned (`learn` False) that is
-        judged anomalous. Before the i-th score with k_i counted ones ahead of it, a decayed count is
+        The counts see every finite score but an exceedance of t not to be learned (`learn` False). Before the i-th score with k_i counted ones ahead of it, a decayed count is
         lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted scores j before i); n counts all of them, whose
         sum is the geometric series. What the counts see then depends on the chunk's own verdicts (those
         exceedances, and on a source that may become `faulty` here, every exceedance through n_c and n_e): a
@@ -311,16 +314,16 @@ class Spot(ThresholdRule):
         q, h, lam = self.cfg.risk, self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
         finite = np.isfinite(x)
         above = finite & (x > st.t)
-        unsure = None if learn is None else above & ~learn  # counted only if judged normal
+        excluded = None if learn is None else above & ~learn  # exceedances not to be learned: never counted
         nt_start = float(counted_exceedances(nt0, nc0, ne0))
         odds = _odds(q, n0, nt_start)
         settled = not faulty(nc0 + float(above.sum()) * lam ** -float(x.size), ne0)  # cannot become faulty here
-        depends = unsure if settled else above  # the verdicts the counts depend on
+        depends = None if settled else above  # the verdicts the counts depend on
         dependent = depends is not None and bool(depends.any())
         if guess is None:
             guess = above & (x > spot_threshold(st.t, st.xi, st.sigma, q, n0, nt_start)) if dependent else above
         for _ in range(MAX_PASSES):
-            counted = finite if unsure is None else finite & ~(unsure & guess)
+            counted = finite if excluded is None else finite & ~excluded
             k = np.cumsum(counted) - counted  # counted scores before each one
             decay = lam**k
             n_i = n0 * decay + (1.0 - decay) * h
@@ -361,8 +364,6 @@ class Spot(ThresholdRule):
         cens = anomalous[exc]
         excess = (np.where(cens, z[exc], x[exc]) - st.t).astype(np.float32)
         limits = np.full(excess.size, np.inf, np.float32)
-        if unsure is not None:
-            limits[unsure[exc]] = (z[exc] - st.t)[unsure[exc]]  # admitted below the level it met
         return z, anomalous, new_counts, (excess, cens, limits)
 
     @staticmethod

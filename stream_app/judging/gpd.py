@@ -11,6 +11,7 @@ MIN_PEAKS_MLE = 30  # below this a GPD shape estimate is noise (xi = 0.46 from 1
 XI_MIN = -0.5  # the GPD likelihood is irregular (and unbounded below -1) for shorter tails
 XI_MAX = 1.0  # no finite mean beyond: a fit that wants more is fed by anomalies, not by a score's tail
 R_MAX = 0.5  # the alert level is never below the median excess over t (see `spot_threshold`)
+XI_PRIOR_SD = 0.2  # a N(0, 0.2^2) prior on the shape: a few dozen peaks cannot swing the tail (see `_profile`)
 
 
 def _profile(
@@ -21,7 +22,11 @@ def _profile(
     With A = sum over all values of w log1p(theta v) (w: 1 for an admitted value, the censored weight for a
     censored one) and B = the same over the admitted ones, the log-likelihood is -n_a log(sigma) - A / xi - B;
     setting its derivative in xi to 0 gives xi = A / n_a, so it depends on theta alone (Grimshaw's reduction,
-    extended to right-censored values).
+    extended to right-censored values). The log-likelihood returned is penalised by a N(0, XI_PRIOR_SD^2)
+    prior on xi along that profile: with ~2000 peaks the data decide (the shape's standard error is ~0.02),
+    with ~30 the prior halves a noisy shape. Measured on the demo's pump line: the first fit of 33 peaks
+    (3 of them a fault's censored ones) gave xi 0.65 and lifted the alert level 4.8 -> 6.9 within two
+    events, so the rest of the fault was judged normal, learned, and took the level to 19.
     """
     theta = np.atleast_1d(np.asarray(theta, np.float64))
     n_a = float(admitted.sum())
@@ -30,7 +35,8 @@ def _profile(
     xi = a / n_a
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = np.where(theta == 0.0, (v @ w) / n_a, xi / np.where(theta == 0.0, 1.0, theta))
-        ll = np.where((xi >= XI_MIN) & (xi <= XI_MAX) & (sigma > 0), -n_a * np.log(sigma) - n_a - b, -np.inf)
+        ll = -n_a * np.log(sigma) - n_a - b - 0.5 * (xi / XI_PRIOR_SD) ** 2
+        ll = np.where((xi >= XI_MIN) & (xi <= XI_MAX) & (sigma > 0), ll, -np.inf)
     return ll, np.where(theta == 0.0, 0.0, xi), sigma
 
 

@@ -222,7 +222,7 @@ class Spot(ThresholdRule):
     >>> rule = Spot(ThresholdSettings(risk=1e-3))
     >>> state = rule.initial(np.random.default_rng(0).exponential(size=2000))
     >>> state.peaks.size, round(state.t, 2), round(rule.threshold(state), 1)
-    (40, 4.01, 7.3)
+    (40, 4.01, 7.4)
     >>> thr, anomalous, state = rule.judge(state, np.array([1.0, 5.0, 50.0]))
     >>> anomalous.tolist(), state.count, state.censored.tolist()[-2:]
     ([False, False, True], 2, [False, True])
@@ -524,7 +524,7 @@ def initial_state(cfg: ThresholdSettings, calibration_scores: np.ndarray | None)
     >>> cal = np.random.default_rng(0).exponential(size=2000)
     >>> s = initial_state(ThresholdSettings(risk=1e-3), cal)
     >>> s.mode, s.peaks.size, round(s.t, 2), round(current_threshold(ThresholdSettings(risk=1e-3), s), 1)
-    ('spot', 40, 4.01, 7.3)
+    ('spot', 40, 4.01, 7.4)
     """
     return rule_for(cfg).initial(checked_calibration(calibration_scores))
 

@@ -106,7 +106,7 @@ class GenicamSource:
 
     def __init__(self, config: GenicamConfig, backoff: Backoff | None = None) -> None:
         self.config = config
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(jitter=False)
         self.name = f"genicam:{config.device_id}"
         self.stats: dict[str, int] = {"underruns": 0}  # Aravis n_underruns: data that found no free buffer
 

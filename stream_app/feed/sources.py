@@ -56,11 +56,11 @@ class LiveOptions:
 
 
 def backoff(settings: Settings, give_up_s: float | None = None) -> Backoff:
-    """Reconnect delays from `settings.camera`; `give_up_s` overrides its reconnect_give_up_s."""
+    """Reconnect delays from `settings.camera`, exactly as configured (one feeder per camera: nothing to spread
+    out, and the operator reads the delays it announces); `give_up_s` overrides its reconnect_give_up_s."""
     cam = settings.camera
-    return Backoff(
-        cam.reconnect_initial_s, cam.reconnect_max_s, cam.reconnect_give_up_s if give_up_s is None else give_up_s
-    )
+    give_up = cam.reconnect_give_up_s if give_up_s is None else give_up_s
+    return Backoff(cam.reconnect_initial_s, cam.reconnect_max_s, give_up, jitter=False)
 
 
 async def threaded(produce: Callable[[threading.Event], Iterator[Any]], maxsize: int = 8) -> AsyncGenerator[Any, None]:

@@ -69,7 +69,7 @@ class VideoSource:
         self.fps = fps
         self.mono = mono
         self.live = is_live(url)
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(jitter=False)
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
 

@@ -17,6 +17,7 @@ import pytest
 
 from deploy.localstack import free_port
 from stream_app.settings import Settings, TopicSettings
+from tests.servers import started
 
 # Apps run as worker subprocesses by the tests; importing them needs their environment.
 collect_ignore = ["apps"]
@@ -39,7 +40,7 @@ def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
     if bootstrap and redis_url:
         yield StackUrls(bootstrap, redis_url, None)
         return
-    from deploy.localstack import LocalStack, StackError
+    from deploy.localstack import LocalStack
 
     stack = LocalStack(
         state_dir=tmp_path_factory.mktemp("stack"),
@@ -48,15 +49,8 @@ def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
         controller_port=_test_port("LINEWATCH_TEST_CONTROLLER_PORT"),
         redis_port=_test_port("LINEWATCH_TEST_REDIS_PORT"),
     )
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the real Kafka/Redis stack could not start, so integration tests cannot run: {exc}")
-    try:
+    with started(stack, "the real Kafka/Redis stack (integration tests cannot run without it)"):
         yield StackUrls(stack.bootstrap, stack.redis_url, stack)
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -189,8 +189,9 @@ class SourceState:
     def judged(self, source: str, keys: Sequence[str]) -> dict[str, Judgement]:
         """The remembered verdicts of those of `keys` already judged (usually none: checked without decoding)."""
         out: dict[str, Judgement] = {}
+        wanted = set(keys)
         for b in self.recent:
-            if not set(b.keys).isdisjoint(keys):
+            if not wanted.isdisjoint(b.keys):
                 out.update(b.judgements(source))
         return out
 

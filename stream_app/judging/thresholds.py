@@ -302,8 +302,8 @@ class Spot(ThresholdRule):
 
         The counts see every finite score but an exceedance of t not to be learned (`learn` False). Before the i-th score with k_i counted ones ahead of it, a decayed count is
         lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted scores j before i); n counts all of them, whose
-        sum is the geometric series. What the counts see then depends on the chunk's own verdicts (those
-        exceedances, and on a source that may become `faulty` here, every exceedance through n_c and n_e): a
+        sum is the geometric series. What the counts see then depends on the chunk's own verdicts on a source
+        that may become `faulty` here (every exceedance, through n_c and n_e): a
         first guess judges them against the level the chunk starts at, and the chunk is judged again with the
         verdicts it gave until they agree, which are then the event-by-event verdicts. One pass almost always
         (the level barely moves within a batch; inside an incident the counts do not move at all); each pass

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from deploy.localstack import LocalStack, StackError, free_port
+from deploy.localstack import LocalStack, free_port
 from stream_app.ops.connections import aiokafka_kwargs
 from stream_app.ops.drills import Drill, Tally
 from stream_app.settings import Route, Settings, TopicSettings
+from tests.servers import started
 
 
 @contextmanager
@@ -29,15 +29,8 @@ def own_stack(state_dir: Path, brokers: int = 1, kind: type[LocalStack] = LocalS
         Path(os.environ.get("LINEWATCH_STACK__CACHE_DIR", Path.home() / ".cache" / "linewatch")),
         brokers=brokers,
     )
-    try:
-        stack.up()
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the {kind.__name__} of {brokers} Kafka node(s) could not start: {exc}")
-    try:
+    with started(stack, f"the {kind.__name__} of {brokers} Kafka node(s)"):
         yield stack
-    finally:
-        stack.down()
 
 
 def chaos_settings(stack: LocalStack, tmp_path: Path, partitions: int = 4) -> Settings:

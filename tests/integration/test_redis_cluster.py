@@ -28,6 +28,7 @@ from stream_app.ops.connections import ensure_topics, redis_client
 from stream_app.ops.drills import SOURCES, Drill, publish_tiny_model
 from stream_app.ops.processes import worker_ports
 from stream_app.settings import Route, Settings
+from tests.servers import started
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +40,8 @@ MANY = [f"line-{i // 8}/press-{i % 8}" for i in range(64)]
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     state = tmp_path_factory.mktemp("redis-cluster")
     own = RedisCluster(state, Access(password="cluster-pw", tls=write_tls(state / "tls", "unused")))
-    try:
-        own.up()
-    except Exception:
-        own.down()
-        raise
-    yield own
-    own.down()
+    with started(own, "the Redis Cluster"):
+        yield own
 
 
 def on_cluster(settings: Settings, cluster: RedisCluster) -> Settings:
@@ -203,13 +199,8 @@ async def test_worker_on_the_cluster_loses_no_verdict_and_keeps_thresholds_when_
 @pytest.fixture
 def sentinel_group(tmp_path: Path) -> Iterator[RedisSentinel]:
     own = RedisSentinel(tmp_path / "sentinel", access=Access(password="server-pw"), sentinel_password="sentinel-pw")
-    try:
-        own.up()
-    except Exception:
-        own.down()
-        raise
-    yield own
-    own.down()
+    with started(own, "the Redis Sentinel group"):
+        yield own
 
 
 async def test_store_through_sentinel_follows_the_promoted_replica(

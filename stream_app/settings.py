@@ -367,7 +367,12 @@ class Settings(BaseSettings):
     registry_dir: Path = Path("registry")
     state_dir: Path = Path(".state")
     device: str | None = None
-    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads of a worker (None: torch's default)")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of a worker's inference thread (image models; None: torch's default). "
+        "CPU vector models run on the event loop with one thread",
+    )
     worker_processes: int | None = Field(
         None,
         ge=1,

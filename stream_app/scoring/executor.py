@@ -1,7 +1,10 @@
-"""The one thread that runs torch, so the event loop keeps consuming, decoding and producing meanwhile.
+"""The one thread that runs image models and CUDA work, so the event loop keeps consuming, decoding and
+producing meanwhile.
 
 A single worker thread owns the device: CUDA work from one thread keeps kernels ordered and memory
-predictable, and torch releases the GIL while it computes, so asyncio code overlaps with inference.
+predictable, and torch releases the GIL while it computes, so asyncio code overlaps with inference. A CPU
+vector model runs on the event loop itself (`LoadedModel.runs_inline`). torch's CPU thread count is a
+per-thread setting, so this thread gets its own.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+import torch
 
 T = TypeVar("T")
 
@@ -25,8 +30,14 @@ class InferenceExecutor:
     6
     """
 
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    def __init__(self, threads: int | None = None) -> None:
+        """`threads`: torch CPU threads of the inference thread (None: torch's default, one per core)."""
+        self.pool = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="inference",
+            initializer=torch.set_num_threads,
+            initargs=(threads or torch.get_num_threads(),),
+        )
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -68,10 +68,6 @@ def run(settings: Settings, processes: int | None = None, loglevel: str = "info"
     n = processes or settings.worker_processes or default_processes(settings.topics.partitions)
     if n > 1:
         return supervise(settings, n, loglevel)
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     from stream_app.scoring.worker import run_worker
 
     run_worker(settings, loglevel=loglevel)

@@ -41,6 +41,17 @@ class LoadedModel:
     scorer: Scorer
     flags: tuple[str, ...] = ()  # warnings from its manifest, e.g. "random-backbone": shown in /health and alerts
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether its inference runs on the event loop instead of the inference thread: a vector model on the CPU.
+
+        Its batch is a millisecond of many small torch ops, and from a second thread each op waits for the GIL the
+        busy loop holds (up to the 5 ms switch interval): the worker drained ~10x fewer events per second that way
+        at max_batch 256 (docs/benchmarks.md). Image models and CUDA keep the thread: their ops are long.
+        """
+        device = getattr(self.scorer, "device", None)
+        return self.scorer.data_kind == "vectors" and getattr(device, "type", "cpu") == "cpu"
+
 
 @dataclass(frozen=True)
 class SwapResult:

@@ -15,9 +15,9 @@ import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from stream_app.wire.outputs import (
 )
 from stream_app.wire.records import Record
 from stream_app.wire.routing import Router
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +260,12 @@ class InspectionPipeline:
             batch.report.scored += len(scored.records)
             batch.report.alerts += scored.alerts
 
+    async def _infer(self, loaded: LoadedModel, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` where the model's inference runs: on the event loop or the inference thread (`runs_inline`)."""
+        if loaded.runs_inline:
+            return fn(*args)
+        return await self.executor.run(fn, *args)
+
     async def _scored(
         self, loaded: LoadedModel, group: Routed, data: np.ndarray, batch: BatchOutputs
     ) -> ScoredGroup | None:
@@ -266,7 +274,7 @@ class InspectionPipeline:
             return ScoredGroup(group.records, group.events, data, None)
         started = time.perf_counter()
         try:  # one call, and no copies, when the group scores (the common case)
-            scores = await self.executor.run(loaded.scorer.score, data)
+            scores = await self._infer(loaded, loaded.scorer.score, data)
         except POISON_ERRORS:  # bisect to the records that fail on their own
             kept = await self._isolate(loaded, group, data, batch)
             if kept is None:
@@ -283,7 +291,7 @@ class InspectionPipeline:
         async def score(pairs: list[tuple[np.ndarray | None, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
             started = time.perf_counter()
             try:
-                out = await self.executor.run(scorer.score_sequences, pairs)
+                out = await self._infer(loaded, scorer.score_sequences, pairs)
             except POISON_ERRORS as exc:
                 raise ScoringFailed(f"{type(exc).__name__}: {exc}") from exc
             self.metrics.inference.labels(loaded.name).observe(time.perf_counter() - started)
@@ -298,7 +306,7 @@ class InspectionPipeline:
         failed: the model refuses this input, `rejected_by_model`; some failed: those records are `poison`)."""
 
         def score_rows(rows: Sequence[int]) -> Awaitable[np.ndarray]:
-            return self.executor.run(loaded.scorer.score, data[list(rows)])
+            return self._infer(loaded, loaded.scorer.score, data[list(rows)])
 
         isolated = await isolate_failures(range(len(data)), score_rows, POISON_ERRORS)
         reason = "rejected_by_model" if isolated.all_failed else "poison"
@@ -354,12 +362,12 @@ class InspectionPipeline:
         try:
             if windows is not None:
                 sources = [ev.source for ev in group.events]
-                return await self.executor.run(lag_explanations, cast(SequenceScorer, scorer), sources, rows, windows)
+                return await self._infer(loaded, lag_explanations, cast(SequenceScorer, scorer), sources, rows, windows)
             if isinstance(scorer, VectorScorer):
-                contrib = await self.executor.run(scorer.explain, data[rows])
+                contrib = await self._infer(loaded, scorer.explain, data[rows])
                 return {r: top_features(contrib[n], data[r], scorer.feature_names) for n, r in enumerate(rows)}
             if isinstance(scorer, ImageScorer):
-                maps = await self.executor.run(scorer.heatmap, data[rows])
+                maps = await self._infer(loaded, scorer.heatmap, data[rows])
                 return {r: coarse_grid(maps[n]) for n, r in enumerate(rows)}
         except Exception:  # an explanation is a courtesy: the alert goes out without it
             log.exception("explanation failed for %s version %s", loaded.name, loaded.version)

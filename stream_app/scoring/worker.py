@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.judging.store import ThresholdStore
@@ -76,7 +78,8 @@ class Worker:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = WorkerMetrics()
-        self.executor = InferenceExecutor()
+        self.executor = InferenceExecutor(settings.torch_threads)
+        torch.set_num_threads(1)  # this thread's: CPU vector models run inline on the event loop, one per process
         self.registry = Registry(settings.registry_dir)
         self.models = ModelManager(self.registry, device=settings.device, executor=self.executor.pool)
         self.redis = redis_client(settings.redis)
@@ -338,4 +341,5 @@ class Worker:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in this process until SIGINT/SIGTERM (faust's worker owns the event loop)."""
     worker = Worker(settings)
+    gc.freeze()  # the ~500k objects of the imports live on: full collections stop rescanning them mid-batch
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -7,8 +7,9 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
 - `naive_per_s`: the same pipeline fed one event at a time (score, Redis judge and acked publish per event);
 - `getmany_per_s`: the pipeline fed `getmany(max_records=max_batch)` batches in-process (the aiokafka path);
 - `e2e_per_s`: the product: a `linewatch worker` subprocess (default `getmany` micro-batches) draining a
-  backlog, timed from the first to the last verdict's broker timestamp; `e2e_faust_per_s` the same worker
-  with faust's `take_events` agents (`batching.consumer = "faust"`);
+  backlog written once it holds its partitions (so neither start-up nor a fleet's rebalance is timed), timed
+  from the first to the last verdict's broker timestamp; `e2e_faust_per_s` the same worker with faust's
+  `take_events` agents (`batching.consumer = "faust"`);
 - `p50_ms`/`p99_ms`: event time -> verdict broker timestamp while events arrive live at about half of the
   e2e rate;
 - vectors only: `e2e_binary_per_s` the same backlog sent in the compact binary encoding, `e2e_2proc_per_s`
@@ -43,7 +44,7 @@ from benchmarks._common import machine, own_stack, save_figure, write_json
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import ensure_topics, read_records, redis_client
 from stream_app.ops.metrics import WorkerMetrics
-from stream_app.ops.processes import running
+from stream_app.ops.processes import running, wait_consuming
 from stream_app.registry.versions import Registry
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
@@ -205,25 +206,18 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
     result |= await in_process_rates(settings, kind, n, naive_n, sweep=SWEEP if kind == "vectors" else ())
 
-    # The product: a worker subprocess (own group, own verdict topic) drains the same backlog; first with
-    # faust's take_events path, then with the default getmany path, which then also serves live traffic.
-    for consumer in ("faust", "getmany"):
-        worker_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-{consumer}"}, deep=True)
-        worker_settings.topics.scores = f"{settings.topics.scores}.{kind}-{consumer}"
-        worker_settings.batching.consumer = consumer
-        other = "frames" if kind == "vectors" else "vectors"  # this phase's worker reads only its own kind
-        setattr(worker_settings.topics, other, f"{settings.app_id}.idle-{other}")
-        await ensure_topics(worker_settings, [worker_settings.topics.scores, getattr(worker_settings.topics, other)])
-        with running(worker_settings, "worker", "-l", "warning"):
-            verdicts = await drain(worker_settings, worker_settings.topics.scores, n)
-            stamps = np.array([r.timestamp for r in verdicts], np.float64)
-            rate_key = "e2e_per_s" if consumer == "getmany" else "e2e_faust_per_s"
-            result[rate_key] = drain_rate(stamps)
-            if consumer == "getmany":
-                live_n, rate = max(200, n // 4), result["e2e_per_s"] / 2
-                live_start = time.time()
-                await produce(settings, kind, data, live_n, rate=rate)
-                everything = await drain(worker_settings, worker_settings.topics.scores, n + live_n)
+    # The product: worker subprocesses (own group, own input and verdict topics) drain a backlog written once they
+    # all hold partitions; then the default getmany worker also serves live traffic for the latency figures.
+    result["e2e_faust_per_s"] = await e2e_variant(settings, kind, data, n, "faust", consumer="faust")
+    result["e2e_per_s"] = await e2e_variant(settings, kind, data, n, "getmany")
+    worker_settings = variant_settings(settings, kind, "live")
+    await ensure_topics(worker_settings, variant_topics(worker_settings))
+    with running(worker_settings, "worker", "-l", "warning", "--processes", "1"):
+        await wait_consuming(worker_settings, input_topic(worker_settings, kind), 1)
+        live_n, rate = max(200, n // 20), result["e2e_per_s"] / 2
+        live_start = time.time()
+        await produce(worker_settings, kind, data, live_n, rate=rate)
+        everything = await drain(worker_settings, worker_settings.topics.scores, live_n)
     live = [r for r in everything if orjson.loads(r.value)["ts"] >= live_start]
     if not live:
         raise RuntimeError(
@@ -249,21 +243,46 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result["e2e_vs_bound"] = result["e2e_per_s"] / bound  # bound = min(raw consume, bare model)
     if kind == "vectors":  # the same backlog as compact binary vectors, and through two inference processes
         for key, encoding, processes in (("e2e_binary_per_s", "binary", 1), ("e2e_2proc_per_s", "json", 2)):
-            result[key] = await e2e_variant(settings, data, n, key, encoding, processes)
+            result[key] = await e2e_variant(settings, kind, data, n, key, encoding=encoding, processes=processes)
             result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
     return result
 
 
-async def e2e_variant(settings: Settings, data: np.ndarray, n: int, tag: str, encoding: str, processes: int) -> float:
-    """Drain rate of a getmany worker (`processes` inference processes) over its own backlog of n vectors."""
-    s = settings.model_copy(update={"app_id": f"{settings.app_id}-{tag}"}, deep=True)
-    s.topics.vectors = f"{settings.topics.vectors}.{tag}"
-    s.topics.scores = f"{settings.topics.scores}.{tag}"
-    s.topics.frames = f"{settings.app_id}.idle-frames-{tag}"
-    s.batching.consumer = "getmany"
-    await ensure_topics(s, [s.topics.vectors, s.topics.scores, s.topics.frames])
-    await produce(s, "vectors", data, n, encoding=encoding)
+def variant_settings(settings: Settings, kind: str, tag: str, consumer: str = "getmany") -> Settings:
+    """Settings of a worker phase: its own group, input, verdict topic and an idle topic for the other kind."""
+    s = settings.model_copy(update={"app_id": f"{settings.app_id}-{kind}-{tag}", "metrics_port": 0}, deep=True)
+    s.topics.vectors = f"{settings.topics.vectors}.{tag}" if kind == "vectors" else f"{s.app_id}.idle-vectors"
+    s.topics.frames = f"{settings.topics.frames}.{tag}" if kind == "images" else f"{s.app_id}.idle-frames"
+    s.topics.scores = f"{settings.topics.scores}.{kind}-{tag}"
+    s.batching.consumer = consumer  # type: ignore[assignment]
+    return s
+
+
+def variant_topics(s: Settings) -> list[str]:
+    return [s.topics.vectors, s.topics.frames, s.topics.scores]
+
+
+def input_topic(s: Settings, kind: str) -> str:
+    return s.topics.vectors if kind == "vectors" else s.topics.frames
+
+
+async def e2e_variant(
+    settings: Settings,
+    kind: str,
+    data: np.ndarray,
+    n: int,
+    tag: str,
+    encoding: str = "json",
+    processes: int = 1,
+    consumer: str = "getmany",
+) -> float:
+    """Drain rate of a worker (`processes` inference processes) over a backlog of n events, written once every
+    process holds its partitions (so no start-up or rebalance is timed)."""
+    s = variant_settings(settings, kind, tag, consumer)
+    await ensure_topics(s, variant_topics(s))
     with running(s, "worker", "-l", "warning", "--processes", str(processes)):
+        await wait_consuming(s, input_topic(s, kind), processes)
+        await produce(s, kind, data, n, encoding=encoding)
         verdicts = await drain(s, s.topics.scores, n)
     return drain_rate(np.array([r.timestamp for r in verdicts], np.float64))
 
@@ -441,7 +460,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vectors", type=int, default=20000)
+    parser.add_argument("--vectors", type=int, default=100000)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--image-side", type=int, default=64)
     parser.add_argument("--windows", help="e.g. 1,8: only the vector path, once per RVAE window (windowed.json)")

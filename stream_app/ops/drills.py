@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from stream_app.judging import incidents
 from stream_app.ops.connections import aiokafka_kwargs, kafka_producer
-from stream_app.ops.processes import spawn, stop, worker_ports
+from stream_app.ops.processes import spawn, stop, wait_consuming, worker_ports
 from stream_app.settings import IncidentSettings, Settings
 from stream_app.wire.codecs import encode_vector
 from stream_app.wire.outputs import alert_id
@@ -268,23 +268,7 @@ class Drill:
 
     async def wait_consuming(self, n: int, timeout_s: float = 90.0) -> None:
         """Until `n` workers answer /health and every input partition is held by one of them."""
-        want = {f"{self.settings.topics.vectors}/{p}" for p in range(self.settings.topics.partitions)}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            answers = [await asyncio.to_thread(health_of, p) for p in worker_ports(self.settings)]
-            answers = [(status, body) for status, body in answers if status]  # a port file nobody serves
-            held = [set(body.get("partitions", [])) & want for _, body in answers]
-            if len(answers) >= n and sum(1 for h in held if h) >= min(n, len(want)) and set().union(*held) == want:
-                return
-            if (
-                len(answers) >= n
-                and self.settings.batching.consumer == "faust"
-                and not any(b.get("partitions") for _, b in answers)
-            ):
-                await asyncio.sleep(15)  # a worker version whose /health lists no partitions: let faust's group settle
-                return
-            await asyncio.sleep(0.5)
-        raise TimeoutError(f"{n} workers did not share the {len(want)} input partitions within {timeout_s:.0f} s")
+        await wait_consuming(self.settings, self.settings.topics.vectors, n, timeout_s)
 
     def unexpected_exits(self) -> list[tuple[int, int | None]]:
         """Workers that ended without us ending them: (pid, exit code)."""

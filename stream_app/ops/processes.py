@@ -6,6 +6,7 @@ including values that came from code rather than the environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -127,6 +129,23 @@ def worker_ports(settings: Settings) -> list[int]:
         with contextlib.suppress(FileNotFoundError, ValueError):  # removed or half-written meanwhile
             ports.append(int(path.read_text()))
     return ports
+
+
+async def wait_consuming(settings: Settings, topic: str, workers: int, timeout_s: float = 90.0) -> list[int]:
+    """Ports of `workers` live workers once they hold every partition of `topic` and each holds one (or there are
+    fewer partitions than workers): a fleet's start-up and rebalance are over."""
+    want = {f"{topic}/{p}" for p in range(settings.topics.partitions)}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held: dict[int, set[str]] = {}
+        for port in worker_ports(settings):
+            with contextlib.suppress(OSError, ValueError):  # a port file nobody serves (yet, or any more)
+                held[port] = set((await asyncio.to_thread(worker_health, port, 2.0)).get("partitions", [])) & want
+        holding = sum(1 for h in held.values() if h)
+        if len(held) >= workers and holding >= min(workers, len(want)) and set().union(*held.values()) == want:
+            return list(held)
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"{workers} workers did not take the {len(want)} partitions of {topic} in {timeout_s:.0f} s")
 
 
 def worker_health(port: int, timeout_s: float = 5.0) -> dict[str, Any]:

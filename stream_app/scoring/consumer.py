@@ -308,9 +308,10 @@ class BatchConsumer:
             self._committing = asyncio.create_task(self._commit(consumer))
 
     async def _commit_finished(self) -> None:
-        """Wait for the background commit, so a later commit (revoke, stop) is the last word on a position."""
+        """Wait for the background commit (at most a request timeout: `_commit` handles its own errors), so a later
+        commit (revoke, stop) is the last word on a position."""
         if self._committing is not None:
-            await asyncio.wait([self._committing])  # `_commit` handles its own errors
+            await asyncio.wait([self._committing], timeout=self.settings.kafka.request_timeout_ms / 1000)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         assigned = consumer.assignment()

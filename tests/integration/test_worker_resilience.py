@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import numpy as np
 import orjson
@@ -17,7 +16,7 @@ from models import TransformalyScorer
 from stream_app.cli import app as cli
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, redis_client
-from stream_app.ops.processes import running, spawn, worker_health, worker_ports
+from stream_app.ops.processes import running, spawn, wait_consuming, worker_health
 from stream_app.registry.versions import Registry
 from stream_app.settings import Route
 from stream_app.sim.simulator import LineSimulator, normal_images
@@ -81,29 +80,13 @@ async def test_a_worker_killed_mid_stream_loses_no_verdict_and_keeps_its_thresho
     assert await absorbed(settings) >= before, "thresholds continue from Redis, not from scratch"
 
 
-async def both_consuming(settings, timeout_s: float = 90.0) -> list[int]:
-    """Ports of the two workers once each holds a partition of the vectors topic."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ports = worker_ports(settings)
-        if len(ports) == 2:
-            held = [
-                [tp for tp in worker_health(port)["partitions"] if tp.startswith(settings.topics.vectors)]
-                for port in ports
-            ]
-            if all(held) and len({tuple(h) for h in held}) == 2:
-                return ports
-        await asyncio.sleep(0.5)
-    raise TimeoutError("the two workers did not split the partitions in time")
-
-
 async def test_two_workers_share_partitions_and_thresholds_without_lost_updates(make_settings, tmp_path):
     settings = worker_settings(make_settings, tmp_path)
     fit_sensor_model(settings)
     await ensure_topics(settings)
     n = 3000
     with running(settings, "worker"), running(settings, "worker"):
-        ports = await both_consuming(settings)  # the two workers split the input partitions
+        ports = await wait_consuming(settings, settings.topics.vectors, 2)  # the two workers split the partitions
         await produce_vectors(settings, normal_vectors(np.random.default_rng(6), n))
         records = await consume_all(settings, settings.topics.scores, lambda r: len(by_offset(r)) >= n)
         batches = [worker_health(port)["batches"] for port in ports]

@@ -35,7 +35,6 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -294,7 +293,6 @@ class Spot(ThresholdRule):
         if added and faulty(n_c, n_e):  # faults would push the admitted peaks out of the window
             keep = _newest_censored(censored, _expected_censoring(censored, per_admitted, st.cal_peaks, exact=True)[1])
             peaks, censored, limits = peaks[keep], censored[keep], limits[keep]
-            added = int(keep[st.peaks.size :].sum())  # refitting on censored peaks dropped at once changes nothing
         cal_peaks = max(0, st.cal_peaks - max(0, peaks.size - cfg.window))  # the oldest leave the window first
         peaks, censored, limits = peaks[-cfg.window :], censored[-cfg.window :], limits[-cfg.window :]
         xi, sigma, unfit = st.xi, st.sigma, st.unfit + added
@@ -683,33 +681,24 @@ def _quarantine(
     ([[2.0, 3.0], [True, False], [], []], 20)
     """
     span = QUARANTINE
-    quiet_now = min(events - 1 - int(alarms_at[-1]) if alarms_at.size else quiet + events, span)
-    if not alarms_at.size and not excess.size:  # most small batches: the held excesses only grow older
+    if not excess.size and not alarms_at.size:  # most small batches: the held excesses only grow older
         age = held_age + events
         ready = age >= span
-        return held[ready], np.zeros(int(ready.sum()), bool), held[~ready], age[~ready], quiet_now
-    if not held.size and censored.all():  # nothing to quarantine (inside an incident nothing above t is learned)
-        return excess, censored, held, held_age, quiet_now
-    alarms = ([-1 - quiet] if quiet < span else []) + alarms_at.tolist()
-    enter: list[float] = []
-    enter_cens: list[bool] = []
-    still: list[float] = []
-    ages: list[int] = []
-    held_at = [-1 - a for a in held_age.tolist()]  # ~2% of a batch and a few held: plain Python beats numpy
-    old = zip(held_at, held.tolist(), [False] * len(held_at), strict=True)
-    for p, v, c in chain(old, zip(at.tolist(), excess.tolist(), censored.tolist(), strict=True)):
-        if not c:
-            i = bisect_left(alarms, p - span)  # the first alarm at or after p - span...
-            if i < len(alarms) and alarms[i] <= p + span:  # ...is within span of p: dropped
-                continue
-            if p > events - 1 - span:  # not all its followers are judged yet
-                still.append(v)
-                ages.append(events - 1 - p)
-                continue
-        enter.append(v)
-        enter_cens.append(c)
-    return (np.array(enter, np.float32), np.array(enter_cens, bool), np.array(still, np.float32),
-            np.array(ages, np.int32), quiet_now)  # fmt: skip
+        return held[ready], np.zeros(int(ready.sum()), bool), held[~ready], age[~ready], min(quiet + events, span)
+    pos = np.concatenate([-1 - np.asarray(held_age, np.int64), at[~censored]])
+    cand = np.concatenate([held, excess[~censored]]).astype(np.float32)
+    alarms = np.concatenate([[-1 - quiet] if quiet < span else [], alarms_at]).astype(np.int64)
+    near = np.zeros(pos.size, bool)
+    if alarms.size:
+        i = np.searchsorted(alarms, pos - span)  # the first alarm not before pos - span is no later than pos + span
+        near = (i < alarms.size) & (alarms[np.minimum(i, alarms.size - 1)] <= pos + span)
+    ready = ~near & (pos <= events - 1 - span)  # or all its followers are judged
+    wait = ~near & ~ready
+    order = np.argsort(np.concatenate([pos[ready], at[censored]]), kind="stable")
+    enter = np.concatenate([cand[ready], excess[censored]])[order]
+    enter_cens = np.concatenate([np.zeros(int(ready.sum()), bool), np.ones(int(censored.sum()), bool)])[order]
+    quiet = events - 1 - int(alarms_at[-1]) if alarms_at.size else quiet + events
+    return enter, enter_cens, cand[wait], events - 1 - pos[wait], min(quiet, span)
 
 
 def _newest_censored(censored: np.ndarray, count: int) -> np.ndarray:

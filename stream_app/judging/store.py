@@ -242,8 +242,7 @@ class ThresholdStore:
     it is normal, and its scores that a level lifted by its first alarms now calls normal would fatten the
     tail (measured on the demo's pump line: the level went 4.8 -> 17 and later faults went unseen). Scores
     below t still count, and a drift is learned between incidents (an incident closes after `close_m` normal
-    events), or by retraining. Alarms too few to open an incident are SPOT's own business: its tail fit takes no
-    exceedance near one (`thresholds.QUARANTINE`). `stuck` maps
+    events), or by retraining. `stuck` maps
     (model, version, source) to the alarm rate of each source whose state is flagged stuck (see
     `SpotState`); a warning is logged when a source becomes stuck.
 

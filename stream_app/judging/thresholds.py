@@ -22,10 +22,8 @@ of t, with the ones judged anomalous censored at the alert level they beat, but 
 its own tail expects (in the tail fit always, in the rate on a source with faults), its counts forget over
 `horizon` events, and its alert level never reaches t: the state has no absorbing corner (an idle line,
 a tiny calibration set), an anomaly's size never matters and faults, however frequent, do not lift the
-level. Nor does a fault just above the level, whose scores between its alarms are judged normal: SPOT fits
-no exceedance within `QUARANTINE` events of an alarm (it still counts them). benchmarks/calibration.py
-measures every rule over stationary laws, idle stretches, small calibration sets, drift, a retrain and lines
-with faults.
+level. benchmarks/calibration.py measures every rule over stationary laws, idle stretches, small
+calibration sets, drift, a retrain and lines with faults.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ import logging
 import math
 from bisect import bisect_left, insort
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -52,7 +50,6 @@ REFIT_MIN_NEW = 5  # ...and at least 5 (a refit costs ~5-10 ms; one peak among d
 FAULT_FACTOR = 5.0  # SPOT calls a source faulty once it beats its alert level 5x as often as its tail expects
 MAX_PASSES = 8  # SPOT judges a chunk again with its own verdicts at most this often (see `Spot._chunk`)
 QUANTILE_SPAN = 5.0  # the quantile rule's lower anchor sits at 5x the upper anchor's tail probability
-QUARANTINE = 20  # SPOT fits no exceedance judged normal within this many events of an alarm (see `_quarantine`)
 
 Mode = Literal["spot", "quantile", "ewma"]
 Judged = tuple[np.ndarray, np.ndarray, Any]  # (threshold per score, anomalous flags, new state)
@@ -84,10 +81,11 @@ class SpotState(_State):
 
     `peaks` are the `window` newest excesses over t (float32, oldest first); an exceedance judged anomalous
     is kept `censored`, at the alert level it beat minus t (see `fit_gpd`). While an incident is open the
-    store lets no exceedance of t teach the state (`learn`), so every peak is whole or censored and its `limits`
-    (right-truncation points, see `fit_gpd`) are inf. The tail is refitted once per batch at most, when
-    `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at least 5. `count` counts the
-    scores judged normal since calibration (exact, for tests and metrics).
+    store lets only normal scores teach the state; a peak admitted then is a truncated observation (it
+    could only be admitted below the alert level) and keeps that level minus t in `limits`, so the fit
+    stays unbiased and a drift's normal scores can still raise the threshold (naive fits ratchet it down). The tail is refitted once per
+    batch at most, when `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at
+    least 5. `count` counts the scores judged normal since calibration (exact, for tests and metrics).
 
     `n_c` counts (decayed, like `n_t`) the exceedances judged anomalous and `n_e` how many of them the tail
     expects: the odds r / (1 - r) of the level met, added per exceedance judged normal. Faults are what
@@ -96,11 +94,6 @@ class SpotState(_State):
     (5x) the rate counts no more than n_e (see `counted_exceedances`, `_expected_censoring`). States saved
     without these fields load with zeros (anomalous exceedances then count as faults until n_e has grown, a
     negligible change to N_t).
-
-    An exceedance judged normal enters `peaks` only once `QUARANTINE` events have followed it with no alarm, and
-    none was raised in the `QUARANTINE` events before it; until then it is `held` (`held_age`: events since), and
-    `quiet` counts the events since the last alarm (an alarm: a finite score judged anomalous). The counts take
-    it at once. See `_quarantine`; states saved without these fields load with none held.
 
     `alarms` and `seen` decay the same way over every finite score, learned or not (inside an incident the
     store lets a source learn its normal scores only). `high_for` counts the events since the alarm rate
@@ -123,9 +116,6 @@ class SpotState(_State):
     count: int = 0
     unfit: int = 0
     cal_peaks: int = 0  # of `peaks`, the oldest ones from calibration (observed whole: none censored)
-    held: np.ndarray = field(default_factory=lambda: frozen(()))  # excesses in quarantine, oldest first...
-    held_age: np.ndarray = field(default_factory=lambda: frozen((), dtype=np.int32))  # ...and the events since
-    quiet: int = QUARANTINE  # events since the last alarm, at most QUARANTINE
     high_for: int = 0
     stuck: bool = False
     mode: Mode = "spot"
@@ -236,8 +226,6 @@ class Spot(ThresholdRule):
     >>> thr, anomalous, state = rule.judge(state, np.array([1.0, 5.0, 50.0]))
     >>> anomalous.tolist(), state.count, state.censored.tolist()[-2:]
     ([False, False, True], 2, [False, True])
-    >>> state.peaks.size, state.held.size, state.quiet  # 5.0, judged normal next to an alarm, is not fitted
-    (41, 0, 0)
     """
 
     mode = "spot"
@@ -261,34 +249,23 @@ class Spot(ThresholdRule):
 
     def judge(self, st: SpotState, x: np.ndarray, learn: np.ndarray | None = None) -> Judged:
         cfg = self.cfg
-        if not x.size:
-            return np.empty(0), np.empty(0, bool), st
         finite = np.isfinite(x)
         learn_some = None if learn is None else np.asarray(learn, bool)
         thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
         counts: tuple[float, ...] = (st.n, st.n_t, st.n_c, st.n_e, st.alarms, st.seen)
-        new_exc, new_cens, new_at = [], [], []
+        new_peaks, new_cens, new_limits = [st.peaks], [st.censored], [st.limits]
         lo, span = 0, 20 * cfg.horizon
         while lo < x.size:
             learn_chunk = None if learn_some is None else learn_some[lo : lo + span]
-            z, anom, counts, (exc, cens, at) = self._chunk(st, x[lo : lo + span], learn_chunk, counts)
+            z, anom, counts, (peaks, cens, lims) = self._chunk(st, x[lo : lo + span], learn_chunk, counts)
             thr[lo : lo + z.size], anomalous[lo : lo + z.size] = z, anom
-            new_exc.append(exc)
+            new_peaks.append(peaks)
             new_cens.append(cens)
-            new_at.append(lo + at)
+            new_limits.append(lims)
             lo += z.size
         n, n_t, n_c, n_e, alarms, seen = counts
-        exc, cens, at = (np.concatenate(v) if len(v) > 1 else v[0] for v in (new_exc, new_cens, new_at))
-        alarms_at, events = np.flatnonzero(finite & anomalous), x.size
-        if events and not finite.all():  # events are finite scores: the others are no measurement, touch nothing
-            event = np.cumsum(finite) - 1
-            at, alarms_at, events = event[at], event[alarms_at], int(event[-1]) + 1
-        enter, enter_cens, held, held_age, quiet = _quarantine(
-            st.held, st.held_age, st.quiet, exc, cens, at, alarms_at, events
-        )
-        added = enter.size
-        peaks, censored = np.concatenate([st.peaks, enter]), np.concatenate([st.censored, enter_cens])
-        limits = np.concatenate([st.limits, np.full(added, np.inf, np.float32)])
+        added = sum(p.size for p in new_peaks[1:])
+        peaks, censored, limits = np.concatenate(new_peaks), np.concatenate(new_cens), np.concatenate(new_limits)
         per_admitted = n_e / max(n_t - n_c, 1e-9)  # censored peaks the tail expects per admitted one
         if added and faulty(n_c, n_e):  # faults would push the admitted peaks out of the window
             keep = _newest_censored(censored, _expected_censoring(censored, per_admitted, st.cal_peaks, exact=True)[1])
@@ -309,7 +286,6 @@ class Spot(ThresholdRule):
             censored=frozen(censored, dtype=bool), limits=frozen(limits), alarms=float(alarms), seen=float(seen),
             count=st.count + int(learned_normal.sum()), unfit=unfit, cal_peaks=cal_peaks, high_for=high_for,
             stuck=high_for >= cfg.stuck_events,
-            held=frozen(held), held_age=frozen(held_age, dtype=np.int32), quiet=quiet,
         )  # fmt: skip
         return thr, anomalous, new
 
@@ -321,8 +297,8 @@ class Spot(ThresholdRule):
         counts: tuple[float, ...],
         guess: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Thresholds, flags, end counts and new (excesses, censored flags, indices in `x`) of the scores `x` (at most
-        20 horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
+        """Thresholds, flags, end counts and new (excesses, censored flags, limits) of the scores `x` (at most 20
+        horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
 
         The counts see every finite score but an exceedance of t not to be learned (`learn` False). Before the i-th score with k_i counted ones ahead of it, a decayed count is
         lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted scores j before i); n counts all of them, whose
@@ -387,7 +363,8 @@ class Spot(ThresholdRule):
         )
         cens = anomalous[exc]
         excess = (np.where(cens, z[exc], x[exc]) - st.t).astype(np.float32)
-        return z, anomalous, new_counts, (excess, cens, np.flatnonzero(exc))
+        limits = np.full(excess.size, np.inf, np.float32)
+        return z, anomalous, new_counts, (excess, cens, limits)
 
     @staticmethod
     def dump(state: SpotState) -> dict[str, Any]:
@@ -397,17 +374,14 @@ class Spot(ThresholdRule):
             "cal_peaks": state.cal_peaks,
             "stuck": state.stuck, "peaks": b64(state.peaks), "censored": b64_bits(state.censored),
             "limits": b64(state.limits),
-            "held": b64(state.held), "held_age": state.held_age.tolist(), "quiet": state.quiet,
         }  # fmt: skip
 
     @staticmethod
     def load(d: dict[str, Any]) -> SpotState:
-        peaks, held = unb64(d["peaks"]), unb64(d.get("held", ""))
-        held_age = frozen(d.get("held_age", ()), dtype=np.int32)
-        if held_age.size != held.size:
-            raise ValueError(f"{held.size} held excesses but {held_age.size} ages")
-        arrays: dict[str, Any] = {"peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size), "held": held}
-        return SpotState(**{**d, **arrays, "limits": unb64(d["limits"]), "held_age": held_age})
+        peaks = unb64(d["peaks"])
+        return SpotState(
+            **{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size), "limits": unb64(d["limits"])}
+        )
 
 
 def _quantile_sorted(srt: list[float], p: float) -> float:
@@ -646,59 +620,6 @@ def _expected_censoring(censored: np.ndarray, per_admitted: float, cal_peaks: in
         expected += math.sqrt(expected) + 1.0
     n_cens = int(censored.sum())
     return (min(1.0, expected / n_cens) if n_cens else 1.0), min(math.ceil(expected), n_cens)
-
-
-def _quarantine(
-    held: np.ndarray,
-    held_age: np.ndarray,
-    quiet: int,
-    excess: np.ndarray,
-    censored: np.ndarray,
-    at: np.ndarray,
-    alarms_at: np.ndarray,
-    events: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """What a batch's new exceedances and the held ones do to SPOT's tail fit: (excesses that enter it now, oldest
-    first, and their censored flags; excesses still held and their ages; events since the last alarm, at most
-    `QUARANTINE`). `at` and `alarms_at` are the batch's event indices of its new exceedances and of its alarms, in
-    `events` events; a held excess `held_age` events old sits at -1 - held_age, the last alarm at -1 - `quiet`.
-
-    An exceedance judged normal is fitted only if no alarm falls within `QUARANTINE` events of it, before or after;
-    one with an alarm that near is dropped, and one whose `QUARANTINE` following events are not all judged yet is
-    held. Why: the tail fit has a few dozen peaks and each weighs by its size. A fault scoring just above the alert
-    level beats it now and then, and its scores in between are "normal" exceedances far out in the tail: learned,
-    they made the tail heavier and the level rose above the fault, then over all of it (measured on the demo's pump
-    line at risk 1e-4: 5.5 -> 13.7 over a 14-event offset fault that raised two alarms, too few for an incident).
-    On a stationary source alarms fall at random, one per 1/risk events, so the 41 events around each drop 4% of
-    its peaks at risk 1e-3 (0.4% at 1e-4), at random: the fit stays unbiased (benchmarks/calibration.py). The
-    rate N_t / n still counts every exceedance when it happens (counting only the admitted ones left an absorbing
-    state, see `SpotState`): a fault's exceedances move it by their number, not by their size. Exceedances judged
-    anomalous (censored at the level) enter at once: `_expected_censoring` caps their weight.
-
-    >>> out = _quarantine(np.zeros(0, np.float32), np.zeros(0, int), 20, np.array([1.0, 2.0, 3.0], np.float32),
-    ...                   np.array([False, True, False]), np.array([0, 5, 30]), np.array([5]), 60)
-    >>> [a.tolist() for a in out[:4]], out[4]  # 1.0 is near the alarm at 5, 3.0 far enough from it
-    ([[2.0, 3.0], [True, False], [], []], 20)
-    """
-    span = QUARANTINE
-    if not excess.size and not alarms_at.size:  # most small batches: the held excesses only grow older
-        age = held_age + events
-        ready = age >= span
-        return held[ready], np.zeros(int(ready.sum()), bool), held[~ready], age[~ready], min(quiet + events, span)
-    pos = np.concatenate([-1 - np.asarray(held_age, np.int64), at[~censored]])
-    cand = np.concatenate([held, excess[~censored]]).astype(np.float32)
-    alarms = np.concatenate([[-1 - quiet] if quiet < span else [], alarms_at]).astype(np.int64)
-    near = np.zeros(pos.size, bool)
-    if alarms.size:
-        i = np.searchsorted(alarms, pos - span)  # the first alarm not before pos - span is no later than pos + span
-        near = (i < alarms.size) & (alarms[np.minimum(i, alarms.size - 1)] <= pos + span)
-    ready = ~near & (pos <= events - 1 - span)  # or all its followers are judged
-    wait = ~near & ~ready
-    order = np.argsort(np.concatenate([pos[ready], at[censored]]), kind="stable")
-    enter = np.concatenate([cand[ready], excess[censored]])[order]
-    enter_cens = np.concatenate([np.zeros(int(ready.sum()), bool), np.ones(int(censored.sum()), bool)])[order]
-    quiet = events - 1 - int(alarms_at[-1]) if alarms_at.size else quiet + events
-    return enter, enter_cens, cand[wait], events - 1 - pos[wait], min(quiet, span)
 
 
 def _newest_censored(censored: np.ndarray, count: int) -> np.ndarray:

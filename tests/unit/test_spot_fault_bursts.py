@@ -5,7 +5,6 @@ scores alone give, faults flagged."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from stream_app.judging import thresholds as T
 from stream_app.settings import ThresholdSettings
@@ -93,47 +92,3 @@ def test_states_saved_before_the_fault_counts_load_and_judge() -> None:
     assert T.current_threshold(cfg, loaded) == T.current_threshold(cfg, state)
     _, anomalous, _ = T.judge(cfg, loaded, np.array([1.0, 50.0]))
     assert anomalous.tolist() == [False, True]
-
-
-def quarantine_case() -> tuple[ThresholdSettings, T.SpotState, np.ndarray]:
-    """A state, and 200 ordinary scores with one alarm at 100 and exceedances of t, judged normal, around it."""
-    cfg = ThresholdSettings(risk=RISK)
-    state = T.initial_state(cfg, np.random.default_rng(3).exponential(size=3000))
-    x = np.full(200, 0.5)
-    x[100] = 1e3
-    x[[70, 85, 95, 105, 115, 130, 190]] = state.t + np.arange(1, 8) / 8  # 70 and 130: 30 events from the alarm
-    return cfg, state, x
-
-
-@pytest.mark.parametrize("batch", [1, 7, 200])
-def test_exceedances_judged_normal_near_an_alarm_are_not_fitted_in_any_batching(batch: int) -> None:
-    cfg, state, x = quarantine_case()
-    thr, anomalous, after = judged(cfg, state, x, batch=batch)
-    assert np.flatnonzero(anomalous).tolist() == [100]
-    new = after.peaks[state.peaks.size :]
-    assert new.tolist() == pytest.approx([1 / 8, thr[100] - state.t, 6 / 8], rel=1e-6)  # 70, the alarm, 130
-    assert after.censored[state.peaks.size :].tolist() == [False, True, False]
-    assert after.held.tolist() == pytest.approx([7 / 8]) and after.held_age.tolist() == [9]  # 190: 9 events ago
-    assert after.quiet == T.QUARANTINE
-
-
-def test_the_quarantine_keeps_exceedances_out_of_the_fit_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The rate must count every exceedance (counting only fitted ones left an absorbing state).
-    cfg, state, x = quarantine_case()
-    _, _, kept = T.judge(cfg, state, x)
-    monkeypatch.setattr(T, "QUARANTINE", 0)
-    _, _, plain = T.judge(cfg, state, x)
-    assert (kept.n, kept.n_t, kept.n_c, kept.n_e, kept.count) == (plain.n, plain.n_t, plain.n_c, plain.n_e, plain.count)
-    assert plain.peaks.size == kept.peaks.size + 5  # 85, 95, 105, 115 near the alarm; 190 still held
-
-
-def test_a_state_with_held_exceedances_round_trips_and_older_states_load_with_none_held() -> None:
-    cfg, state, x = quarantine_case()
-    _, _, after = T.judge(cfg, state, x)
-    assert T.loads(T.dumps(after)) == after and after.held.size
-    old = {k: v for k, v in T.to_dict(after).items() if k not in ("held", "held_age", "quiet")}
-    loaded = T.from_dict(old)
-    assert loaded.held.size == 0 and loaded.quiet == T.QUARANTINE
-    assert T.current_threshold(cfg, loaded) == T.current_threshold(cfg, after)
-    with pytest.raises(ValueError, match="held"):
-        T.from_dict({**T.to_dict(after), "held_age": []})

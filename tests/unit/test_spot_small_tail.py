@@ -11,8 +11,7 @@ events 361-374 scores 1.1-1.7x the alert level.
   (the tail's first maximum-likelihood fit) lifted the level 5.5 -> 6.5, the second event beat that, the third
   scored just below it: two alarms, no incident (3 of 5 open one), and the fault's remaining twelve scores,
   4-12 scale units above t, were learned as normal peaks. The level went to 13.7 and stayed there (the live
-  demo: ~5 -> ~13), so a later fault of the same size would go unseen. Now no exceedance judged normal within
-  `QUARANTINE` events of an alarm enters the fit.
+  demo: ~5 -> ~13), so a later fault of the same size would go unseen.
 """
 
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from stream_app.judging import gpd, incidents
-from stream_app.judging import thresholds as T
 from stream_app.judging.store import SourceState, ThresholdStore
 from stream_app.settings import IncidentSettings, ThresholdSettings
 
@@ -62,15 +60,8 @@ def test_a_fault_just_above_the_level_does_not_lift_it() -> None:
     assert lv[FAULT.start :].max() < 1.25 * lv[BEFORE]
 
 
-def test_the_prior_alone_holds_the_level_at_the_default_risk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(T, "QUARANTINE", 0)
-    lv = levels()
-    assert lv[FAULT.start :].max() < 1.25 * lv[BEFORE]
-
-
-def test_without_the_prior_and_the_quarantine_the_same_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_prior_the_same_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpd, "XI_PRIOR_SD", 1e6)
-    monkeypatch.setattr(T, "QUARANTINE", 0)
     lv = levels()
     assert lv[FAULT.start :].max() > 2 * lv[BEFORE]
 
@@ -83,9 +74,3 @@ def test_at_the_demo_risk_the_fault_does_not_lift_the_level_in_any_batching(size
     # The worker judges a source's events in small batches (1-8 events at the demo's 25 events/s per source).
     lv = levels(DEMO_RISK, sizes)
     assert lv[FAULT.start :].max() < 1.5 * lv[BEFORE], (lv[BEFORE], lv[FAULT.start :].max())
-
-
-def test_at_the_demo_risk_without_the_quarantine_the_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(T, "QUARANTINE", 0)
-    lv = levels(DEMO_RISK)
-    assert lv[FAULT.start :].max() > 2 * lv[BEFORE]

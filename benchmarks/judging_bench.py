@@ -37,7 +37,7 @@ def per_event_us(fn, state, x: np.ndarray, batch: int, repeats: int) -> float:
         st = state
         started = time.process_time()  # CPU time of this process: other tenants' load does not count
         for b in range(0, x.size, batch):
-            st = fn(st, x[b : b + batch])
+            st = fn(st, x[b : b + batch], b)
         times.append((time.process_time() - started) / x.size * 1e6)
     return float(np.min(times))  # the least disturbed repeat: this machine is shared
 
@@ -70,14 +70,14 @@ def main() -> None:
         _, _, state = thresholds.judge(cfg, state, scores(200_000))  # fill the peak window
         x = scores(args.events) + (10.0 if case == "+incident" else 0.0)
         name, keys = mode + case, [f"t:0:{i}" for i in range(x.size)]
-        for batch in (64, 256, 1024):
+        for batch in (8, 64, 256, 1024):
 
-            def judge_rule(st, xs, cfg=cfg, incident=case == "+incident"):
+            def judge_rule(st, xs, _, cfg=cfg, incident=case == "+incident"):
                 return thresholds.judge(cfg, st, xs, np.zeros(xs.size, bool) if incident else None)[2]
 
             rule = per_event_us(judge_rule, state, x, batch, args.repeats)
             full = per_event_us(
-                lambda st, xs, keys=keys: store._judge_source(st, "s", xs, keys[: xs.size])[0],
+                lambda st, xs, at, keys=keys: store._judge_source(st, "s", xs, keys[at : at + xs.size])[0],
                 SourceState(state, incidents.IncidentState()), x, batch, args.repeats,
             )  # fmt: skip
             out[f"{name}/{batch}"] = {"rule_us_per_event": round(rule, 3), "source_us_per_event": round(full, 3)}

@@ -116,6 +116,8 @@ class SpotState(_State):
     count: int = 0
     unfit: int = 0
     cal_peaks: int = 0  # of `peaks`, the oldest ones from calibration (observed whole: none censored)
+    run_excess: float | None = None  # the open run of exceedances (see `_decluster`): its largest excess so far...
+    run_censored: bool = False  # ...and whether that one is censored
     high_for: int = 0
     stuck: bool = False
     mode: Mode = "spot"
@@ -223,9 +225,9 @@ class Spot(ThresholdRule):
     >>> state = rule.initial(np.random.default_rng(0).exponential(size=2000))
     >>> state.peaks.size, round(state.t, 2), round(rule.threshold(state), 1)
     (40, 4.01, 7.4)
-    >>> thr, anomalous, state = rule.judge(state, np.array([1.0, 5.0, 50.0]))
-    >>> anomalous.tolist(), state.count, state.censored.tolist()[-2:]
-    ([False, False, True], 2, [False, True])
+    >>> thr, anomalous, state = rule.judge(state, np.array([1.0, 5.0, 50.0, 1.0]))
+    >>> anomalous.tolist(), state.count, state.peaks.size, state.censored.tolist()[-1]  # 5.0, 50.0: one cluster
+    ([False, False, True, False], 3, 41, True)
     """
 
     mode = "spot"
@@ -253,19 +255,22 @@ class Spot(ThresholdRule):
         learn_some = None if learn is None else np.asarray(learn, bool)
         thr, anomalous = np.empty(x.size), np.empty(x.size, dtype=bool)
         counts: tuple[float, ...] = (st.n, st.n_t, st.n_c, st.n_e, st.alarms, st.seen)
-        new_peaks, new_cens, new_limits = [st.peaks], [st.censored], [st.limits]
+        new_exc, new_cens, new_at = [], [], []
         lo, span = 0, 20 * cfg.horizon
         while lo < x.size:
             learn_chunk = None if learn_some is None else learn_some[lo : lo + span]
-            z, anom, counts, (peaks, cens, lims) = self._chunk(st, x[lo : lo + span], learn_chunk, counts)
+            z, anom, counts, (exc, cens, at) = self._chunk(st, x[lo : lo + span], learn_chunk, counts)
             thr[lo : lo + z.size], anomalous[lo : lo + z.size] = z, anom
-            new_peaks.append(peaks)
+            new_exc.append(exc)
             new_cens.append(cens)
-            new_limits.append(lims)
+            new_at.append(lo + at)
             lo += z.size
         n, n_t, n_c, n_e, alarms, seen = counts
-        added = sum(p.size for p in new_peaks[1:])
-        peaks, censored, limits = np.concatenate(new_peaks), np.concatenate(new_cens), np.concatenate(new_limits)
+        exc, cens, at = (np.concatenate(v) if len(v) > 1 else v[0] for v in (new_exc, new_cens, new_at))
+        enter, enter_cens, run = _decluster((st.run_excess, st.run_censored), exc, cens, at, x.size)
+        added = enter.size
+        peaks, censored = np.concatenate([st.peaks, enter]), np.concatenate([st.censored, enter_cens])
+        limits = np.concatenate([st.limits, np.full(added, np.inf, np.float32)])
         per_admitted = n_e / max(n_t - n_c, 1e-9)  # censored peaks the tail expects per admitted one
         if added and faulty(n_c, n_e):  # faults would push the admitted peaks out of the window
             keep = _newest_censored(censored, _expected_censoring(censored, per_admitted, st.cal_peaks, exact=True)[1])
@@ -285,7 +290,7 @@ class Spot(ThresholdRule):
             t=st.t, xi=xi, sigma=sigma, n=float(n), n_t=float(n_t), n_c=float(n_c), n_e=float(n_e), peaks=frozen(peaks),
             censored=frozen(censored, dtype=bool), limits=frozen(limits), alarms=float(alarms), seen=float(seen),
             count=st.count + int(learned_normal.sum()), unfit=unfit, cal_peaks=cal_peaks, high_for=high_for,
-            stuck=high_for >= cfg.stuck_events,
+            stuck=high_for >= cfg.stuck_events, run_excess=run[0], run_censored=run[1],
         )  # fmt: skip
         return thr, anomalous, new
 
@@ -363,8 +368,7 @@ class Spot(ThresholdRule):
         )
         cens = anomalous[exc]
         excess = (np.where(cens, z[exc], x[exc]) - st.t).astype(np.float32)
-        limits = np.full(excess.size, np.inf, np.float32)
-        return z, anomalous, new_counts, (excess, cens, limits)
+        return z, anomalous, new_counts, (excess, cens, np.flatnonzero(exc))
 
     @staticmethod
     def dump(state: SpotState) -> dict[str, Any]:
@@ -373,7 +377,7 @@ class Spot(ThresholdRule):
             "alarms": state.alarms, "seen": state.seen, "count": state.count, "unfit": state.unfit, "high_for": state.high_for,
             "cal_peaks": state.cal_peaks,
             "stuck": state.stuck, "peaks": b64(state.peaks), "censored": b64_bits(state.censored),
-            "limits": b64(state.limits),
+            "limits": b64(state.limits), "run_excess": state.run_excess, "run_censored": state.run_censored,
         }  # fmt: skip
 
     @staticmethod
@@ -620,6 +624,49 @@ def _expected_censoring(censored: np.ndarray, per_admitted: float, cal_peaks: in
         expected += math.sqrt(expected) + 1.0
     n_cens = int(censored.sum())
     return (min(1.0, expected / n_cens) if n_cens else 1.0), min(math.ceil(expected), n_cens)
+
+
+Run = tuple[float | None, bool]
+
+
+def _decluster(
+    run: Run, excess: np.ndarray, censored: np.ndarray, at: np.ndarray, events: int
+) -> tuple[np.ndarray, np.ndarray, Run]:
+    """Runs declustering of a batch's new exceedances (Coles 2001, 5.3.2, run length 1): consecutive exceedances
+    are one cluster and enter the tail fit as its largest excess (censored if that one is); returns the clusters
+    that ended, oldest first, and the run still open at the batch's end. `at`: the exceedances' positions among
+    the batch's `events`; `run`: the open run carried in (its largest excess, censored), None when there is none.
+
+    Why: the fit assumes independent excesses, and a fault is a run. One scoring just above the alert level
+    beats it now and then; its scores in between are exceedances judged normal, far out in the tail, and each
+    one learned made the tail heavier: on the demo's pump line at risk 1e-4 a 14-event offset fault (two alarms,
+    too few for an incident) took the level from 5.5 to 13.7. As one cluster it is one censored peak. The rate
+    N_t / n still counts every exceedance (per event, as the alert level is), and independent scores barely
+    cluster: at t, the 0.98 quantile, 2% of exceedances follow another.
+
+    >>> out = _decluster((0.5, False), np.array([1.0, 3.0, 2.0, 0.2], np.float32), np.array([0, 1, 0, 0], bool),
+    ...                  np.array([0, 1, 2, 7]), 8)
+    >>> [a.tolist() for a in out[:2]], out[2]  # 0.5 continued into 1.0, 3.0 (censored), 2.0; 0.2 runs on
+    ([[3.0], [True]], (0.20000000298023224, False))
+    """
+    values, cens = excess.tolist(), censored.tolist()
+    best, best_cens = run
+    ends: list[float] = []
+    ends_cens: list[bool] = []
+    last = -1 if best is not None else -2  # the open run's last position, just before this batch
+    for p, v, c in zip(at.tolist(), values, cens, strict=True):
+        if p != last + 1 and best is not None:  # a gap closed the run
+            ends.append(best)
+            ends_cens.append(best_cens)
+            best = None
+        if best is None or v > best:
+            best, best_cens = v, c
+        last = p
+    if best is not None and last < events - 1:  # the batch ends below t: the run is over
+        ends.append(best)
+        ends_cens.append(best_cens)
+        best, best_cens = None, False
+    return np.array(ends, np.float32), np.array(ends_cens, bool), (best, best_cens)
 
 
 def _newest_censored(censored: np.ndarray, count: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from stream_app.judging import gpd, incidents
+from stream_app.judging import gpd, incidents, thresholds
 from stream_app.judging.store import SourceState, ThresholdStore
 from stream_app.settings import IncidentSettings, ThresholdSettings
 
@@ -60,9 +60,21 @@ def test_a_fault_just_above_the_level_does_not_lift_it() -> None:
     assert lv[FAULT.start :].max() < 1.25 * lv[BEFORE]
 
 
-def test_without_the_prior_the_same_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+def every_exceedance_alone(run, excess, censored, at, events):
+    """No declustering: every exceedance its own cluster."""
+    return excess, censored, (None, False)
+
+
+def test_without_the_prior_and_declustering_the_same_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpd, "XI_PRIOR_SD", 1e6)
+    monkeypatch.setattr(thresholds, "_decluster", every_exceedance_alone)
     lv = levels()
+    assert lv[FAULT.start :].max() > 2 * lv[BEFORE]
+
+
+def test_at_the_demo_risk_without_declustering_the_fault_lifts_the_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(thresholds, "_decluster", every_exceedance_alone)
+    lv = levels(DEMO_RISK)
     assert lv[FAULT.start :].max() > 2 * lv[BEFORE]
 
 

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from PIL import Image
 from pydantic import SecretStr
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -180,11 +180,21 @@ def tile_color(driver, source: str) -> tuple[int, int, int] | None:
     return tuple(int(float(v)) for v in rgb[rgb.index("(") + 1 : -1].split(",")[:3])  # type: ignore[return-value]
 
 
-def wait_text(driver, element_id: str, text: str, timeout_s: float = 10.0) -> None:
+def texts_of(driver, element_id: str, by: str = By.ID) -> list[str]:
+    """The texts of the elements with this id (or `by` locator); none while the page is being replaced."""
+    try:
+        return [e.text for e in driver.find_elements(by, element_id)]
+    except StaleElementReferenceException:
+        return []
+    except WebDriverException as exc:  # chromedriver's other word for a stale element, mid-navigation
+        if "does not belong to the document" in str(exc):
+            return []
+        raise
+
+
+def wait_text(driver, element_id: str, text: str, timeout_s: float = 10.0, by: str = By.ID) -> None:
     """Wait for `text` in an element of the page a click is loading (elements of the old page go stale)."""
-    WebDriverWait(driver, timeout_s, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: any(text in e.text for e in d.find_elements(By.ID, element_id))
-    )
+    WebDriverWait(driver, timeout_s).until(lambda d: any(text in t for t in texts_of(d, element_id, by)))
 
 
 def assert_no_browser_errors(driver) -> None:
@@ -343,9 +353,7 @@ def test_promote_needs_a_login_and_a_csrf_token(console, browser):
     browser.delete_all_cookies()
     browser.get(base + "/models")
     browser.find_element(By.ID, "promote-sensors-0002").click()
-    WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: "log in to do this" in d.find_element(By.TAG_NAME, "body").text
-    )
+    wait_text(browser, "body", "log in to do this", by=By.TAG_NAME)
     assert registry.production("sensors").version == "0001"
 
     # a forged cross-site form: a valid session cookie but no CSRF token

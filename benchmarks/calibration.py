@@ -50,12 +50,7 @@ LAWS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 
 
 def run(cfg: ThresholdSettings, state: T.ThresholdState, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, object]:
-    thr, flags = [], []
-    for b in range(0, x.size, BATCH):
-        z, a, state = T.judge(cfg, state, x[b : b + BATCH])
-        thr.append(z)
-        flags.append(a)
-    return np.concatenate(thr), np.concatenate(flags), state
+    return T.judge_stream(cfg, state, x, BATCH)
 
 
 def ratio(flags: np.ndarray, risk: float) -> float:

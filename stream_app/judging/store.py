@@ -548,19 +548,21 @@ class ThresholdStore:
         """Judge events not judged before. The first `warmup` (a windowed model's padded windows: a repeated row
         looks like a stuck sensor) are never anomalous and do not teach the threshold."""
         settled = np.arange(scores.size) >= warmup
-        learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
-        if warmup:
-            learn = settled if learn is None else learn
-        thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
-        flags = (anomalous & settled).tolist()
-        steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
-        inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
-        if learn is None and "opened" in inc_events:  # from the event that opens an incident, nothing above t:
-            learn = (np.arange(scores.size) < inc_events.index("opened")) & settled  # again, same state before it
+
+        def judge_with(learn: np.ndarray | None):  # thresholds, then incidents on the settled verdicts
             thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
             flags = (anomalous & settled).tolist()
             steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
-            inc_ids, inc_events = zip(*steps, strict=True)
+            inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
+            return thr, flags, thr_state, inc_ids, inc_events, inc_state
+
+        learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
+        if warmup:
+            learn = settled if learn is None else learn
+        thr, flags, thr_state, inc_ids, inc_events, inc_state = judge_with(learn)
+        if learn is None and "opened" in inc_events:  # from the event that opens an incident, nothing above t:
+            learn = (np.arange(scores.size) < inc_events.index("opened")) & settled  # again, same state before it
+            thr, flags, thr_state, inc_ids, inc_events, inc_state = judge_with(learn)
         n = scores.size
         stuck = bool(getattr(thr_state, "stuck", False))
         rows = zip([source] * n, scores.tolist(), thr.tolist(), flags, severities(scores, thr).tolist(),

@@ -302,8 +302,8 @@ class Spot(ThresholdRule):
         counts: tuple[float, ...],
         guess: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Thresholds, flags, end counts and new (excesses, censored flags, limits) of the scores `x` (at most 20
-        horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
+        """Thresholds, flags, end counts and new (excesses, censored flags, positions in `x`) of the scores `x` (at
+        most 20 horizons, so that the closed forms' growth factors stay below e^20), or of a prefix of them.
 
         The counts see every finite score but an exceedance of t not to be learned (`learn` False). Before the i-th score with k_i counted ones ahead of it, a decayed count is
         lam^k_i * (c0 + sum of lam^-(k_j + 1) over the counted scores j before i); n counts all of them, whose
@@ -696,6 +696,19 @@ def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray, lea
     if learn is not None and np.shape(learn) != x.shape:
         raise ValueError(f"need one learn flag per score: {x.size} scores, {np.size(learn)} flags")
     return rule_for(cfg).judge(state, x, learn)
+
+
+def judge_stream(
+    cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray, batch: int, learn: np.ndarray | None = None
+) -> Judged:
+    """`judge` over a long stream in micro-batches of `batch`, as a worker meets it (tests and benchmarks): the
+    thresholds and flags of every score, and the final state. `learn`: one flag per score, or None."""
+    thr, flags = [], []
+    for b in range(0, len(scores), batch):
+        z, a, state = judge(cfg, state, scores[b : b + batch], None if learn is None else learn[b : b + batch])
+        thr.append(z)
+        flags.append(a)
+    return np.concatenate(thr), np.concatenate(flags), state
 
 
 def to_dict(state: ThresholdState) -> dict[str, Any]:

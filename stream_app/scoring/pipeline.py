@@ -284,8 +284,8 @@ class InspectionPipeline:
         return ScoredGroup(group.records, group.events, data, scores)
 
     def _sequence_scoring(self, loaded: LoadedModel) -> ScoreSequences:
-        """The call `ThresholdStore.judge` scores a windowed model's rows with: on the inference thread, all sources
-        of the batch in one forward pass; the scorer's own errors come out as `ScoringFailed`."""
+        """The call `ThresholdStore.judge` scores a windowed model's rows with: where the model's inference runs
+        (`_infer`), all sources of the batch in one forward pass; the scorer's own errors come out as `ScoringFailed`."""
         scorer = cast(SequenceScorer, loaded.scorer)
 
         async def score(pairs: list[tuple[np.ndarray | None, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:

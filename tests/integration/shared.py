@@ -14,8 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy.localstack import LocalStack, free_port
-from stream_app.ops.connections import aiokafka_kwargs
-from stream_app.ops.drills import Drill, Tally
+from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
+from stream_app.ops.drills import Drill, Tally, publish_tiny_model
 from stream_app.settings import Route, Settings, TopicSettings
 from tests.servers import started
 
@@ -52,6 +52,14 @@ def chaos_settings(stack: LocalStack, tmp_path: Path, partitions: int = 4) -> Se
     s.recovery.retry_max_s, s.recovery.probe_interval_s, s.recovery.revoke_wait_s = 3.0, 1.0, 5.0
     s.batching.max_wait_ms = 20
     return s
+
+
+async def drill_settings(stack: LocalStack, tmp_path: Path, features: int) -> Settings:
+    """`chaos_settings` with the drill's topics created and a tiny model of `features` sensors in production."""
+    settings = chaos_settings(stack, tmp_path)
+    publish_tiny_model(settings, features)
+    await ensure_topics(settings)
+    return settings
 
 
 def assert_nothing_lost(counted: Tally, drill: Drill) -> None:

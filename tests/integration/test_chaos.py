@@ -17,10 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.localstack import LocalStack
-from stream_app.ops.connections import ensure_topics
-from stream_app.ops.drills import Drill, log_problems, publish_tiny_model
+from stream_app.ops.drills import Drill, log_problems
 from stream_app.ops.processes import port_file, worker_ports
-from tests.integration.shared import assert_nothing_lost, chaos_settings, own_stack
+from tests.integration.shared import assert_nothing_lost, drill_settings, own_stack
 
 pytestmark = pytest.mark.integration
 F = 4
@@ -36,9 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):
     """Two workers on one host (one metrics port setting); one is SIGKILLed and replaced (the newcomer's join
     rebalances partitions with batches in flight), then one stops gracefully (2 -> 1)."""
-    settings = chaos_settings(stack, tmp_path)
-    publish_tiny_model(settings, F)
-    await ensure_topics(settings)
+    settings = await drill_settings(stack, tmp_path, F)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -70,9 +67,7 @@ async def test_worker_kill_restart_and_stop_lose_no_verdict(stack, tmp_path):
 
 
 async def test_redis_and_broker_outages_pause_report_and_resume(stack, tmp_path):
-    settings = chaos_settings(stack, tmp_path)
-    publish_tiny_model(settings, F)
-    await ensure_topics(settings)
+    settings = await drill_settings(stack, tmp_path, F)
     drill = Drill(settings, stack, RATE, F, tmp_path)
     drill.start_worker()
     async with drill:

@@ -14,8 +14,14 @@ import pytest
 
 from deploy.localstack import LocalStack
 from stream_app.ops.connections import ensure_topics
-from stream_app.ops.drills import Drill, kill_partition_leader, log_problems, publish_tiny_model
-from tests.integration.shared import assert_nothing_lost, chaos_settings, own_stack, topic_replication
+from stream_app.ops.drills import Drill, kill_partition_leader, log_problems
+from tests.integration.shared import (
+    assert_nothing_lost,
+    chaos_settings,
+    drill_settings,
+    own_stack,
+    topic_replication,
+)
 
 pytestmark = pytest.mark.integration
 F = 4
@@ -38,9 +44,7 @@ async def test_topics_on_three_brokers_keep_three_copies_two_in_sync(cluster, tm
 
 
 async def test_killing_an_input_partitions_leader_loses_no_verdict(cluster, tmp_path):
-    settings = chaos_settings(cluster, tmp_path)
-    publish_tiny_model(settings, F)
-    await ensure_topics(settings)
+    settings = await drill_settings(cluster, tmp_path, F)
     drill = Drill(settings, cluster, RATE, F, tmp_path)
     drill.start_worker()
     async with drill:

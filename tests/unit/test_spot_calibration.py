@@ -20,14 +20,8 @@ def run(
     cfg: ThresholdSettings, state: T.ThresholdState, x: np.ndarray, batch: int = 1024, learn: bool | np.ndarray = True
 ):
     """Judge `x` in micro-batches (`learn`: one flag per score, or one for all); (thresholds, flags, final state)."""
-    thr, flags = [], []
-    learn_each = np.broadcast_to(np.asarray(learn, bool), x.shape)
-    for b in range(0, x.size, batch):
-        xs = x[b : b + batch]
-        z, a, state = T.judge(cfg, state, xs, None if learn is True else learn_each[b : b + batch])
-        thr.append(z)
-        flags.append(a)
-    return np.concatenate(thr), np.concatenate(flags), state
+    learn_each = None if learn is True else np.broadcast_to(np.asarray(learn, bool), x.shape)
+    return T.judge_stream(cfg, state, x, batch, learn_each)
 
 
 def test_spot_recovers_after_a_long_idle_period_and_never_alerts_at_t() -> None:

@@ -12,16 +12,6 @@ from stream_app.settings import ThresholdSettings
 RISK = 1e-3
 
 
-def judged(cfg: ThresholdSettings, state: T.ThresholdState, x: np.ndarray, batch: int = 256):
-    """(thresholds, anomalous flags, final state) of `x` judged in micro-batches."""
-    thr, flags = [], []
-    for b in range(0, x.size, batch):
-        z, a, state = T.judge(cfg, state, x[b : b + batch])
-        thr.append(z)
-        flags.append(a)
-    return np.concatenate(thr), np.concatenate(flags), state
-
-
 def test_recurring_fault_bursts_keep_the_alert_level_below_the_faults_and_keep_them_flagged() -> None:
     cfg = ThresholdSettings(risk=RISK)
     gen = np.random.default_rng(0)
@@ -59,8 +49,8 @@ def test_a_line_with_a_fifth_of_its_events_faults_keeps_the_stationary_level_and
         fault[start : start + 20] = True
     x = np.where(fault, 10.0 + 30.0 * gen.random(n), normal)  # faults at 10-40; normal scores beat ~7 at risk
     cal = gen.exponential(size=2000)
-    thr_normal, _, clean = judged(cfg, T.initial_state(cfg, cal), normal)
-    thr, anomalous, state = judged(cfg, T.initial_state(cfg, cal), x)
+    thr_normal, _, clean = T.judge_stream(cfg, T.initial_state(cfg, cal), normal, 256)
+    thr, anomalous, state = T.judge_stream(cfg, T.initial_state(cfg, cal), x, 256)
     assert 0.15 < fault.mean() < 0.25
     assert thr.max() < 2 * np.median(thr_normal), (thr.max(), np.median(thr_normal))
     assert anomalous[fault].mean() > 0.95
@@ -75,7 +65,7 @@ def test_faults_creeping_up_to_3x_the_risk_do_not_ratchet_the_tail() -> None:
     gen = np.random.default_rng(2)
     n = 600_000
     x, fault = faults_at(np.minimum(np.arange(n) / 200_000, 1.0) * 3.0 * RISK, gen)
-    thr, anomalous, _ = judged(cfg, T.initial_state(cfg, gen.exponential(size=2000)), x, batch=1024)
+    thr, anomalous, _ = T.judge_stream(cfg, T.initial_state(cfg, gen.exponential(size=2000)), x, 1024)
     assert np.median(thr[-100_000:]) < 1.2 * np.median(thr[:100_000]), (
         np.median(thr[:100_000]),
         np.median(thr[-100_000:]),

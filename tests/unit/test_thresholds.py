@@ -20,11 +20,8 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def run_stream(cfg: ThresholdSettings, state: T.ThresholdState, x: np.ndarray, batch: int = 256):
     """Judge `x` in micro-batches like a worker; returns (anomalous flags, final state)."""
-    flags = []
-    for b in range(0, x.size, batch):
-        _, anomalous, state = T.judge(cfg, state, x[b : b + batch])
-        flags.append(anomalous)
-    return np.concatenate(flags), state
+    _, flags, state = T.judge_stream(cfg, state, x, batch)
+    return flags, state
 
 
 @pytest.mark.parametrize("xi, sigma", [(0.3, 1.0), (0.0, 2.0), (-0.3, 0.5)])

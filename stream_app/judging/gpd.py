@@ -159,21 +159,27 @@ def _refine_truncated(
     return float(res.x[0]), math.exp(float(res.x[1]))
 
 
-def gpd_isf(p: Any, xi: float, sigma: float) -> Any:
-    """The excess exceeded with probability p under a GPD (xi, sigma).
+def gpd_isf(p: Any, xi: Any, sigma: Any) -> Any:
+    """The excess exceeded with probability p under a GPD (xi, sigma); xi and sigma may be arrays (one fit per
+    row of p, when many sources are judged at once).
 
     >>> round(float(gpd_isf(0.5, 0.0, 1.0)), 4)  # ln 2
     0.6931
+    >>> gpd_isf(np.array([0.5, 0.5]), np.array([0.0, 1.0]), np.array([1.0, 1.0])).round(4).tolist()
+    [0.6931, 1.0]
     """
     p = np.asarray(p, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (-sigma * np.log(p) if abs(xi) < 1e-9 else sigma / xi * (p ** (-xi) - 1.0))[()]
+        if np.ndim(xi) == 0:
+            return (-sigma * np.log(p) if abs(xi) < 1e-9 else sigma / xi * (p ** (-xi) - 1.0))[()]
+        return np.where(np.abs(xi) < 1e-9, -sigma * np.log(p), sigma / xi * (p ** (-xi) - 1.0))[()]
 
 
-def spot_threshold(t: float, xi: float, sigma: float, q: float, n: Any, n_t: Any) -> Any:
+def spot_threshold(t: Any, xi: Any, sigma: Any, q: float, n: Any, n_t: Any) -> Any:
     """SPOT alert level z_q = t + sigma/xi * (r^-xi - 1), r = q*n/N_t (t - sigma*ln(r) when xi ~ 0).
 
-    `n` and `N_t` (the count of observations and of exceedances of t) may be arrays. r is the tail
+    `n` and `N_t` (the count of observations and of exceedances of t) may be arrays, and so may t, xi and sigma
+    (one source per row, broadcast against the counts). r is the tail
     probability of the excess at z_q; it is capped at 0.5, so z_q never falls below the median excess over
     t: when the estimated rate of exceeding t drops to the risk (after an idle stretch), or there are no
     exceedances at all, z_q stays above t, the exceedances below it are still admitted as peaks, and the
@@ -184,7 +190,10 @@ def spot_threshold(t: float, xi: float, sigma: float, q: float, n: Any, n_t: Any
     >>> round(float(spot_threshold(1.0, 0.0, 1.0, 1e-3, 1000, 0)), 3)  # no exceedances: 1 + ln 2
     1.693
     """
-    sigma = sigma if sigma > 0 else 1e-12 * max(1.0, abs(t))  # constant calibration scores: just above t
+    if np.ndim(sigma) == 0:
+        sigma = sigma if sigma > 0 else 1e-12 * max(1.0, abs(t))  # constant calibration scores: just above t
+    else:
+        sigma = np.where(sigma > 0, sigma, 1e-12 * np.maximum(1.0, np.abs(t)))
     return (t + gpd_isf(tail_probability(q, n, n_t), xi, sigma))[()]
 
 

@@ -91,7 +91,9 @@ for i, key in ipairs(KEYS) do
     end
     out[i] = {stored, redis.call('HGET', key, 's')}
   end
-  redis.call('HSET', key, 'q', q, 'qb', qb)
+  if q ~= (f[2] or '') or qb ~= (tonumber(f[3]) or 0) then
+    redis.call('HSET', key, 'q', q, 'qb', qb)
+  end
   if TTL_MS > 0 then
     redis.call('PEXPIRE', key, TTL_MS)
   end
@@ -137,6 +139,14 @@ class JudgedBatch:
         _, scores, thr, anomalous, _, ids, events, stuck = zip(*verdicts, strict=True)
         return cls(tuple(keys), scores, thr, anomalous, ids, events, bool(stuck[0]))
 
+    def stored(self) -> orjson.Fragment:
+        """`to_dict` as JSON, serialised once (kept in its __dict__): a source's state carries its last batches for
+        a few batches."""
+        stored = self.__dict__.get("_stored")
+        if stored is None:
+            stored = self.__dict__["_stored"] = orjson.Fragment(orjson.dumps(self.to_dict()))
+        return stored
+
     def to_dict(self) -> dict:
         return {"k": self.keys, "s": self.scores, "t": self.thresholds, "a": self.anomalous,
                 "i": self.incident_ids, "e": self.incident_events, "x": self.stuck}  # fmt: skip
@@ -170,7 +180,7 @@ class SourceState:
         d = {
             "thr": thresholds.to_dict(self.threshold),
             "inc": self.incident.to_dict(),
-            "recent": [b.to_dict() for b in self.recent],
+            "recent": [b.stored() for b in self.recent],
         }
         if self.history is not None:
             d["hist"] = self.history.to_dict()
@@ -194,6 +204,36 @@ class SourceState:
             if not wanted.isdisjoint(b.keys):
                 out.update(b.judgements(source))
         return out
+
+
+class SourceBatch(NamedTuple):
+    """One source's events of a batch, judged from `state`: a windowed model's `history` after them (only new
+    events extend it) and how many of them were scored with padded windows (`warmup`)."""
+
+    state: SourceState
+    source: str
+    scores: np.ndarray
+    keys: list[str]
+    history: History | None = None
+    warmup: int = 0
+
+    def only(self, rows: Sequence[int]) -> SourceBatch:
+        return self._replace(scores=self.scores[rows], keys=[self.keys[i] for i in rows])
+
+    def settled(self) -> np.ndarray:
+        """The events scored with a full window (all of them but a windowed model's first `warmup`)."""
+        return np.arange(self.scores.size) >= self.warmup
+
+    def flags(self, anomalous: np.ndarray) -> list[bool]:
+        """The verdicts of the events scored with a full window (the others are never anomalous)."""
+        return (anomalous & self.settled() if self.warmup else anomalous).tolist()
+
+    def learn(self) -> np.ndarray | None:
+        """Which events may teach the threshold (None: all): none while an incident is open, none in warm-up."""
+        learn = None if self.state.incident.open_id is None else np.zeros(self.scores.size, bool)
+        if self.warmup:
+            learn = self.settled() if learn is None else learn
+        return learn
 
 
 _new_judgement = functools.partial(tuple.__new__, Judgement)  # from a row, without _make's Python frame
@@ -462,13 +502,13 @@ class ThresholdStore:
         carried: dict[str, tuple[History, int]] = {}
         if sequences is not None:
             x, carried = await self._score_fresh(pending, by_source, x, event_keys, sequences)
-        computed: dict[str, tuple[int, SourceState, list[Judgement]]] = {}
-        for src, (expected, state) in pending.items():
+        batches = []
+        for src, (_, state) in pending.items():
             idx = by_source[src]
             history, warmup = carried.get(src, (None, 0))
-            new_state, verdicts = self._judge_source(state, src, x[idx], [event_keys[i] for i in idx], history, warmup)
-            computed[src] = (expected, new_state, verdicts)
-        return computed
+            batches.append(SourceBatch(state, src, x[idx], [event_keys[i] for i in idx], history, warmup))
+        judged = self._judge_sources(batches)
+        return {src: (expected, *j) for (src, (expected, _)), j in zip(pending.items(), judged, strict=True)}
 
     async def _score_fresh(
         self,
@@ -520,56 +560,80 @@ class ThresholdStore:
         history: History | None = None,
         warmup: int = 0,
     ) -> tuple[SourceState, list[Judgement]]:
-        """Verdicts for one source's events, and its next state. Events it remembers judging get those verdicts
-        again and are not absorbed twice; the others are judged in order after them. `history`: a windowed
-        model's rows after the new events (only they extend it), stored with the next state; the first `warmup`
-        new events were scored with padded windows."""
-        judged = state.judged(source, event_keys) if state.recent else {}
-        if not judged:
-            return self._judge_new(state, source, scores, event_keys, history, warmup)
-        fresh = [i for i, k in enumerate(event_keys) if k not in judged]
-        verdicts: list[Judgement] = [judged.get(k) for k in event_keys]  # type: ignore[misc]
-        if not fresh:
-            return state, verdicts
-        state, new = self._judge_new(state, source, scores[fresh], [event_keys[i] for i in fresh], history, warmup)
-        for i, v in zip(fresh, new, strict=True):
-            verdicts[i] = v
-        return state, verdicts
+        """`_judge_sources` of one source's events."""
+        return self._judge_sources([SourceBatch(state, source, scores, event_keys, history, warmup)])[0]
 
-    def _judge_new(
+    def _judge_sources(self, batches: list[SourceBatch]) -> list[tuple[SourceState, list[Judgement]]]:
+        """Verdicts for each source's events, and its next state. Events a source remembers judging get those
+        verdicts again and are not absorbed twice; the others are judged in order after them, every source's in
+        one pass (`thresholds.judge_many`)."""
+        remembered = [b.state.judged(b.source, b.keys) if b.state.recent else {} for b in batches]
+        fresh = [
+            [i for i, k in enumerate(b.keys) if k not in judged] if judged else range(len(b.keys))
+            for b, judged in zip(batches, remembered, strict=True)
+        ]
+        todo = [b.only(f) if len(f) < len(b.keys) else b for b, f in zip(batches, fresh, strict=True) if f]
+        new = iter(self._judge_new(todo))
+        out = []
+        for b, judged, f in zip(batches, remembered, fresh, strict=True):
+            if not f:
+                out.append((b.state, [judged[k] for k in b.keys]))
+                continue
+            state, verdicts = next(new)
+            if judged:
+                merged: list[Judgement] = [judged.get(k) for k in b.keys]  # type: ignore[misc]
+                for i, v in zip(f, verdicts, strict=True):
+                    merged[i] = v
+                verdicts = merged
+            out.append((state, verdicts))
+        return out
+
+    def _judge_new(self, batches: list[SourceBatch]) -> list[tuple[SourceState, list[Judgement]]]:
+        """Judge events not judged before, each source's after its state. The first `warmup` of a source (a
+        windowed model's padded windows: a repeated row looks like a stuck sensor) are never anomalous and do not
+        teach the threshold; from the event that opens an incident on, nothing above t teaches it either."""
+        learns = [b.learn() for b in batches]
+        judged = thresholds.judge_many(self.threshold_cfg, [b.state.threshold for b in batches],
+                                       [b.scores for b in batches], learns)  # fmt: skip
+        steps = []
+        for i, (b, learn) in enumerate(zip(batches, learns, strict=True)):
+            flags = b.flags(judged[i][1])
+            inc = incidents.step(self.incident_cfg, b.state.incident, b.source, flags, b.keys)
+            if learn is None and any(e == "opened" for _, e in inc[0]):  # judge again, learning nothing from then on
+                opened = [e for _, e in inc[0]].index("opened")
+                learn = (np.arange(b.scores.size) < opened) & b.settled()
+                judged[i] = thresholds.judge(self.threshold_cfg, b.state.threshold, b.scores, learn)
+                flags = b.flags(judged[i][1])
+                inc = incidents.step(self.incident_cfg, b.state.incident, b.source, flags, b.keys)
+            steps.append((flags, *inc))
+        if not batches:
+            return []
+        sev = severities(np.concatenate([b.scores for b in batches]), np.concatenate([j[0] for j in judged])).tolist()
+        bounds = np.cumsum([0] + [b.scores.size for b in batches]).tolist()
+        return [
+            self._judged_state(b, j, sev[lo:hi], *step)
+            for b, j, lo, hi, step in zip(batches, judged, bounds, bounds[1:], steps, strict=False)
+        ]
+
+    def _judged_state(
         self,
-        state: SourceState,
-        source: str,
-        scores: np.ndarray,
-        event_keys: list[str],
-        history: History | None = None,
-        warmup: int = 0,
+        b: SourceBatch,
+        thr_judged: thresholds.Judged,
+        sev: list[float],
+        flags: list[bool],
+        steps: list,
+        inc_state: incidents.IncidentState,
     ) -> tuple[SourceState, list[Judgement]]:
-        """Judge events not judged before. The first `warmup` (a windowed model's padded windows: a repeated row
-        looks like a stuck sensor) are never anomalous and do not teach the threshold."""
-        settled = np.arange(scores.size) >= warmup
-
-        def judge_with(learn: np.ndarray | None):  # thresholds, then incidents on the settled verdicts
-            thr, anomalous, thr_state = thresholds.judge(self.threshold_cfg, state.threshold, scores, learn)
-            flags = (anomalous & settled).tolist()
-            steps, inc_state = incidents.step(self.incident_cfg, state.incident, source, flags, event_keys)
-            inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
-            return thr, flags, thr_state, inc_ids, inc_events, inc_state
-
-        learn = None if state.incident.open_id is None else np.zeros(scores.size, bool)
-        if warmup:
-            learn = settled if learn is None else learn
-        thr, flags, thr_state, inc_ids, inc_events, inc_state = judge_with(learn)
-        if learn is None and "opened" in inc_events:  # from the event that opens an incident, nothing above t:
-            learn = (np.arange(scores.size) < inc_events.index("opened")) & settled  # again, same state before it
-            thr, flags, thr_state, inc_ids, inc_events, inc_state = judge_with(learn)
-        n = scores.size
-        stuck = bool(getattr(thr_state, "stuck", False))
-        rows = zip([source] * n, scores.tolist(), thr.tolist(), flags, severities(scores, thr).tolist(),
+        """A source's verdicts and next state from its threshold and incident judgements and severities."""
+        thr, _, thr_state = thr_judged
+        inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
+        n, stuck = b.scores.size, bool(getattr(thr_state, "stuck", False))
+        rows = zip([b.source] * n, b.scores.tolist(), thr.tolist(), flags, sev,
                    inc_ids, inc_events, [stuck] * n, strict=True)  # fmt: skip
         verdicts = list(map(_new_judgement, rows))
-        recent = (*state.recent, JudgedBatch.of(event_keys, verdicts))[-self.replay_batches :]
-        return SourceState(thr_state, inc_state, recent, state.history if history is None else history), verdicts
+        recent = (*b.state.recent, JudgedBatch.of(b.keys, verdicts))[-self.replay_batches :]
+        history = b.state.history if b.history is None else b.history
+        return SourceState(thr_state, inc_state, recent, history), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
         """The stored state of each source that has one (one round trip; per master, together, on a cluster);

@@ -416,14 +416,14 @@ async def read_redis_states(redis: Any, prefix: str, settings: Settings) -> dict
         return {}
     async with redis.pipeline(transaction=False) as pipe:
         for k, _ in parsed:
-            pipe.hget(k, "s")
+            pipe.hmget(k, "s", "a")
         blobs = await pipe.execute()
     found: dict[str, list[dict[str, Any]]] = {}
-    for (_, (model, version, source)), blob in zip(parsed, blobs, strict=True):
+    for (_, (model, version, source)), (blob, arrays) in zip(parsed, blobs, strict=True):
         if not blob:
             continue
         try:
-            st = SourceState.loads(blob)
+            st = SourceState.loads(blob, arrays)
             thr = thresholds.current_threshold(settings.thresholds, st.threshold)
         except ValueError:
             continue

@@ -50,9 +50,10 @@ REPLAY_BATCHES = 4  # judged batches remembered per source: more than a worker h
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
 SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster: hash-tag groups per model
 
-# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[2i]: the version the caller
-# computed from; ARGV[2i+1]: the new state. Per key: written -> the new version; stale -> {stored version,
-# stored state}. Fairness: a plain CAS lets a worker starve, its retries landing just after another
+# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[3i-1]: the version the caller
+# computed from; ARGV[3i]: the new state without its threshold's arrays (field `s`); ARGV[3i+1]: those arrays
+# (field `a`), or '' when the stored ones stand. Per key: written -> the new version; stale -> {stored version,
+# stored s, stored a}. Fairness: a plain CAS lets a worker starve, its retries landing just after another
 # worker's next batch (seen in tests: 8 lost attempts in a row). So a loser joins the key's queue `q`
 # (tokens, oldest first) and only the queue's head may write while the queue is not empty; the head's retry
 # carries the stored version it was just sent, so it succeeds and leaves the queue. Writers bounced while
@@ -62,7 +63,7 @@ local token = ARGV[1]
 local L = string.len(token)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local expected = tonumber(ARGV[2 * i])
+  local expected = tonumber(ARGV[3 * i - 1])
   local f = redis.call('HMGET', key, 'v', 'q', 'qb')
   local stored = tonumber(f[1]) or 0
   local q = f[2] or ''
@@ -77,7 +78,10 @@ for i, key in ipairs(KEYS) do
   end
   local blocked = head ~= '' and head ~= token
   if stored == expected and not blocked then
-    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[2 * i + 1])
+    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[3 * i])
+    if ARGV[3 * i + 1] ~= '' then
+      redis.call('HSET', key, 'a', ARGV[3 * i + 1])
+    end
     if head == token then
       q = string.sub(q, L + 1)
     end
@@ -89,7 +93,7 @@ for i, key in ipairs(KEYS) do
     if not string.find(q, token, 1, true) then
       q = q .. token
     end
-    out[i] = {stored, redis.call('HGET', key, 's')}
+    out[i] = {stored, redis.call('HGET', key, 's') or '', redis.call('HGET', key, 'a') or ''}
   end
   if q ~= (f[2] or '') or qb ~= (tonumber(f[3]) or 0) then
     redis.call('HSET', key, 'q', q, 'qb', qb)
@@ -177,24 +181,42 @@ class SourceState:
     history: History | None = None
 
     def dumps(self) -> bytes:
-        d = {
-            "thr": thresholds.to_dict(self.threshold),
-            "inc": self.incident.to_dict(),
-            "recent": [b.stored() for b in self.recent],
-        }
+        """The whole state as one JSON object (the inverse of `loads`)."""
+        thr, arrays = thresholds.split_dict(self.threshold)
+        return self._dumps(thr | arrays)
+
+    def dumps_split(self) -> tuple[bytes, bytes]:
+        """(the state without its threshold's arrays, those arrays): what a Redis key's fields `s` and `a` hold."""
+        thr, arrays = thresholds.split_dict(self.threshold)
+        return self._dumps(thr), orjson.dumps(arrays)
+
+    def _dumps(self, thr: dict[str, Any]) -> bytes:
+        d = {"thr": thr, "inc": self.incident.to_dict(), "recent": [b.stored() for b in self.recent]}
         if self.history is not None:
             d["hist"] = self.history.to_dict()
         return orjson.dumps(d)
 
     @classmethod
-    def loads(cls, data: bytes | str) -> SourceState:
+    def loads(cls, data: bytes | str, arrays: bytes | str | None = None) -> SourceState:
+        """The state `dumps` wrote, or `dumps_split` wrote as (data, arrays)."""
+        return cls.loads_stored(data, arrays)[0]
+
+    @classmethod
+    def loads_stored(cls, data: bytes | str, arrays: bytes | str | None) -> tuple[SourceState, bool]:
+        """The state in a key's fields `s` and `a`, and whether its arrays came from `a` (a state written whole, by
+        an earlier version, holds them in `s`)."""
         d = json_object(data, "source state")
         try:
+            thr = d["thr"]
+            apart = bool(arrays) and not any(f in thr for f in thresholds.RULES[thr["mode"]].arrays)
+            if apart:
+                thr.update(json_object(arrays, "threshold arrays"))  # type: ignore[arg-type]
             recent = tuple(JudgedBatch.from_dict(b) for b in d.get("recent", ()))
             history = History.from_dict(d["hist"]) if d.get("hist") is not None else None
-            return cls(thresholds.from_dict(d["thr"]), incidents.IncidentState.from_dict(d["inc"]), recent, history)
+            state = cls(thresholds.from_dict(thr), incidents.IncidentState.from_dict(d["inc"]), recent, history)
         except (KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
+        return state, apart
 
     def judged(self, source: str, keys: Sequence[str]) -> dict[str, Judgement]:
         """The remembered verdicts of those of `keys` already judged (usually none: checked without decoding)."""
@@ -314,7 +336,8 @@ class ThresholdStore:
         self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms))
         self._cas = redis.register_script(self._script)
         self._token = uuid.uuid4().hex  # its place in the keys' write queues
-        self._cache: dict[str, tuple[int, SourceState]] = {}  # key -> (version, state) last seen in Redis
+        # key -> (version, state, whether Redis holds its arrays apart in field `a`) last seen in Redis
+        self._cache: dict[str, tuple[int, SourceState, bool]] = {}
         self._initial: dict[tuple[str, str], thresholds.ThresholdState] = {}  # (model, version) -> fresh
         self.round_trips = 0  # Redis round trips made (CAS script calls and reads)
         self.conflicts = 0  # keys whose compare-and-set found another version (retried)
@@ -407,10 +430,10 @@ class ThresholdStore:
         for i, src in enumerate(sources):
             by_source.setdefault(src, []).append(i)
         out: list[Judgement | None] = [None] * x.size
-        pending: dict[str, tuple[int, SourceState]] = {}  # source -> (expected version, state to start from)
+        pending: dict[str, tuple[int, SourceState, bool]] = {}  # source -> a cache entry to start from
         for src in by_source:
             cached = self._cache.get(self.key(model, version, src))
-            pending[src] = cached or (0, self._fresh(model, version, calibration_scores))
+            pending[src] = cached or (0, self._fresh(model, version, calibration_scores), False)
 
         for attempt in range(self.max_attempts):
             computed = await self._compute(pending, by_source, x, event_keys, sequences)
@@ -418,22 +441,26 @@ class ThresholdStore:
             keys = [self.key(model, version, s) for s in srcs]
             args: list[bytes | int | str] = [self._token]
             for src in srcs:
-                args += [computed[src][0], computed[src][1].dumps()]
+                expected, new_state, _ = computed[src]
+                head, arrays = new_state.dumps_split()
+                _, base, apart = pending[src]
+                args += [expected, head, b"" if apart and thresholds.same_arrays(base.threshold, new_state.threshold)
+                         else arrays]  # fmt: skip
             replies = await self._compare_and_set(keys, args)
             pending = {}
             for src, key, reply in zip(srcs, keys, replies, strict=True):
                 _, new_state, verdicts = computed[src]
                 if isinstance(reply, int):
-                    self._cache[key] = (reply, new_state)
+                    self._cache[key] = (reply, new_state, True)
                     self._note_stuck((model, version, src), new_state.threshold)
                     for i, v in zip(by_source[src], verdicts, strict=True):
                         out[i] = v
                     continue
                 self.conflicts += 1
-                stored_version, stored = int(reply[0]), reply[1]
-                state = SourceState.loads(stored) if stored else self._fresh(model, version, calibration_scores)
-                self._cache[key] = (stored_version, state)
-                pending[src] = (stored_version, state)
+                stored_version, stored, stored_arrays = int(reply[0]), reply[1], reply[2]
+                state, apart = (SourceState.loads_stored(stored, stored_arrays) if stored
+                                else (self._fresh(model, version, calibration_scores), False))  # fmt: skip
+                self._cache[key] = pending[src] = (stored_version, state, apart)
                 if attempt == self.max_attempts - 1:  # give up persisting; still answer from the freshest state
                     self.unsaved += 1
                     log.warning(
@@ -441,7 +468,7 @@ class ThresholdStore:
                         key,
                         self.max_attempts,
                     )
-                    _, _, verdicts = (await self._compute({src: (stored_version, state)}, by_source, x, event_keys,
+                    _, _, verdicts = (await self._compute({src: pending[src]}, by_source, x, event_keys,
                                                           sequences))[src]  # fmt: skip
                     for i, v in zip(by_source[src], verdicts, strict=True):
                         out[i] = v
@@ -450,7 +477,7 @@ class ThresholdStore:
         return out  # type: ignore[return-value]
 
     async def _compare_and_set(self, keys: list[str], args: list[bytes | int | str]) -> list[Any]:
-        """CAS_SCRIPT over `keys` (`args`: token, then version and state per key); the replies in key order.
+        """CAS_SCRIPT over `keys` (`args`: token, then version, state and arrays per key); the replies in key order.
 
         One call on one server. On a cluster one call per slot, issued together; if one fails the others
         still run to their end (their writes stand: the retried batch finds its events remembered there), then it raises.
@@ -476,7 +503,7 @@ class ThresholdStore:
                 len(idx),
                 *[keys[i] for i in idx],
                 token,
-                *chain(*(args[2 * i + 1 : 2 * i + 3] for i in idx)),
+                *chain(*(args[3 * i + 1 : 3 * i + 4] for i in idx)),
             )
             for idx in by_slot.values()
         ]
@@ -491,7 +518,7 @@ class ThresholdStore:
 
     async def _compute(
         self,
-        pending: dict[str, tuple[int, SourceState]],
+        pending: dict[str, tuple[int, SourceState, bool]],
         by_source: dict[str, list[int]],
         x: np.ndarray,
         event_keys: Sequence[str],
@@ -503,16 +530,16 @@ class ThresholdStore:
         if sequences is not None:
             x, carried = await self._score_fresh(pending, by_source, x, event_keys, sequences)
         batches = []
-        for src, (_, state) in pending.items():
+        for src, (_, state, _) in pending.items():
             idx = by_source[src]
             history, warmup = carried.get(src, (None, 0))
             batches.append(SourceBatch(state, src, x[idx], [event_keys[i] for i in idx], history, warmup))
         judged = self._judge_sources(batches)
-        return {src: (expected, *j) for (src, (expected, _)), j in zip(pending.items(), judged, strict=True)}
+        return {src: (entry[0], *j) for (src, entry), j in zip(pending.items(), judged, strict=True)}
 
     async def _score_fresh(
         self,
-        pending: dict[str, tuple[int, SourceState]],
+        pending: dict[str, tuple[int, SourceState, bool]],
         by_source: dict[str, list[int]],
         x: np.ndarray,
         event_keys: Sequence[str],
@@ -521,7 +548,7 @@ class ThresholdStore:
         """Scores of the events each state has not judged yet, after that state's history, in one scoring call;
         and each such source's history after them. Events already judged keep NaN (their verdicts are replayed)."""
         todo: list[tuple[str, list[int], np.ndarray | None]] = []
-        for src, (_, state) in pending.items():
+        for src, (_, state, _) in pending.items():
             idx = by_source[src]
             judged = state.judged(src, [event_keys[i] for i in idx]) if state.recent else {}
             fresh = [i for i in idx if event_keys[i] not in judged]
@@ -641,14 +668,14 @@ class ThresholdStore:
         keys = [self.key(model, version, s) for s in sources]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hmget(key, "v", "s")
+                pipe.hmget(key, "v", "s", "a")
             rows = await pipe.execute()
         self.round_trips += 1
         found: dict[str, SourceState] = {}
-        for src, key, (v, s) in zip(sources, keys, rows, strict=True):
+        for src, key, (v, s, a) in zip(sources, keys, rows, strict=True):
             if v is not None and s is not None:
-                found[src] = SourceState.loads(s)
-                self._cache[key] = (int(v), found[src])
+                found[src], apart = SourceState.loads_stored(s, a)
+                self._cache[key] = (int(v), found[src], apart)
         return found
 
     async def thresholds(self, model: str, version: str, sources: Sequence[str]) -> dict[str, float]:

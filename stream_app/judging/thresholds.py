@@ -166,6 +166,7 @@ class ThresholdRule:
 
     mode: ClassVar[Mode]
     state_type: ClassVar[type]
+    arrays: ClassVar[tuple[str, ...]] = ()  # the state's array fields: large, and stored apart (see `split_dict`)
 
     def __init__(self, cfg: ThresholdSettings) -> None:
         self.cfg = cfg
@@ -274,6 +275,7 @@ class Spot(ThresholdRule):
 
     mode = "spot"
     state_type = SpotState
+    arrays = ("peaks", "censored", "limits")
 
     def initial(self, cal: np.ndarray) -> SpotState:
         t = _spot_t(self.cfg, cal)
@@ -556,6 +558,7 @@ class RollingQuantile(ThresholdRule):
 
     mode = "quantile"
     state_type = QuantileState
+    arrays = ("window",)
 
     def initial(self, cal: np.ndarray) -> QuantileState:
         return QuantileState(window=frozen(cal[-self.cfg.window :]))
@@ -873,6 +876,18 @@ def to_dict(state: ThresholdState) -> dict[str, Any]:
     if rule is None or type(state) is not rule.state_type:
         raise TypeError(f"expected a threshold state, got {type(state).__name__}")
     return {"mode": state.mode, **rule.dump(state)}
+
+
+def split_dict(state: ThresholdState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`to_dict` as (the small fields, the array fields): a source's arrays (SPOT's peak window: ~22 KB when full)
+    change only when a batch adds a peak, while its counts change every batch, so they are stored apart."""
+    d = to_dict(state)
+    return d, {name: d.pop(name) for name in RULES[state.mode].arrays}
+
+
+def same_arrays(a: ThresholdState, b: ThresholdState) -> bool:
+    """Whether two states hold the very same arrays (a batch that adds no peak hands them on unchanged)."""
+    return a.mode == b.mode and all(getattr(a, f) is getattr(b, f) for f in RULES[a.mode].arrays)
 
 
 def from_dict(d: dict[str, Any]) -> ThresholdState:

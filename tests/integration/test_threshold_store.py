@@ -142,3 +142,39 @@ async def test_a_flood_on_one_source_is_one_incident_across_batches(stores) -> N
         opened += [v.incident_id for v in verdicts if v.incident_event == "opened"]
         assert all(v.incident_id == opened[0] for v in verdicts if v.source == SOURCES[0] and v.incident_id)
     assert len(opened) == 1
+
+
+async def test_a_batch_that_adds_no_peak_leaves_the_stored_arrays_alone(stores) -> None:
+    """A source's peak window (field `a`, ~22 KB when full) is written only when a batch changes it; its counts
+    (field `s`) every batch. What another worker reads is the whole state either way."""
+    store, sent = stores(), []
+    cas = store._compare_and_set
+
+    async def recording(keys, args):
+        sent.append(args[3::3])  # the arrays argument of each key
+        return await cas(keys, args)
+
+    store._compare_and_set = recording  # type: ignore[method-assign]
+    src = ["line-1/press-1"]
+    await store.judge("m", "v1", CAL, src * 3, np.array([0.1, 0.2, 0.3]), ["a0", "a1", "a2"])  # a new key
+    await store.judge("m", "v1", CAL, src * 2, np.array([0.1, 0.2]), ["b0", "b1"])  # below t: no peak
+    await store.judge("m", "v1", CAL, src * 3, np.array([0.1, 5.0, 0.1]), ["c0", "c1", "c2"])  # a peak
+    assert [len(a[0]) > 0 for a in sent] == [True, False, True]
+    key = store.key("m", "v1", src[0])
+    written = store._cache[key][1]
+    assert (await stores().states("m", "v1", src))[src[0]] == written  # a cold reader gets the whole state
+    assert written.threshold.peaks.size == store.initial("m", "v1", CAL).peaks.size + 1
+
+
+async def test_a_state_stored_whole_is_read_and_then_stored_apart(stores) -> None:
+    """Keys written by an earlier version hold the whole state in `s`: read as they are, split on the next write."""
+    store = stores()
+    src = "line-1/press-2"
+    old = store._fresh("m", "v1", CAL)
+    key = store.key("m", "v1", src)
+    await store.redis.hset(key, mapping={"v": 3, "s": old.dumps()})
+    assert (await store.states("m", "v1", [src]))[src] == old
+    await stores().judge("m", "v1", CAL, [src] * 2, np.array([0.1, 0.2]), ["d0", "d1"])
+    s, a = await store.redis.hmget(key, "s", "a")
+    assert b'"peaks"' not in s and b'"peaks"' in a
+    assert (await stores().states("m", "v1", [src]))[src].threshold.peaks.tolist() == old.threshold.peaks.tolist()

@@ -52,7 +52,7 @@ async def judge_locally(s: ThresholdStore, state: SourceState, offsets: range, m
     keys = [f"sensor.vectors/0/{i}" for i in offsets]
     seq = Sequences(rows(offsets[0], len(offsets)), model, W)
     x = np.full(len(keys), np.nan)
-    computed = await s._compute({SRC: (0, state)}, {SRC: list(range(len(keys)))}, x, keys, seq)
+    computed = await s._compute({SRC: (0, state, False)}, {SRC: list(range(len(keys)))}, x, keys, seq)
     _, new_state, verdicts = computed[SRC]
     return new_state, verdicts, seq
 
@@ -132,12 +132,12 @@ async def test_a_new_sources_padded_windows_are_warm_up_never_anomalous_and_not_
     high = 1e9  # rows far above any threshold: every window sum would be anomalous
     keys = [f"sensor.vectors/0/{i}" for i in range(6)]
     seq = Sequences(np.full((6, 2), high, np.float32), model, W)
-    computed = await s._compute({SRC: (0, state)}, {SRC: list(range(6))}, np.full(6, np.nan), keys, seq)
+    computed = await s._compute({SRC: (0, state, False)}, {SRC: list(range(6))}, np.full(6, np.nan), keys, seq)
     _, after, verdicts = computed[SRC]
     assert [v.anomalous for v in verdicts] == [False] * (W - 1) + [True] * (6 - W + 1)
     assert after.threshold.count == state.threshold.count  # nothing absorbed: warm-up, then anomalies
 
     later = Sequences(np.full((2, 2), high, np.float32), model, W)  # the next batch has a full history
     new_keys = ["sensor.vectors/0/6", "sensor.vectors/0/7"]
-    computed = await s._compute({SRC: (0, after)}, {SRC: [0, 1]}, np.full(2, np.nan), new_keys, later)
+    computed = await s._compute({SRC: (0, after, False)}, {SRC: [0, 1]}, np.full(2, np.nan), new_keys, later)
     assert all(v.anomalous for v in computed[SRC][2])

@@ -13,7 +13,9 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
 - `p50_ms`/`p99_ms`: event time -> verdict broker timestamp while events arrive live at about half of the
   e2e rate;
 - vectors only: `e2e_binary_per_s` the same backlog sent in the compact binary encoding, `e2e_2proc_per_s`
-  through `linewatch worker --processes 2`; `*_vs_bound` divides by min(raw consume, bare model).
+  through `linewatch worker --processes 2`, `e2e_64_sources_per_s` the JSON backlog from 64 sources instead of
+  4 (each source in a batch adds a fixed judging cost, see judging_sources.py); `*_vs_bound` divides by
+  min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
 
@@ -242,8 +244,10 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     bound = min(result["raw_consume_per_s"], result["raw_model_per_s"])
     result["e2e_vs_bound"] = result["e2e_per_s"] / bound  # bound = min(raw consume, bare model)
     if kind == "vectors":  # the same backlog as compact binary vectors, and through two inference processes
-        for key, encoding, processes in (("e2e_binary_per_s", "binary", 1), ("e2e_2proc_per_s", "json", 2)):
-            result[key] = await e2e_variant(settings, kind, data, n, key, encoding=encoding, processes=processes)
+        variants = (("e2e_binary_per_s", "binary", 1, 4), ("e2e_2proc_per_s", "json", 2, 4),
+                    ("e2e_64_sources_per_s", "json", 1, 64))  # fmt: skip
+        for key, encoding, processes, sources in variants:
+            result[key] = await e2e_variant(settings, kind, data, n, key, encoding, processes, sources=sources)
             result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
     return result
 
@@ -275,14 +279,15 @@ async def e2e_variant(
     encoding: str = "json",
     processes: int = 1,
     consumer: str = "getmany",
+    sources: int = 4,
 ) -> float:
-    """Drain rate of a worker (`processes` inference processes) over a backlog of n events, written once every
-    process holds its partitions (so no start-up or rebalance is timed)."""
+    """Drain rate of a worker (`processes` inference processes) over a backlog of n events from `sources`
+    sources, written once every process holds its partitions (so no start-up or rebalance is timed)."""
     s = variant_settings(settings, kind, tag, consumer)
     await ensure_topics(s, variant_topics(s))
     with running(s, "worker", "-l", "warning", "--processes", str(processes)):
         await wait_consuming(s, input_topic(s, kind), processes)
-        await produce(s, kind, data, n, encoding=encoding)
+        await produce(s, kind, data, n, encoding=encoding, sources=sources)
         verdicts = await drain(s, s.topics.scores, n)
     return drain_rate(np.array([r.timestamp for r in verdicts], np.float64))
 

@@ -1,8 +1,9 @@
 """Per-source threshold and incident state in Redis, shared by every worker, one round trip per micro-batch.
 
 Each (model, version, threshold settings, source) has one Redis hash
-`{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v` and the state `s`
-(threshold state and incident state in one orjson value). The mode and an 8-hex hash of the threshold
+`{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v`, the state `s`
+(threshold counts, incident state and the last batches' verdicts in one orjson value) and the threshold's arrays
+`a` (SPOT's peak window, ~22 KB when full), which a batch rewrites only when it adds a peak. The mode and an 8-hex hash of the threshold
 settings are in the key so that a settings change starts every source from calibration again, instead of
 meeting a state made for other settings (which failed every batch when the mode changed). A worker keeps the
 last state it saw of each key, computes the batch's verdicts and new states locally with the pure functions

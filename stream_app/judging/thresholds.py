@@ -261,8 +261,10 @@ class Spot(ThresholdRule):
     A batch is judged in one numpy pass: within it the fit (xi, sigma) is fixed and only the decayed counts
     move, which have closed forms, so each score still meets the counts left by the scores before it. The
     refit happens after the batch; per-event judging would refit a few events earlier, which moves the
-    thresholds by under 6% while few peaks are kept and changes a handful of verdicts in 20k (tested). Scores are processed in chunks of at most 20 horizons so that the
-    closed forms' growth factors stay below e^20.
+    thresholds by under 6% while few peaks are kept and changes a handful of verdicts in 20k (tested). Scores are
+    processed in chunks of at most 20 horizons so that the closed forms' growth factors stay below e^20. The pass
+    takes every source of a batch at once, one row each (`judge_many`); a source's own judgement is the same pass
+    with one row.
 
     >>> rule = Spot(ThresholdSettings(risk=1e-3))
     >>> state = rule.initial(np.random.default_rng(0).exponential(size=2000))
@@ -315,6 +317,8 @@ class Spot(ThresholdRule):
     def _judge_rows(
         self, states: list[SpotState], xs: list[np.ndarray], learns: list[np.ndarray | None]
     ) -> list[Judged]:
+        """`judge_many` of sources whose rows are padded into one matrix: one chunk over all of them, then each
+        source's next state."""
         cfg = self.cfg
         lengths = np.array([x.size for x in xs])
         width = max(int(lengths.max()), 1)

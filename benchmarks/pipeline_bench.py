@@ -3,7 +3,7 @@
 For each data kind (sensor vectors, camera frames), in one run on one machine:
 
 - `raw_consume_per_s`: a bare aiokafka `getmany` loop draining the input topic (no decoding, no scoring), timed
-  from its first fetched batch (start-up excluded);
+  once the consumer is connected (start-up excluded);
 - `raw_model_per_s`: the bare scorer on pre-decoded arrays in `max_batch` chunks (no Kafka, no Redis);
 - `naive_per_s`: the same pipeline fed one event at a time (score, Redis judge and acked publish per event);
 - `getmany_per_s`: the pipeline fed `getmany(max_records=max_batch)` batches in-process (the aiokafka path);
@@ -134,25 +134,28 @@ async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) 
 
 
 async def raw_consume_rate(settings: Settings, topic: str, n: int, timeout_s: float = 300) -> tuple[list, float]:
-    """The backlog's n records and a bare aiokafka `getmany` loop's drain rate, timed from the first fetched batch
-    to the last record: the consumer's start-up (connection, metadata, first fetch: ~0.1-0.3 s, as long as the
-    whole drain of 100k records) is not consumption."""
+    """The backlog's n records and a bare aiokafka `getmany` loop's drain rate once connected: a first fetch
+    warms the consumer up (connection, metadata, fetch sessions: ~0.1-0.3 s, as long as draining 100k records),
+    then it seeks back to the start and the whole drain is timed."""
     consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
     await consumer.start()
     records: list = []
-    first: tuple[float, int] | None = None
     deadline = time.monotonic() + timeout_s
     try:
+        while not await consumer.getmany(timeout_ms=500, max_records=1):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing to read on {topic} in {timeout_s} s")
+        await consumer.seek_to_beginning()
+        started = time.perf_counter()
         while len(records) < n and time.monotonic() < deadline:
             for part in (await consumer.getmany(timeout_ms=500, max_records=4096)).values():
                 records.extend(part)
-            if first is None and records:
-                first = time.perf_counter(), len(records)
+        elapsed = time.perf_counter() - started
     finally:
         await consumer.stop()
-    if first is None or len(records) < n:
+    if len(records) < n:
         raise RuntimeError(f"read {len(records)} of {n} records of {topic} in {timeout_s} s")
-    return records, (len(records) - first[1]) / (time.perf_counter() - first[0])
+    return records, len(records) / elapsed
 
 
 async def in_process_rates(

@@ -135,8 +135,8 @@ async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) 
 
 async def raw_consume_rate(settings: Settings, topic: str, n: int, timeout_s: float = 300) -> tuple[list, float]:
     """The backlog's n records and a bare aiokafka `getmany` loop's drain rate once connected: a first fetch
-    warms the consumer up (connection, metadata, fetch sessions: ~0.1-0.3 s, as long as draining 100k records),
-    then it seeks back to the start and the whole drain is timed."""
+    warms the consumer up (connection, metadata, fetch sessions: ~0.1-0.3 s, about as long as the drain of 100k
+    records), then it seeks back to the start and the whole drain is timed."""
     consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
     await consumer.start()
     records: list = []

@@ -82,10 +82,10 @@ class SpotState(_State):
 
     `peaks` are the `window` newest excesses over t (float32, oldest first); an exceedance judged anomalous
     is kept `censored`, at the alert level it beat minus t (see `fit_gpd`). While an incident is open the
-    store lets only normal scores teach the state; a peak admitted then is a truncated observation (it
-    could only be admitted below the alert level) and keeps that level minus t in `limits`, so the fit
-    stays unbiased and a drift's normal scores can still raise the threshold (naive fits ratchet it down). The tail is refitted once per
-    batch at most, when `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at
+    store lets no exceedance of t teach the state. `limits` holds, per peak, a truncation point minus t for the
+    fit: peaks that earlier versions admitted inside incidents were truncated observations (admitted only below
+    the alert level); new peaks are whole (inf), and an all-inf `limits` is not stored. The tail is refitted
+    once per batch at most, when `unfit` (excesses added since the last fit) reaches 5% of the kept ones and at
     least 5. `count` counts the scores judged normal since calibration (exact, for tests and metrics).
 
     `n_c` counts (decayed, like `n_t`) the exceedances judged anomalous and `n_e` how many of them the tail
@@ -127,12 +127,14 @@ class SpotState(_State):
     def alarm_rate(self) -> float:
         return self.alarms / self.seen if self.seen > 0 else 0.0
 
-    def stored_arrays(self) -> tuple[str, str, str]:
-        """`peaks`, `censored` and `limits` as stored (~11 KB for a full window), encoded once per state (kept in
-        its __dict__: the arrays are read-only); a batch that adds no peak hands them on to the next state."""
+    def stored_arrays(self) -> tuple[str, str, str | None]:
+        """`peaks`, `censored` and `limits` as stored (~11 KB for a full window; `limits` None when all inf),
+        encoded once per state (kept in its __dict__: the arrays are read-only); a batch that adds no peak hands
+        them on to the next state."""
         stored = self.__dict__.get("_stored_arrays")
         if stored is None:
-            stored = self.__dict__["_stored_arrays"] = b64(self.peaks), b64_bits(self.censored), b64(self.limits)
+            limits = b64(self.limits) if np.isfinite(self.limits).any() else None
+            stored = self.__dict__["_stored_arrays"] = b64(self.peaks), b64_bits(self.censored), limits
         return stored
 
 
@@ -517,9 +519,8 @@ class Spot(ThresholdRule):
     @staticmethod
     def load(d: dict[str, Any]) -> SpotState:
         peaks = unb64(d["peaks"])
-        return SpotState(
-            **{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size), "limits": unb64(d["limits"])}
-        )
+        limits = unb64(d["limits"]) if d["limits"] is not None else frozen(np.full(peaks.size, np.inf))
+        return SpotState(**{**d, "peaks": peaks, "censored": unb64_bits(d["censored"], peaks.size), "limits": limits})
 
 
 def _quantile_sorted(srt: list[float], p: float) -> float:

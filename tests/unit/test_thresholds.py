@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from scipy import stats
 
 from stream_app.judging import thresholds as T
+from stream_app.judging.stored import frozen
 from stream_app.settings import ThresholdSettings
 
 MODES = ["spot", "quantile", "ewma"]
@@ -140,3 +142,18 @@ def test_bad_inputs_name_what_was_expected() -> None:
         T.loads(b'{"mode": "spot"}')
     with pytest.raises(ValueError, match="threshold state"):
         T.loads(b"not json")
+
+
+def test_spot_limits_are_stored_only_when_some_peak_is_truncated() -> None:
+    """New peaks are whole (limit inf) and an all-inf `limits` is stored as null; the truncation points of peaks
+    that an earlier version admitted inside incidents still load and dump as they were."""
+    cfg = ThresholdSettings()
+    state = T.initial_state(cfg, np.random.default_rng(0).exponential(size=2000))
+    d = T.to_dict(state)
+    assert d["limits"] is None
+    assert np.isinf(T.from_dict(d).limits).all() and T.from_dict(d).limits.size == state.peaks.size
+    truncated = np.full(state.peaks.size, np.inf, np.float32)
+    truncated[3] = 2.5
+    old = dataclasses.replace(state, limits=frozen(truncated))
+    again = T.loads(T.dumps(old))
+    assert again.limits.tolist() == truncated.tolist()

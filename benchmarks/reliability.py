@@ -83,39 +83,19 @@ async def scale(drill: Drill, stack: LocalStack) -> None:
 
 
 async def broker_kill(drill: Drill, stack: LocalStack) -> None:
-    fault = drill.begin("broker SIGKILL, restart after 10 s")
-    await asyncio.to_thread(stack.kill, "kafka")
-    await asyncio.sleep(10)
-    await asyncio.to_thread(stack.restart, "kafka")
-    drill.end(fault)
-    await drill.settle(fault)
+    await drill.crash("kafka", 10, "broker SIGKILL, restart after 10 s")
 
 
 async def redis_kill(drill: Drill, stack: LocalStack) -> None:
-    fault = drill.begin("Redis SIGKILL + restart (AOF)")
-    await asyncio.to_thread(stack.kill, "redis")
-    await asyncio.sleep(3)
-    await asyncio.to_thread(stack.restart, "redis")
-    drill.end(fault)
-    await drill.settle(fault)
+    await drill.crash("redis", 3, "Redis SIGKILL + restart (AOF)")
 
 
 async def redis_stop(drill: Drill, stack: LocalStack) -> None:
-    fault = drill.begin("Redis SIGSTOP 20 s, SIGCONT")
-    stack.signal("redis", signal.SIGSTOP)
-    await asyncio.sleep(20)
-    stack.signal("redis", signal.SIGCONT)
-    drill.end(fault)
-    await drill.settle(fault)
+    await drill.pause("redis", 20, "Redis SIGSTOP 20 s, SIGCONT")
 
 
 async def publish_failure(drill: Drill, stack: LocalStack) -> None:
-    fault = drill.begin("broker SIGSTOP 15 s (scored, acks time out)")
-    stack.signal("kafka", signal.SIGSTOP)
-    await asyncio.sleep(15)
-    stack.signal("kafka", signal.SIGCONT)
-    drill.end(fault)
-    await drill.settle(fault)
+    await drill.pause("kafka", 15, "broker SIGSTOP 15 s (scored, acks time out)")
 
 
 async def leader_kill(drill: Drill, stack: LocalStack) -> dict[str, Any]:

@@ -302,6 +302,26 @@ class Drill:
     def end(self, fault: Fault) -> None:
         fault.ended = time.time()
 
+    async def pause(self, service: str, seconds: float, name: str) -> Fault:
+        """Freeze a stack service (SIGSTOP) for `seconds`, resume it (SIGCONT) and settle: a hung dependency."""
+        fault = self.begin(name)
+        self.stack.signal(service, signal.SIGSTOP)
+        await asyncio.sleep(seconds)
+        self.stack.signal(service, signal.SIGCONT)
+        self.end(fault)
+        await self.settle(fault)
+        return fault
+
+    async def crash(self, service: str, seconds: float, name: str) -> Fault:
+        """SIGKILL a stack service, restart it on its own data after `seconds` and settle: a crashed dependency."""
+        fault = self.begin(name)
+        await asyncio.to_thread(self.stack.kill, service)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(self.stack.restart, service)
+        self.end(fault)
+        await self.settle(fault)
+        return fault
+
     async def settle(self, fault: Fault, quiet_s: float = 2.0, timeout_s: float = 120.0) -> None:
         """Wait until every worker is healthy and the backlog is under a second of traffic, then record RSS."""
         deadline = time.monotonic() + timeout_s

@@ -73,36 +73,13 @@ async def test_redis_and_broker_outages_pause_report_and_resume(stack, tmp_path)
     async with drill:
         await drill.wait_consuming(1)
 
-        fault = drill.begin("Redis SIGSTOP 6 s")
-        stack.signal("redis", signal.SIGSTOP)
-        await asyncio.sleep(6)
-        stack.signal("redis", signal.SIGCONT)
-        drill.end(fault)
-        await drill.settle(fault)
+        fault = await drill.pause("redis", 6, "Redis SIGSTOP 6 s")
         assert fault.health_503 and any("redis" in r for r in fault.health_reasons), fault.health_reasons
         assert fault.max_lag > 0, "lag comes from the broker's end offsets, also while batches fail"
-
-        fault = drill.begin("Redis SIGKILL + restart (AOF)")
-        await asyncio.to_thread(stack.kill, "redis")
-        await asyncio.sleep(1)
-        await asyncio.to_thread(stack.restart, "redis")
-        drill.end(fault)
-        await drill.settle(fault)
-
-        fault = drill.begin("broker SIGSTOP 7 s (outputs scored, acks time out)")
-        stack.signal("kafka", signal.SIGSTOP)
-        await asyncio.sleep(7)
-        stack.signal("kafka", signal.SIGCONT)
-        drill.end(fault)
-        await drill.settle(fault)
+        await drill.crash("redis", 1, "Redis SIGKILL + restart (AOF)")
+        fault = await drill.pause("kafka", 7, "broker SIGSTOP 7 s (outputs scored, acks time out)")
         assert fault.health_503, "a stopped broker must show on /health"
-
-        fault = drill.begin("broker SIGKILL + restart on the same log dir")
-        await asyncio.to_thread(stack.kill, "kafka")
-        await asyncio.sleep(1)
-        await asyncio.to_thread(stack.restart, "kafka")
-        drill.end(fault)
-        await drill.settle(fault)
+        await drill.crash("kafka", 1, "broker SIGKILL + restart on the same log dir")
         counted = await drill.finish()
     assert_nothing_lost(counted, drill)
     problems = log_problems(tmp_path)

@@ -34,7 +34,6 @@ the network from the width at construction, the schedule and the small-data fall
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from models.device import autocast, batches, pick_device
+from models.early_stopping import EarlyStopping
 from models.normalization import METHODS, Normalization, Standardize
 from models.persistence import load_scorer_dir, save_scorer_dir
 from models.rvae_defaults import default_config, default_normalization
@@ -387,7 +387,7 @@ class RVAEScorer:
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm is not None else math.inf
         hist: dict[str, Any] = {"train_loss": [], "train_mse": [], "val_loss": [], "grad_norm": []}
-        best, best_state, best_epoch, stale = math.inf, None, -1, 0
+        stopping = EarlyStopping(self.net, patience)
         n_skipped = 0
 
         epoch_iter: Iterable[int] = range(epochs)
@@ -430,27 +430,21 @@ class RVAEScorer:
                 with torch.inference_mode():
                     val = float(self._loss(Z_val, None)[0])
                 hist["val_loss"].append(val)
-                if val < best:
-                    best, best_epoch, stale = val, epoch, 0
-                    if patience is not None:  # only early stopping restores the best weights
-                        best_state = copy.deepcopy(self.net.state_dict())
-                else:
-                    stale += 1
+            stop = bool(len(Z_val)) and stopping.update(epoch, hist["val_loss"][-1])
             if bar is not None:
                 bar.set_postfix(
                     loss=f"{hist['train_loss'][-1]:.4f}", val=f"{hist['val_loss'][-1]:.4f}" if len(Z_val) else "-"
                 )
-            if patience is not None and len(Z_val) and stale >= patience:
+            if stop:
                 break
 
-        if best_state is not None:  # set only with early stopping
-            self.net.load_state_dict(best_state)
+        stopping.restore()
         self.net.eval()
         grad = np.asarray(hist["grad_norm"], np.float64)
         hist["clip_grad_norm"] = self.config.clip_grad_norm
         hist["clipped_fraction"] = float((grad > max_norm).mean()) if grad.size else 0.0
         hist["skipped_steps"] = n_skipped
-        hist["best_epoch"] = best_epoch
+        hist["best_epoch"] = stopping.best_epoch
         hist["epochs_run"] = len(hist["train_loss"])
         hist["settings"] = {
             **asdict(self.config),

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.device import autocast, batches, pick_device
+from models.early_stopping import EarlyStopping
 from models.gaussian import GaussianDensity
 from models.persistence import ModelIntegrityError, load_scorer_dir, save_scorer_dir, sha256_file
 from models.validation import as_images
@@ -433,7 +434,7 @@ class TransformalyScorer:
         fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         hist: dict[str, Any] = {"train_loss": [], "val_loss": []}
-        best, best_state, best_epoch, stale = math.inf, None, -1, 0
+        stopping = EarlyStopping(self.students, patience)
         epoch_iter: Iterable[int] = range(epochs)
         bar = None
         if progress:
@@ -457,18 +458,12 @@ class TransformalyScorer:
             hist["train_loss"].append(float(torch.stack(losses).mean()))
             val = float(self._block_losses(images, cache, val_idx).sum(axis=1).mean())
             hist["val_loss"].append(val)
-            if val < best:
-                best, best_epoch, stale = val, epoch, 0
-                if patience is not None:  # only early stopping restores the best weights
-                    best_state = copy.deepcopy(self.students.state_dict())
-            else:
-                stale += 1
+            stop = stopping.update(epoch, val)
             if bar is not None:
                 bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4g}", val=f"{val:.4g}")
-            if patience is not None and stale >= patience:
+            if stop:
                 break
-        if best_state is not None:  # set only with early stopping
-            self.students.load_state_dict(best_state)
+        stopping.restore()
         self.students.eval()
 
         losses_fit = self._block_losses(images, cache, fit_idx)
@@ -479,7 +474,7 @@ class TransformalyScorer:
         self.calibration_scores = self.score(images[cal_idx])
         assert self.pretrained_density.pca is not None  # fitted with cfg.pca_variance, a float
         hist |= {
-            "best_epoch": best_epoch,
+            "best_epoch": stopping.best_epoch,
             "epochs_run": len(hist["train_loss"]),
             "n_train": len(train_idx),
             "n_val": len(val_idx),

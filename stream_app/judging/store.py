@@ -139,11 +139,6 @@ class JudgedBatch:
     incident_events: tuple[str | None, ...]
     stuck: bool
 
-    @classmethod
-    def of(cls, keys: Sequence[str], verdicts: Sequence[Judgement]) -> JudgedBatch:
-        _, scores, thr, anomalous, _, ids, events, stuck = zip(*verdicts, strict=True)
-        return cls(tuple(keys), scores, thr, anomalous, ids, events, bool(stuck[0]))
-
     def stored(self) -> orjson.Fragment:
         """`to_dict` as JSON, serialised once (kept in its __dict__): a source's state carries its last batches for
         a few batches."""
@@ -656,10 +651,11 @@ class ThresholdStore:
         thr, _, thr_state = thr_judged
         inc_ids, inc_events = zip(*steps, strict=True) if steps else ((), ())
         n, stuck = b.scores.size, bool(getattr(thr_state, "stuck", False))
-        rows = zip([b.source] * n, b.scores.tolist(), thr.tolist(), flags, sev,
-                   inc_ids, inc_events, [stuck] * n, strict=True)  # fmt: skip
+        scores, thrs = b.scores.tolist(), thr.tolist()
+        rows = zip([b.source] * n, scores, thrs, flags, sev, inc_ids, inc_events, [stuck] * n, strict=True)
         verdicts = list(map(_new_judgement, rows))
-        recent = (*b.state.recent, JudgedBatch.of(b.keys, verdicts))[-self.replay_batches :]
+        judged = JudgedBatch(tuple(b.keys), tuple(scores), tuple(thrs), tuple(flags), inc_ids, inc_events, stuck)
+        recent = (*b.state.recent, judged)[-self.replay_batches :]
         history = b.state.history if b.history is None else b.history
         return SourceState(thr_state, inc_state, recent, history), verdicts
 

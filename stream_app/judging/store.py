@@ -2,13 +2,13 @@
 
 Each (model, version, threshold settings, source) has one Redis hash
 `{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v`, the state `s`
-(threshold counts, incident state and the last batches' verdicts in one orjson value) and the threshold's arrays
-`a` (SPOT's peak window, ~22 KB when full), which a batch rewrites only when it adds a peak. The mode and an 8-hex hash of the threshold
-settings are in the key so that a settings change starts every source from calibration again, instead of
-meeting a state made for other settings (which failed every batch when the mode changed). A worker keeps the
-last state it saw of each key, computes the batch's verdicts and new states locally with the pure functions
-(`thresholds.judge`, `incidents.step`), and writes all of the batch's keys with ONE Lua call that
-compare-and-sets every key on its version. A key whose stored version differs (another worker wrote it, or
+(threshold counts, incident state and the last batches' verdicts in one orjson value) and the threshold's
+arrays `a` (SPOT's peak window, ~11-22 KB when full), which a batch rewrites only when it adds a peak. The mode
+and an 8-hex hash of the threshold settings are in the key so that a settings change starts every source from
+calibration again, instead of meeting a state made for other settings (which failed every batch when the mode
+changed). A worker keeps the last state it saw of each key, computes the batch's verdicts and new states
+locally with the pure functions (`thresholds.judge_many`: every source in one pass, `incidents.step`), and
+writes all of the batch's keys with ONE Lua call that compare-and-sets every key on its version. A key whose stored version differs (another worker wrote it, or
 this cache is cold after a restart) is not written; the script returns its stored state instead, and only
 those sources are recomputed and retried. Losers queue for the key's next writes, so retries cannot starve
 (measured: 8 workers hammering the same 2 sources lost none of 51k updates). So the steady state costs one

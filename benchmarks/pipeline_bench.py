@@ -15,8 +15,8 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
   e2e rate;
 - vectors only: `e2e_binary_per_s` the same backlog sent in the compact binary encoding, `e2e_2proc_per_s`
   through `linewatch worker --processes 2`, `e2e_64_sources_per_s` the JSON backlog from 64 sources instead of
-  4 (each source in a batch adds a fixed judging cost, see judging_sources.py); `*_vs_bound` divides by
-  min(raw consume, bare model).
+  4 (each source in a batch adds a fixed judging cost, see judging_sources.py), `e2e_batch256_per_s` with
+  `max_batch` 256 instead of the default 1024; `*_vs_bound` divides by min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
 
@@ -176,7 +176,7 @@ async def in_process_rates(
         async with output_producer(settings.kafka) as producer:
             publisher = Publisher(producer)
             await pipeline.handle(kind, recs[:8], publisher)  # warm up: model load, Lua registration
-            b = settings.batching.max_batch
+            b = batch_size(settings, kind)
             started = time.perf_counter()
             for i in range(0, len(recs), b):
                 await pipeline.handle(kind, recs[i : i + b], publisher)
@@ -206,6 +206,12 @@ async def in_process_rates(
     return out
 
 
+def batch_size(settings: Settings, kind: str) -> int:
+    """The most events of `kind` a worker batch holds (frames: `max_image_batch` of the `max_batch`)."""
+    b = settings.batching
+    return b.max_batch if kind == "vectors" else min(b.max_batch, b.max_image_batch)
+
+
 def raw_model_rate(scorer: Any, data: np.ndarray, n: int, max_batch: int) -> float:
     reps = np.concatenate([data] * (n // len(data) + 1))[:n]
     scorer.score(reps[:8])
@@ -230,7 +236,7 @@ def verdict_latencies_ms(records: list) -> np.ndarray:
 async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarray, n: int, naive_n: int) -> dict:
     await produce(settings, kind, data, n)
     result: dict[str, Any] = {"events": n}
-    result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.max_batch)
+    result["raw_model_per_s"] = raw_model_rate(scorer, data, n, batch_size(settings, kind))
     result |= await in_process_rates(settings, kind, n, naive_n, sweep=SWEEP if kind == "vectors" else ())
 
     # The product: worker subprocesses (own group, own input and verdict topics) drain a backlog written once they
@@ -258,7 +264,7 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
         "live_rate_per_s": rate,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
-        "max_batch": settings.batching.max_batch,
+        "max_batch": batch_size(settings, kind),
         "max_wait_ms": settings.batching.max_wait_ms,
         "machine": machine(),
     }
@@ -269,10 +275,12 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     bound = min(result["raw_consume_per_s"], result["raw_model_per_s"])
     result["e2e_vs_bound"] = result["e2e_per_s"] / bound  # bound = min(raw consume, bare model)
     if kind == "vectors":  # the same backlog as compact binary vectors, and through two inference processes
-        variants = (("e2e_binary_per_s", "binary", 1, 4), ("e2e_2proc_per_s", "json", 2, 4),
-                    ("e2e_64_sources_per_s", "json", 1, 64))  # fmt: skip
-        for key, encoding, processes, sources in variants:
-            result[key] = await e2e_variant(settings, kind, data, n, key, encoding, processes, sources=sources)
+        variants = (("e2e_binary_per_s", "binary", 1, 4, None), ("e2e_2proc_per_s", "json", 2, 4, None),
+                    ("e2e_64_sources_per_s", "json", 1, 64, None), ("e2e_batch256_per_s", "json", 1, 4, 256))  # fmt: skip
+        for key, encoding, processes, sources, max_batch in variants:
+            result[key] = await e2e_variant(
+                settings, kind, data, n, key, encoding, processes, sources=sources, max_batch=max_batch
+            )
             result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
     return result
 
@@ -305,10 +313,12 @@ async def e2e_variant(
     processes: int = 1,
     consumer: str = "getmany",
     sources: int = 4,
+    max_batch: int | None = None,
 ) -> float:
     """Drain rate of a worker (`processes` inference processes) over a backlog of n events from `sources`
     sources, written once every process holds its partitions (so no start-up or rebalance is timed)."""
     s = variant_settings(settings, kind, tag, consumer)
+    s.batching.max_batch = max_batch or s.batching.max_batch
     await ensure_topics(s, variant_topics(s))
     with running(s, "worker", "-l", "warning", "--processes", str(processes)):
         await wait_consuming(s, input_topic(s, kind), processes)

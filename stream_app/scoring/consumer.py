@@ -178,11 +178,30 @@ class BatchConsumer:
         self.partitions = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
         rewound = self._seek_rewinds(consumer)  # records of those partitions were fetched before the seek
         polled = {tp: msgs for tp, msgs in polled.items() if tp not in rewound and tp in self.ledger.assigned}
+        polled = self._cap_frames(consumer, polled)
         if polled and self._hold is None:
             await self._submit(polled)
         else:
             self._unread(consumer, polled)
         self._commit_soon(consumer)
+
+    def _cap_frames(
+        self, consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """The poll with at most `batching.max_image_batch` camera frames: a poll holds up to `max_batch` records,
+        which suits vectors (per-batch costs amortise) but not frames (decoded pixels, a long inference); the
+        frames beyond the cap are fetched again by the next poll."""
+        room = self.settings.batching.max_image_batch
+        capped = {}
+        for tp, msgs in polled.items():
+            if self.kinds.get(tp.topic) == "images":
+                if len(msgs) > room:
+                    self._unread(consumer, {tp: msgs[room:]})
+                    msgs = msgs[:room]
+                room -= len(msgs)
+            if msgs:
+                capped[tp] = msgs
+        return capped
 
     def _unread(self, consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
         """Records fetched while paused (a partition assigned meanwhile): fetch them again once resumed."""

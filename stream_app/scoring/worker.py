@@ -138,7 +138,8 @@ class Worker:
 
         async def run_batches(kind: str, stream: Any) -> None:
             await self.ready.wait()
-            async for events in stream.take_events(s.batching.max_batch, within=within):
+            size = s.batching.max_batch if kind == "vectors" else min(s.batching.max_batch, s.batching.max_image_batch)
+            async for events in stream.take_events(size, within=within):
                 records = [to_record(e) for e in events]
                 await self._handle_until_acknowledged(kind, records)
                 self._faust_batches += 1

@@ -11,7 +11,7 @@ from stream_app.settings import LimitSettings, Settings
 def test_defaults_admit_real_frames_and_a_full_batch_of_them():
     limits = LimitSettings()
     assert limits.max_image_pixels >= 4 * 384 * 384  # a few times the largest routed model input (ViT 384)
-    assert limits.max_decoded_batch_bytes >= Settings().batching.max_batch * 1024 * 1024 * 3 // 1  # 256 x 1 Mpx RGB
+    assert limits.max_decoded_batch_bytes >= Settings().batching.max_image_batch * 1024 * 1024 * 3  # 256 x 1 Mpx RGB
     assert limits.max_image_pixels * 3 <= limits.max_decoded_batch_bytes  # one largest frame always fits
 
 

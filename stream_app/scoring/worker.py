@@ -226,6 +226,7 @@ class Worker:
                          f" [{', '.join(loaded.flags)}]" if loaded.flags else "")  # fmt: skip
             except Exception as exc:
                 log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
+        freeze_heap()  # the served models too
         if s.metrics_port >= 0:
             self._http, self.http_port = await serve_http(
                 self.metrics, s.metrics_host, s.metrics_port, self.health, tries=s.metrics_port_range
@@ -278,6 +279,7 @@ class Worker:
                     self.metrics.control_rejected.labels(result.rejected or "load_failed").inc()
                     self.metrics.refused.labels(result.rejected or "load_failed").inc()
                 else:
+                    freeze_heap(collect=True)  # the new model in, the replaced one's cycles freed
                     self.metrics.swaps.labels(result.loaded.name).inc()
                     self.metrics.model_version.labels(result.loaded.name).set(
                         version_number(result.loaded.version) or 0
@@ -339,8 +341,19 @@ class Worker:
         self.executor.close()
 
 
+def freeze_heap(collect: bool = False) -> None:
+    """Move every live object to the permanent generation: the ~500k objects of the imports and the served
+    models live on, and full collections rescanning them mid-batch made the vector path slower (a ViT served
+    beside the RVAE cost ~30% of its events/s until its objects were frozen too). Frozen objects are never
+    collected, so after a swap `collect` first frees what the replaced model leaves (~0.3 s, once per swap)."""
+    if collect:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in this process until SIGINT/SIGTERM (faust's worker owns the event loop)."""
     worker = Worker(settings)
-    gc.freeze()  # the ~500k objects of the imports live on: full collections stop rescanning them mid-batch
+    freeze_heap()
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

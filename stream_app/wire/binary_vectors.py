@@ -13,6 +13,7 @@ u32 n values | source UTF-8 | n x float32. About 4 bytes a value instead of ~10 
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Iterable
@@ -64,7 +65,7 @@ def parse_vector_binary(value: bytes) -> tuple[str, float, np.ndarray, int | Non
         source = value[_HEADER.size : _HEADER.size + name_len].decode()
     except UnicodeDecodeError as exc:
         raise BinaryVectorError(f"source is not UTF-8 ({exc})") from None
-    if not np.isfinite(ts) or ts < 0:
+    if not math.isfinite(ts) or ts < 0:
         raise BinaryVectorError(f"expected ts in epoch seconds, got {ts}")
     values = np.frombuffer(value, dtype="<f4", count=n, offset=_HEADER.size + name_len)
     return source, ts, values, None if seq < 0 else seq

@@ -15,8 +15,9 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
   e2e rate;
 - vectors only: `e2e_binary_per_s` the same backlog sent in the compact binary encoding, `e2e_2proc_per_s`
   through `linewatch worker --processes 2`, `e2e_64_sources_per_s` the JSON backlog from 64 sources instead of
-  4 (each source in a batch adds a fixed judging cost, see judging_sources.py), `e2e_batch256_per_s` with
-  `max_batch` 256 instead of the default 1024; `*_vs_bound` divides by min(raw consume, bare model).
+  4 (each source in a batch adds a fixed judging cost, see judging_sources.py), `e2e_batch256_per_s` with the
+  default `max_batch` 256 instead of the 1024 of the other rows (the setting for vector-only workers; frames
+  stay at `max_image_batch` 256); `*_vs_bound` divides by min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
 
@@ -69,6 +70,7 @@ def bench_settings(tmp: Path) -> Settings:
     topics = TopicSettings().prefixed(tag, partitions=2)
     s = Settings(app_id=tag, topics=topics, registry_dir=tmp / "registry", state_dir=tmp / "state", metrics_port=-1)
     s.worker_processes = 1
+    s.batching.max_batch = 1024  # the setting for vector-only workers; frames stay at max_image_batch (256)
     s.redis.key_prefix = tag
     return s
 

@@ -184,7 +184,7 @@ async def in_process_rates(
         async with output_producer(settings.kafka) as producer:
             publisher = Publisher(producer)
             await pipeline.handle(kind, recs[:8], publisher)  # warm up: model load, Lua registration
-            b = batch_size(settings, kind)
+            b = settings.batching.size_for(kind)
             started = time.perf_counter()
             for i in range(0, len(recs), b):
                 await pipeline.handle(kind, recs[i : i + b], publisher)
@@ -214,12 +214,6 @@ async def in_process_rates(
     return out
 
 
-def batch_size(settings: Settings, kind: str) -> int:
-    """The most events of `kind` a worker batch holds (frames: `max_image_batch` of the `max_batch`)."""
-    b = settings.batching
-    return b.max_batch if kind == "vectors" else min(b.max_batch, b.max_image_batch)
-
-
 def raw_model_rate(scorer: Any, data: np.ndarray, n: int, max_batch: int) -> float:
     reps = np.concatenate([data] * (n // len(data) + 1))[:n]
     scorer.score(reps[:8])
@@ -244,7 +238,7 @@ def verdict_latencies_ms(records: list) -> np.ndarray:
 async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarray, n: int, naive_n: int) -> dict:
     await produce(settings, kind, data, n)
     result: dict[str, Any] = {"events": n}
-    result["raw_model_per_s"] = raw_model_rate(scorer, data, n, batch_size(settings, kind))
+    result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.size_for(kind))
     result |= await in_process_rates(settings, kind, n, naive_n, sweep=SWEEP if kind == "vectors" else ())
 
     # The product: worker subprocesses (own group, own input and verdict topics) drain a backlog written once they
@@ -272,7 +266,7 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
         "live_rate_per_s": rate,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
-        "max_batch": batch_size(settings, kind),
+        "max_batch": settings.batching.size_for(kind),
         "max_wait_ms": settings.batching.max_wait_ms,
         "machine": machine(),
     }

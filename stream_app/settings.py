@@ -165,6 +165,10 @@ class BatchSettings(BaseModel):
     max_wait_ms: float = Field(50.0, gt=0)
     consumer: Literal["getmany", "faust"] = "getmany"
 
+    def size_for(self, kind: str) -> int:
+        """The most events of a data kind ("vectors" or "images") one batch holds."""
+        return self.max_batch if kind == "vectors" else min(self.max_batch, self.max_image_batch)
+
 
 class RecoverySettings(BaseModel):
     """How a worker rides out unreachable dependencies and rebalances (see stream_app/scoring/consumer.py)."""

@@ -178,13 +178,13 @@ class SourceState:
 
     def dumps(self) -> bytes:
         """The whole state as one JSON object (the inverse of `loads`)."""
-        thr, arrays = thresholds.split_dict(self.threshold)
-        return self._dumps(thr | arrays)
+        return self._dumps(thresholds.to_dict(self.threshold))
 
-    def dumps_split(self) -> tuple[bytes, bytes]:
-        """(the state without its threshold's arrays, those arrays): what a Redis key's fields `s` and `a` hold."""
-        thr, arrays = thresholds.split_dict(self.threshold)
-        return self._dumps(thr), orjson.dumps(arrays)
+    def dumps_split(self, arrays: bool = True) -> tuple[bytes, bytes]:
+        """(the state without its threshold's arrays, those arrays): what a Redis key's fields `s` and `a` hold;
+        b"" for the arrays when not wanted (the stored ones stand), so they are not serialised for nothing."""
+        thr, array_fields = thresholds.split_dict(self.threshold)
+        return self._dumps(thr), orjson.dumps(array_fields) if arrays else b""
 
     def _dumps(self, thr: dict[str, Any]) -> bytes:
         d = {"thr": thr, "inc": self.incident.to_dict(), "recent": [b.stored() for b in self.recent]}
@@ -438,10 +438,9 @@ class ThresholdStore:
             args: list[bytes | int | str] = [self._token]
             for src in srcs:
                 expected, new_state, _ = computed[src]
-                head, arrays = new_state.dumps_split()
                 _, base, apart = pending[src]
-                args += [expected, head, b"" if apart and thresholds.same_arrays(base.threshold, new_state.threshold)
-                         else arrays]  # fmt: skip
+                stored = apart and thresholds.same_arrays(base.threshold, new_state.threshold)
+                args += [expected, *new_state.dumps_split(arrays=not stored)]
             replies = await self._compare_and_set(keys, args)
             pending = {}
             for src, key, reply in zip(srcs, keys, replies, strict=True):
@@ -615,27 +614,30 @@ class ThresholdStore:
         """Judge events not judged before, each source's after its state. The first `warmup` of a source (a
         windowed model's padded windows: a repeated row looks like a stuck sensor) are never anomalous and do not
         teach the threshold; from the event that opens an incident on, nothing above t teaches it either."""
+        if not batches:
+            return []
         learns = [b.learn() for b in batches]
         judged = thresholds.judge_many(self.threshold_cfg, [b.state.threshold for b in batches],
                                        [b.scores for b in batches], learns)  # fmt: skip
+
+        def incident_steps(b: SourceBatch, anomalous: np.ndarray) -> tuple[list[bool], list, incidents.IncidentState]:
+            flags = b.flags(anomalous)
+            return (flags, *incidents.step(self.incident_cfg, b.state.incident, b.source, flags, b.keys))
+
         steps = []
         for i, (b, learn) in enumerate(zip(batches, learns, strict=True)):
-            flags = b.flags(judged[i][1])
-            inc = incidents.step(self.incident_cfg, b.state.incident, b.source, flags, b.keys)
-            if learn is None and any(e == "opened" for _, e in inc[0]):  # judge again, learning nothing from then on
-                opened = [e for _, e in inc[0]].index("opened")
-                learn = (np.arange(b.scores.size) < opened) & b.settled()
+            step = incident_steps(b, judged[i][1])
+            events = [e for _, e in step[1]]
+            if learn is None and "opened" in events:  # judge again, learning nothing above t from then on
+                learn = (np.arange(b.scores.size) < events.index("opened")) & b.settled()
                 judged[i] = thresholds.judge(self.threshold_cfg, b.state.threshold, b.scores, learn)
-                flags = b.flags(judged[i][1])
-                inc = incidents.step(self.incident_cfg, b.state.incident, b.source, flags, b.keys)
-            steps.append((flags, *inc))
-        if not batches:
-            return []
+                step = incident_steps(b, judged[i][1])
+            steps.append(step)
         sev = severities(np.concatenate([b.scores for b in batches]), np.concatenate([j[0] for j in judged])).tolist()
         bounds = np.cumsum([0] + [b.scores.size for b in batches]).tolist()
         return [
             self._judged_state(b, j, sev[lo:hi], *step)
-            for b, j, lo, hi, step in zip(batches, judged, bounds, bounds[1:], steps, strict=False)
+            for b, j, lo, hi, step in zip(batches, judged, bounds[:-1], bounds[1:], steps, strict=True)
         ]
 
     def _judged_state(

@@ -446,8 +446,7 @@ class Spot(ThresholdRule):
         above = finite & (x > t)
         excluded = None if learn is None else above & ~learn  # exceedances not to be learned: never counted
         nt_start = counted_exceedances(nt0, nc0, ne0)
-        r = tail_probability(q, n0, nt_start)
-        odds = r / (1.0 - r)
+        odds = _odds(q, n0, nt_start)
         settled = ~faulty(nc0 + above.sum(axis=1, keepdims=True) * lam ** -lengths[:, None], ne0)  # cannot get faulty
         depends = above & ~settled  # the verdicts the counts depend on
         if guess is None:
@@ -695,10 +694,10 @@ def current_threshold(cfg: ThresholdSettings, state: ThresholdState) -> float:
     return RULES[state.mode](cfg).threshold(state)
 
 
-def _odds(risk: float, n: float, n_t: float) -> float:
+def _odds(risk: float, n: Any, n_t: Any) -> Any:
     """r / (1 - r) for r = `tail_probability`: how many exceedances of t a stationary source puts above the alert
-    level for each one below it."""
-    r = float(tail_probability(risk, n, n_t))
+    level for each one below it (counts may be arrays, one source per row)."""
+    r = tail_probability(risk, n, n_t)
     return r / (1.0 - r)
 
 
@@ -831,12 +830,7 @@ def judge(cfg: ThresholdSettings, state: ThresholdState, scores: np.ndarray, lea
     >>> anomalous.tolist(), state.count
     ([False, True], 1)
     """
-    if state.mode != cfg.mode:
-        raise ValueError(f"state is for mode {state.mode!r} but settings say {cfg.mode!r}")
-    x = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if learn is not None and np.shape(learn) != x.shape:
-        raise ValueError(f"need one learn flag per score: {x.size} scores, {np.size(learn)} flags")
-    return rule_for(cfg).judge(state, x, learn)
+    return judge_many(cfg, [state], [scores], [learn])[0]
 
 
 def judge_many(

@@ -138,8 +138,7 @@ class Worker:
 
         async def run_batches(kind: str, stream: Any) -> None:
             await self.ready.wait()
-            size = s.batching.max_batch if kind == "vectors" else min(s.batching.max_batch, s.batching.max_image_batch)
-            async for events in stream.take_events(size, within=within):
+            async for events in stream.take_events(s.batching.size_for(kind), within=within):
                 records = [to_record(e) for e in events]
                 await self._handle_until_acknowledged(kind, records)
                 self._faust_batches += 1
@@ -226,7 +225,7 @@ class Worker:
                          f" [{', '.join(loaded.flags)}]" if loaded.flags else "")  # fmt: skip
             except Exception as exc:
                 log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
-        freeze_heap()  # the served models too
+        freeze_heap()  # the imports and the served models (before they are loaded would leave the models out)
         if s.metrics_port >= 0:
             self._http, self.http_port = await serve_http(
                 self.metrics, s.metrics_host, s.metrics_port, self.health, tries=s.metrics_port_range
@@ -355,5 +354,4 @@ def freeze_heap(collect: bool = False) -> None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in this process until SIGINT/SIGTERM (faust's worker owns the event loop)."""
     worker = Worker(settings)
-    freeze_heap()
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -19,6 +19,7 @@ import orjson
 
 from stream_app.judging.stored import json_object
 from stream_app.settings import IncidentSettings
+from stream_app.wire.ids import alert_id_of
 
 IncidentEvent = Literal["opened", "closed"]
 ID_HEX = 16  # 64 bits of sha1: collisions are irrelevant at incident rates
@@ -70,20 +71,21 @@ def step(
     state: IncidentState,
     source: str,
     anomalous: Sequence[bool],
-    alert_ids: Sequence[str],
+    event_keys: Sequence[str],
 ) -> tuple[list[tuple[str | None, IncidentEvent | None]], IncidentState]:
     """Advance one source's hysteresis over its events in order.
 
     Returns, per event, (the id of the incident open at that event or None, "opened" | "closed" | None),
-    and the new state. The closing event still carries the id it closes.
+    and the new state. The closing event still carries the id it closes. An incident's id derives from the alert
+    id of its opening event (`ids.alert_id_of` of that event's key).
 
     >>> cfg = IncidentSettings(open_k=2, open_n=3, close_m=2)
     >>> out, st = step(cfg, IncidentState(), "s", [True, False, True, False, False, False], list("abcdef"))
     >>> [(i is not None, e) for i, e in out]
     [(False, None), (False, None), (True, 'opened'), (True, None), (True, 'closed'), (False, None)]
     """
-    if len(anomalous) != len(alert_ids):
-        raise ValueError(f"need one alert id per event: {len(anomalous)} flags, {len(alert_ids)} ids")
+    if len(anomalous) != len(event_keys):
+        raise ValueError(f"need one event key per event: {len(anomalous)} flags, {len(event_keys)} keys")
     mask = (1 << cfg.open_n) - 1
     recent, open_id, run = state.recent, state.open_id, state.normal_run
     flags = [bool(f) for f in anomalous]
@@ -113,7 +115,7 @@ def step(
         recent = ((recent << 1) | 1) & mask
         if open_id is None:
             if recent.bit_count() >= cfg.open_k:
-                open_id, run = incident_id(source, alert_ids[i]), 0
+                open_id, run = incident_id(source, alert_id_of(event_keys[i])), 0
                 out.append((open_id, "opened"))
             else:
                 out.append((None, None))

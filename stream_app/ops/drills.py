@@ -33,7 +33,7 @@ from stream_app.ops.connections import aiokafka_kwargs, kafka_producer
 from stream_app.ops.processes import spawn, stop, wait_consuming, worker_ports
 from stream_app.settings import IncidentSettings, Settings
 from stream_app.wire.codecs import encode_vector
-from stream_app.wire.outputs import alert_id
+from stream_app.wire.ids import alert_id_of, event_key
 
 SOURCES = ("line-1/a", "line-1/b", "line-1/c", "line-1/d")
 
@@ -215,9 +215,9 @@ def implied_incident_events(cfg: IncidentSettings, verdicts: list[dict]) -> set[
         by_source[v["source"]].append(v)
     implied: set[tuple[str, str | None]] = set()
     for source, seq in by_source.items():
-        ids = [alert_id(v["topic"], v["partition"], v["offset"]) for v in seq]
-        steps, _ = incidents.step(cfg, incidents.IncidentState(), source, [v["anomalous"] for v in seq], ids)
-        implied |= {(aid, event) for aid, (_, event) in zip(ids, steps, strict=True) if event}
+        keys = [event_key(v["topic"], v["partition"], v["offset"]) for v in seq]
+        steps, _ = incidents.step(cfg, incidents.IncidentState(), source, [v["anomalous"] for v in seq], keys)
+        implied |= {(alert_id_of(key), event) for key, (_, event) in zip(keys, steps, strict=True) if event}
     return implied
 
 

@@ -32,15 +32,15 @@ from stream_app.scoring.model_manager import LoadedModel, ModelManager
 from stream_app.scoring.publishing import Publisher
 from stream_app.settings import Settings
 from stream_app.wire.codecs import BadEvent, Event
+from stream_app.wire.ids import event_key
 from stream_app.wire.kinds import DATA_KINDS, DataKind, data_kind
 from stream_app.wire.outputs import (
     Output,
-    alert_id,
     alert_output,
     coarse_grid,
     deadletter_output,
     top_features,
-    verdict_output,
+    verdict_outputs,
 )
 from stream_app.wire.records import Record
 from stream_app.wire.routing import Router
@@ -321,7 +321,7 @@ class InspectionPipeline:
     async def _judge_and_emit(self, kind: DataKind, loaded: LoadedModel, group: ScoredGroup) -> list[Output]:
         topics = self.settings.topics
         sources = [ev.source for ev in group.events]
-        keys = [alert_id(rec.topic, rec.partition, rec.offset) for rec in group.records]
+        keys = [event_key(rec.topic, rec.partition, rec.offset) for rec in group.records]
         calibration = loaded.scorer.calibration_scores
         windows = None
         if group.scores is None:
@@ -331,23 +331,23 @@ class InspectionPipeline:
             loaded.name, loaded.version, calibration, sources, group.scores, keys, windows
         )
 
-        anomalous = [i for i, j in enumerate(judgements) if j.anomalous]
+        notable = [i for i, j in enumerate(judgements) if j.anomalous or j.incident_event]  # few: alerts, closings
+        anomalous = [i for i in notable if judgements[i].anomalous]
         explanations = await self._explain(loaded, group, anomalous, windows) if anomalous else {}
 
-        outputs = []
-        batch_alerts = 0
         now = time.time()
-        for i, (rec, ev, j) in enumerate(zip(group.records, group.events, judgements, strict=True)):
-            outputs.append(verdict_output(topics.scores, rec, ev, loaded, j))
+        outputs = verdict_outputs(topics.scores, group.records, group.events, loaded, judgements)
+        for i in notable:
+            rec, ev, j = group.records[i], group.events[i], judgements[i]
             if j.incident_event:
                 self.metrics.incidents.labels(loaded.name, j.incident_event).inc()
             if j.anomalous or j.incident_event == "closed":  # subscribers see an incident close, too
                 outputs.append(
                     alert_output(topics.alerts, rec, ev, loaded, j, kind.alert_kind, explanations.get(i, {}))
                 )
-            if j.anomalous:
-                self.metrics.alerts.labels(loaded.name).inc()
-                batch_alerts += 1
+        batch_alerts = len(anomalous)
+        if batch_alerts:
+            self.metrics.alerts.labels(loaded.name).inc(batch_alerts)
         self.metrics.latency.observe_many((kind.name,), np.maximum(0.0, now - np.array([ev.ts for ev in group.events])))
         for source, threshold in {j.source: j.threshold for j in judgements}.items():  # each source's last
             self.metrics.threshold.labels(loaded.name, source).set(threshold)

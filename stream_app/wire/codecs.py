@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from stream_app.settings import LimitSettings
-from stream_app.wire.binary_vectors import BinaryVectorError, is_binary_vector, parse_vector_binary
+from stream_app.wire.binary_vectors import BinaryVectorError, is_binary_vector, parse_vectors_binary
 
 REASONS = (
     "malformed_json",
@@ -142,13 +142,24 @@ def decode_vectors(
     """
     out: list[VectorEvent | BadEvent | None] = [None] * len(values)
     bodies: dict[int, tuple[str, float, list | np.ndarray, int | None]] = {}
-    by_width: dict[int, list[int]] = {}
+    binary: list[int] = []
     for i, value in enumerate(values):
+        if value and is_binary_vector(value):
+            binary.append(i)
+            continue
         try:
-            bodies[i] = body = _vector_body(value, max_source_chars)
+            bodies[i] = _json_vector_body(value, max_source_chars)
         except BadEvent as exc:
             out[i] = exc
-            continue
+    for i, parsed in zip(binary, parse_vectors_binary([values[i] for i in binary]), strict=True):  # type: ignore[misc]
+        if isinstance(parsed, BinaryVectorError):
+            out[i] = BadEvent("bad_schema", str(parsed))
+        elif (too_long := _long_source(parsed[0], max_source_chars)) is not None:
+            out[i] = too_long
+        else:
+            bodies[i] = parsed
+    by_width: dict[int, list[int]] = {}
+    for i, body in bodies.items():
         by_width.setdefault(len(body[2]), []).append(i)
     for rows in by_width.values():
         with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused as non-finite
@@ -168,15 +179,16 @@ def decode_vectors(
 _NUMBER_TYPES = {float, int}
 
 
-def _vector_body(value: bytes | None, max_source_chars: int) -> tuple[str, float, list | np.ndarray, int | None]:
-    """The checked fields of one vector message (JSON, or the binary layout): source, ts, values, seq."""
+def _long_source(source: str, max_source_chars: int) -> BadEvent | None:
+    if len(source) > max_source_chars:
+        return BadEvent("bad_schema", f"'source' is {len(source)} characters, the limit is {max_source_chars}")
+    return None
+
+
+def _json_vector_body(value: bytes | None, max_source_chars: int) -> tuple[str, float, list, int | None]:
+    """The checked fields of one JSON vector message: source, ts, values, seq."""
     if not value:
         raise BadEvent("malformed_json", "empty message value, expected a JSON object")
-    if is_binary_vector(value):
-        try:
-            return parse_vector_binary(value)
-        except BinaryVectorError as exc:
-            raise BadEvent("bad_schema", str(exc)) from None
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -186,8 +198,8 @@ def _vector_body(value: bytes | None, max_source_chars: int) -> tuple[str, float
     source, values = body.get("source"), body.get("values")
     if not isinstance(source, str) or not source:
         raise BadEvent("bad_schema", "expected a non-empty string field 'source'")
-    if len(source) > max_source_chars:
-        raise BadEvent("bad_schema", f"'source' is {len(source)} characters, the limit is {max_source_chars}")
+    if (too_long := _long_source(source, max_source_chars)) is not None:
+        raise too_long
     if not isinstance(values, list) or not values:
         raise BadEvent("bad_schema", f"expected 'values' to be a non-empty list of numbers, got {values!r}"[:200])
     if not set(map(type, values)) <= _NUMBER_TYPES:  # also refuses bools, nested lists, strings, nulls

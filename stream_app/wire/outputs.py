@@ -17,6 +17,7 @@ import orjson
 
 from stream_app.settings import KafkaSettings, LimitSettings
 from stream_app.wire.codecs import Event
+from stream_app.wire.ids import alert_id
 from stream_app.wire.records import Headers, Record
 
 # The default for callers that do not pass settings: the default broker limit less the default margin.
@@ -29,15 +30,6 @@ class Output:
     key: bytes | None
     value: bytes
     headers: Headers
-
-
-def alert_id(topic: str, partition: int, offset: int) -> str:
-    """Deterministic id of the alert an input record can raise.
-
-    >>> alert_id("sensor.vectors", 0, 42) == alert_id("sensor.vectors", 0, 42) != alert_id("sensor.vectors", 1, 42)
-    True
-    """
-    return hashlib.sha1(f"{topic}/{partition}/{offset}".encode()).hexdigest()[:20]
 
 
 def _json(value: Any) -> bytes:
@@ -81,13 +73,29 @@ class JudgementLike(Protocol):
 
 def verdict_output(topic: str, rec: Record, event: Event, model: ModelId, judgement: JudgementLike) -> Output:
     """The verdict record every scored event gets on the scores topic."""
-    body = {
-        "source": event.source, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
-        "ts": event.ts, "score": float(judgement.score), "threshold": float(judgement.threshold),
-        "anomalous": bool(judgement.anomalous), "model": model.name, "version": model.version,
-        "incident_id": judgement.incident_id,
-    }  # fmt: skip
-    return Output(topic, event.source.encode(), _json(body), _passthrough(rec.headers))
+    return verdict_outputs(topic, [rec], [event], model, [judgement])[0]
+
+
+def verdict_outputs(
+    topic: str, records: Sequence[Record], events: Sequence[Event], model: ModelId, judgements: Sequence[JudgementLike]
+) -> list[Output]:
+    """`verdict_output` of each event of a batch, in one pass: one verdict per event is the vector path's largest
+    per-event cost, so the model's fields, each source's key and headers-less records are looked up once."""
+    name, version = model.name, model.version
+    keys: dict[str, bytes] = {}
+    out = []
+    for rec, ev, j in zip(records, events, judgements, strict=True):
+        source = ev.source
+        key = keys.get(source)
+        if key is None:
+            key = keys[source] = source.encode()
+        body = {
+            "source": source, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset, "ts": ev.ts,
+            "score": j.score, "threshold": j.threshold, "anomalous": j.anomalous, "model": name, "version": version,
+            "incident_id": j.incident_id,
+        }  # fmt: skip
+        out.append(Output(topic, key, _json(body), _passthrough(rec.headers) if rec.headers else []))
+    return out
 
 
 def alert_output(

@@ -6,12 +6,13 @@ import pytest
 
 from stream_app.judging.incidents import IncidentState, incident_id, step
 from stream_app.settings import IncidentSettings
+from stream_app.wire.ids import alert_id, alert_id_of, event_key
 
 CFG = IncidentSettings(open_k=3, open_n=5, close_m=20)
 
 
 def ids(n: int, start: int = 0) -> list[str]:
-    return [f"sensor.vectors:0:{i}" for i in range(start, start + n)]
+    return [event_key("sensor.vectors", 0, i) for i in range(start, start + n)]
 
 
 def test_a_flood_of_anomalies_is_one_incident() -> None:
@@ -58,13 +59,13 @@ def test_incident_ids_are_deterministic_across_replays() -> None:
     assert first == replay
     opened = [i for i, e in first if e == "opened"]
     assert len(opened) == 2 and opened[0] != opened[1]
-    assert opened[0] == incident_id("press-2", "sensor.vectors:0:102")
+    assert opened[0] == incident_id("press-2", alert_id("sensor.vectors", 0, 102))  # the opening alert's id
     other, _ = step(CFG, IncidentState(), "press-3", flags, ids(len(flags), 100))
     assert other[2][0] != first[2][0]  # same alert ids, another source: another incident
 
 
 def test_mismatched_lengths_and_impossible_settings_are_rejected() -> None:
-    with pytest.raises(ValueError, match="one alert id per event"):
+    with pytest.raises(ValueError, match="one event key per event"):
         step(CFG, IncidentState(), "s", [True, False], ["a"])
     with pytest.raises(ValueError, match="open_k"):
         step(IncidentSettings(open_k=6, open_n=5), IncidentState(), "s", [True], ["a"])
@@ -82,7 +83,7 @@ def reference_step(cfg: IncidentSettings, state: IncidentState, source: str, fla
         event = None
         if open_id is None:
             if flag and recent.bit_count() >= cfg.open_k:
-                open_id, run, event = incident_id(source, key), 0, "opened"
+                open_id, run, event = incident_id(source, alert_id_of(key)), 0, "opened"
             out.append((open_id, event))
             continue
         current = open_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from stream_app.scoring.worker import freeze_heap
+from stream_app.scoring.worker import YOUNG_COLLECTION, freeze_heap
 
 
 class Node:
@@ -28,4 +28,24 @@ def test_a_swap_frees_what_the_frozen_heap_no_longer_holds() -> None:
         freeze_heap(collect=True)
         assert alive() is None  # ...so a swap unfreezes and collects before freezing again
     finally:
+        gc.unfreeze()
+
+
+def test_a_batch_of_live_objects_does_not_start_a_collection() -> None:
+    """A vector batch keeps a few objects per event alive until it is published; the collector waits for more."""
+    before = gc.get_threshold()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        freeze_heap()
+        gc.callbacks.append(count)
+        batch = [[i] for i in range(8 * 1024)]  # ~8 objects per event of a 1024-event batch (lists: GC-tracked)
+        assert len(batch) < YOUNG_COLLECTION and collections == []
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*before)
         gc.unfreeze()

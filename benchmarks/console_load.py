@@ -30,11 +30,10 @@ import orjson
 
 from benchmarks._common import RESULTS, machine, write_json
 from deploy.localstack import free_port
+from stream_app.console.scene import verdicts
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics
 from stream_app.ops.processes import spawn, stop
 from stream_app.settings import Settings, TopicSettings
-from stream_app.wire.outputs import verdict_output
-from stream_app.wire.records import Record
 
 SOURCES = [f"line-{line}/m{m}" for line in range(1, 6) for m in range(10)]
 WATCHED = SOURCES[7]
@@ -66,11 +65,8 @@ async def _produce_async(settings: Settings, rate: float, seconds: float, out: m
     pool = []
     for i in range(2000):
         src = SOURCES[i % len(SOURCES)]
-        rec = Record(settings.topics.vectors, 0, i, src.encode(), b"")
         score = 1.0 + (i * 7919 % 1000) / 400.0
-        o = verdict_output(
-            settings.topics.scores, rec, src, time.time(), score, 4.0, score > 4.0, "sensors", "0001", None
-        )
+        (o,) = verdicts(settings, src, [score], 4.0, "sensors", "0001", first_offset=i)
         pool.append((o.key, o.value))
     partitions = settings.topics.partitions
     sent, k = 0, 0

@@ -30,7 +30,7 @@ from benchmarks._common import machine, save_figure, write_json
 from stream_app.judging.store import ThresholdStore
 from stream_app.ops.connections import redis_client
 from stream_app.settings import load_settings
-from stream_app.wire.outputs import alert_id
+from stream_app.wire.ids import event_key
 
 SOURCES = (4, 16, 64, 256)
 BATCHES = (256, 1024)
@@ -42,7 +42,7 @@ async def per_event_us(
 ) -> float:
     cal = np.random.default_rng(1).exponential(size=calibration)
     srcs = [f"line-{i % sources}/m" for i in range(scores.size)]
-    keys = [alert_id("bench", 0, i) for i in range(scores.size * (passes + 1))]
+    keys = [event_key("bench", 0, i) for i in range(scores.size * (passes + 1))]
     times = []
     for p in range(passes + 1):  # the first pass warms the cache and Lua; fresh keys each pass: no replays
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Where a vector event's microseconds go inside a worker: each pipeline stage timed alone, per event.
 
-    make stack-up && python benchmarks/vector_stages.py [--batch 256] [--events 20000]
+    make stack-up && python benchmarks/vector_stages.py [--batch 256] [--events 20000] [--encoding binary]
 
 The same records pass through each stage in the order the worker runs them, batch by batch:
 decode (JSON or binary -> arrays), route (source -> model), score (the bare RVAE forward), judge (the
@@ -38,19 +38,22 @@ from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import Settings, TopicSettings, load_settings
 from stream_app.sim.simulator import normal_vectors
+from stream_app.wire.binary_vectors import encode_vector_binary
 from stream_app.wire.codecs import encode_vector
+from stream_app.wire.ids import event_key
 from stream_app.wire.kinds import VECTORS
-from stream_app.wire.outputs import alert_id, verdict_output
+from stream_app.wire.outputs import verdict_outputs
 from stream_app.wire.records import Record
 
 F = 8
 
 
-def records(data: np.ndarray, topic: str) -> list[Record]:
+def records(data: np.ndarray, topic: str, encoding: str) -> list[Record]:
+    encode = encode_vector_binary if encoding == "binary" else encode_vector
     out = []
     for i, row in enumerate(data):
         source = f"line-{i % 2 + 1}/m{i % 4}"
-        out.append(Record(topic, i % 2, i // 2, source.encode(), encode_vector(source, row, ts=time.time()), {}))
+        out.append(Record(topic, i % 2, i // 2, source.encode(), encode(source, row, ts=time.time()), {}))
     return out
 
 
@@ -83,7 +86,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     registry.promote("sensors", registry.publish("sensors", scorer).version)
     await ensure_topics(settings)
 
-    recs = records(data[4000:], settings.topics.vectors)
+    recs = records(data[4000:], settings.topics.vectors, args.encoding)
     redis = redis_client(settings.redis)
     executor = InferenceExecutor()
     models = ModelManager(registry, device="cpu", executor=executor.pool)
@@ -91,7 +94,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = InspectionPipeline(settings, models, store, executor, WorkerMetrics())
     loaded = await models.get("sensors")
     b = args.batch
-    out: dict[str, Any] = {"machine": machine(), "batch": b, "events": len(recs), "features": F}
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "batch": b,
+        "events": len(recs),
+        "features": F,
+        "encoding": args.encoding,
+    }
     try:
         async with output_producer(settings.kafka) as producer:
             publisher = Publisher(producer)
@@ -116,7 +125,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             async def judge(batch: list[Record]) -> list:
                 srcs = [events[id(r)].source for r in batch]
-                keys = [alert_id(r.topic, r.partition, r.offset) for r in batch]
+                keys = [event_key(r.topic, r.partition, r.offset) for r in batch]
                 sc = np.array([scores[id(r)] for r in batch], np.float32)
                 return await store.judge("sensors", loaded.version, scorer.calibration_scores, srcs, sc, keys)
 
@@ -126,9 +135,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             verdicts = {id(r): j for r, j in zip(recs, judgements, strict=True)}
 
             def build(batch: list[Record]) -> list:
-                return [
-                    verdict_output(settings.topics.scores, r, events[id(r)], loaded, verdicts[id(r)]) for r in batch
-                ]
+                evs, js = [events[id(r)] for r in batch], [verdicts[id(r)] for r in batch]
+                return verdict_outputs(settings.topics.scores, batch, evs, loaded, js)
 
             outputs = {id(r): o for r, o in zip(recs, build(recs), strict=True)}
 
@@ -156,6 +164,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--encoding", choices=("json", "binary"), default="json")
     p.add_argument("--name", default="vector_stages", help="results/<name>.json")
     args = p.parse_args()
     result = asyncio.run(run(args))

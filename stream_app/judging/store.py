@@ -2,8 +2,9 @@
 
 Each (model, version, threshold settings, source) has one Redis hash
 `{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v`, the state `s`
-(threshold counts, incident state and the last batches' verdicts in one orjson value) and the threshold's
-arrays `a` (SPOT's peak window, ~11-22 KB when full), which a batch rewrites only when it adds a peak. The mode
+(threshold counts and incident state in one orjson value), the threshold's arrays `a` (SPOT's peak window,
+~11-22 KB when full), which a batch rewrites only when it adds a peak, and the verdicts of the source's last
+batches in a ring of fields `r0`, `r1`... (a batch writes its own over the oldest). The mode
 and an 8-hex hash of the threshold settings are in the key so that a settings change starts every source from
 calibration again, instead of meeting a state made for other settings (which failed every batch when the mode
 changed). A worker keeps the last state it saw of each key, computes the batch's verdicts and new states
@@ -51,20 +52,24 @@ REPLAY_BATCHES = 4  # judged batches remembered per source: more than a worker h
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
 SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster: hash-tag groups per model
 
-# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); ARGV[3i-1]: the version the caller
-# computed from; ARGV[3i]: the new state without its threshold's arrays (field `s`); ARGV[3i+1]: those arrays
-# (field `a`), or '' when the stored ones stand. Per key: written -> the new version; stale -> {stored version,
-# stored s, stored a}. Fairness: a plain CAS lets a worker starve, its retries landing just after another
-# worker's next batch (seen in tests: 8 lost attempts in a row). So a loser joins the key's queue `q`
-# (tokens, oldest first) and only the queue's head may write while the queue is not empty; the head's retry
-# carries the stored version it was just sent, so it succeeds and leaves the queue. Writers bounced while
-# the head stays silent are counted (`qb`); after MAX_BOUNCES the head is presumed dead and dropped.
+# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); then 5 per key, from ARGV[5i-3]: the
+# version the caller computed from; the new state without its threshold's arrays and remembered batches (field
+# `s`); those arrays (field `a`), or '' when the stored ones stand; the field of the ring slot its newest batch
+# goes to (`r0`..`r{RING-1}`), or '' for none; that batch. Per key: written -> the new version; stale ->
+# {stored version, stored s, stored a, stored r0..r{RING-1}}. Fairness: a plain CAS lets a worker starve, its
+# retries landing just after another worker's next batch (seen in tests: 8 lost attempts in a row). So a loser
+# joins the key's queue `q` (tokens, oldest first) and only the queue's head may write while the queue is not
+# empty; the head's retry carries the stored version it was just sent, so it succeeds and leaves the queue.
+# Writers bounced while the head stays silent are counted (`qb`); after MAX_BOUNCES the head is presumed dead
+# and dropped.
+ARGS_PER_KEY = 5
 CAS_SCRIPT = """
 local token = ARGV[1]
 local L = string.len(token)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local expected = tonumber(ARGV[3 * i - 1])
+  local at = 5 * i - 3
+  local expected = tonumber(ARGV[at])
   local f = redis.call('HMGET', key, 'v', 'q', 'qb')
   local stored = tonumber(f[1]) or 0
   local q = f[2] or ''
@@ -79,9 +84,12 @@ for i, key in ipairs(KEYS) do
   end
   local blocked = head ~= '' and head ~= token
   if stored == expected and not blocked then
-    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[3 * i])
-    if ARGV[3 * i + 1] ~= '' then
-      redis.call('HSET', key, 'a', ARGV[3 * i + 1])
+    redis.call('HSET', key, 'v', stored + 1, 's', ARGV[at + 1])
+    if ARGV[at + 2] ~= '' then
+      redis.call('HSET', key, 'a', ARGV[at + 2])
+    end
+    if ARGV[at + 3] ~= '' then
+      redis.call('HSET', key, ARGV[at + 3], ARGV[at + 4])
     end
     if head == token then
       q = string.sub(q, L + 1)
@@ -94,7 +102,11 @@ for i, key in ipairs(KEYS) do
     if not string.find(q, token, 1, true) then
       q = q .. token
     end
-    out[i] = {stored, redis.call('HGET', key, 's') or '', redis.call('HGET', key, 'a') or ''}
+    local reply = {stored, redis.call('HGET', key, 's') or '', redis.call('HGET', key, 'a') or ''}
+    for r = 0, RING - 1 do
+      reply[4 + r] = redis.call('HGET', key, 'r' .. r) or ''
+    end
+    out[i] = reply
   end
   if q ~= (f[2] or '') or qb ~= (tonumber(f[3]) or 0) then
     redis.call('HSET', key, 'q', q, 'qb', qb)
@@ -168,29 +180,39 @@ class JudgedBatch:
 @dataclass(frozen=True)
 class SourceState:
     """What one Redis key holds: the threshold state and the incident state of a source, the verdicts of its
-    last judged batches (`recent`: replayed for events judged again, which the state does not absorb twice) and,
-    for a windowed model, its last raw rows (`history`: what its next events are scored after)."""
+    last judged batches (`recent`: replayed for events judged again, which the state does not absorb twice;
+    `batches` counts every batch it judged, which places each in its ring slot) and, for a windowed model, its
+    last raw rows (`history`: what its next events are scored after)."""
 
     threshold: thresholds.ThresholdState
     incident: incidents.IncidentState
     recent: tuple[JudgedBatch, ...] = ()
     history: History | None = None
+    batches: int = 0
 
     def dumps(self) -> bytes:
         """The whole state as one JSON object (the inverse of `loads`)."""
-        return self._dumps(thresholds.to_dict(self.threshold))
+        return self._dumps(thresholds.to_dict(self.threshold), recent=True)
 
     def dumps_split(self, arrays: bool = True) -> tuple[bytes, bytes]:
-        """(the state without its threshold's arrays, those arrays): what a Redis key's fields `s` and `a` hold;
-        b"" for the arrays when not wanted (the stored ones stand), so they are not serialised for nothing."""
+        """(the state without its threshold's arrays and its remembered batches, those arrays): what a Redis key's
+        fields `s` and `a` hold (`newest_slot` gives the batches' fields); b"" for the arrays when not wanted (the
+        stored ones stand), so they are not serialised for nothing."""
         thr, array_fields = thresholds.split_dict(self.threshold)
-        return self._dumps(thr), orjson.dumps(array_fields) if arrays else b""
+        return self._dumps(thr, recent=False), orjson.dumps(array_fields) if arrays else b""
 
-    def _dumps(self, thr: dict[str, Any]) -> bytes:
-        d = {"thr": thr, "inc": self.incident.to_dict(), "recent": [b.stored() for b in self.recent]}
+    def _dumps(self, thr: dict[str, Any], recent: bool) -> bytes:
+        d: dict[str, Any] = {"thr": thr, "inc": self.incident.to_dict(), "n": self.batches}
+        if recent:
+            d["recent"] = [b.stored() for b in self.recent]
         if self.history is not None:
             d["hist"] = self.history.to_dict()
         return orjson.dumps(d)
+
+    def newest_slot(self, ring: int) -> tuple[str, bytes]:
+        """(field, value) of the newest remembered batch: the i-th batch judged lives in ring slot `r{i % ring}`,
+        so a write adds it over the oldest (~80 bytes an event) instead of rewriting them all."""
+        return f"r{(self.batches - 1) % ring}", orjson.dumps(self.recent[-1].stored())
 
     @classmethod
     def loads(cls, data: bytes | str, arrays: bytes | str | None = None) -> SourceState:
@@ -198,18 +220,29 @@ class SourceState:
         return cls.loads_stored(data, arrays)[0]
 
     @classmethod
-    def loads_stored(cls, data: bytes | str, arrays: bytes | str | None) -> tuple[SourceState, bool]:
-        """The state in a key's fields `s` and `a`, and whether its arrays came from `a` (a state written whole, by
-        an earlier version, holds them in `s`)."""
+    def loads_stored(
+        cls, data: bytes | str, arrays: bytes | str | None, slots: Sequence[bytes | str | None] = ()
+    ) -> tuple[SourceState, bool]:
+        """The state in a key's fields `s`, `a` and the ring slots `r0`, `r1`... (`slots`, in that order), and
+        whether its arrays are stored apart in `a`: a state written whole, by an earlier version, holds them in
+        `s` (and its remembered batches, which name events by their alert ids: no event is keyed so now)."""
         d = json_object(data, "source state")
         try:
             thr = d["thr"]
             apart = bool(arrays) and not any(f in thr for f in thresholds.RULES[thr["mode"]].arrays)
             if apart:
                 thr.update(json_object(arrays, "threshold arrays"))  # type: ignore[arg-type]
-            recent = tuple(JudgedBatch.from_dict(b) for b in d.get("recent", ()))
+            batches = int(d.get("n", 0))
+            if "recent" in d:
+                recent = tuple(JudgedBatch.from_dict(b) for b in d["recent"])
+                batches = max(batches, len(recent))
+            else:  # the ring, oldest first: batch i is in slot i % len(slots)
+                held = range(max(0, batches - len(slots)), batches)
+                found = [slots[i % len(slots)] for i in held]
+                recent = tuple(JudgedBatch.from_dict(json_object(b, "remembered batch")) for b in found if b)
             history = History.from_dict(d["hist"]) if d.get("hist") is not None else None
-            state = cls(thresholds.from_dict(thr), incidents.IncidentState.from_dict(d["inc"]), recent, history)
+            incident = incidents.IncidentState.from_dict(d["inc"])
+            state = cls(thresholds.from_dict(thr), incident, recent, history, batches)
         except (KeyError, TypeError, binascii.Error) as exc:
             raise ValueError(f"not a serialised source state: {exc}") from exc
         return state, apart
@@ -307,7 +340,7 @@ class ThresholdStore:
     Usage (needs Redis, so not a doctest):
         store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
         store.initial("sensors", "v3", calibration)   # at model load: CalibrationError refuses the version
-        verdicts = await store.judge("sensors", "v3", calibration, sources, scores, alert_ids)
+        verdicts = await store.judge("sensors", "v3", calibration, sources, scores, event_keys)
     """
 
     def __init__(
@@ -327,9 +360,10 @@ class ThresholdStore:
         self.key_prefix = key_prefix
         self.max_attempts = max_attempts
         self.replay_batches = max(1, replay_batches)
+        self.ring_fields = [f"r{i}" for i in range(self.replay_batches)]  # a key's remembered batches
         # A source silent for `state_ttl_s` loses its state (producers choose source names: unbounded otherwise).
         ttl_ms = int(state_ttl_s * 1000) if state_ttl_s else 0
-        self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms))
+        self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms)).replace("RING", str(self.replay_batches))
         self._cas = redis.register_script(self._script)
         self._token = uuid.uuid4().hex  # its place in the keys' write queues
         # key -> (version, state, whether Redis holds its arrays apart in field `a`) last seen in Redis
@@ -412,7 +446,8 @@ class ThresholdStore:
     ) -> list[Judgement]:
         """Verdicts for `scores` (one per event, in input order); each source's events are judged in order.
 
-        `event_keys` are the events' deterministic alert ids (they name the incidents they open). A windowed
+        `event_keys` name the events the same way on every worker (`ids.event_key`: a redelivered event is
+        known again; the incidents they open are named from them). A windowed
         model passes `sequences` instead of scores: each source's new events are scored after the history
         stored with the state they are judged against, and their rows extend it (see `Sequences`).
         """
@@ -440,7 +475,8 @@ class ThresholdStore:
                 expected, new_state, _ = computed[src]
                 _, base, apart = pending[src]
                 stored = apart and thresholds.same_arrays(base.threshold, new_state.threshold)
-                args += [expected, *new_state.dumps_split(arrays=not stored)]
+                slot = new_state.newest_slot(self.replay_batches) if new_state.batches > base.batches else ("", b"")
+                args += [expected, *new_state.dumps_split(arrays=not stored), *slot]
             replies = await self._compare_and_set(keys, args)
             pending = {}
             for src, key, reply in zip(srcs, keys, replies, strict=True):
@@ -452,8 +488,8 @@ class ThresholdStore:
                         out[i] = v
                     continue
                 self.conflicts += 1
-                stored_version, stored, stored_arrays = int(reply[0]), reply[1], reply[2]
-                state, apart = (SourceState.loads_stored(stored, stored_arrays) if stored
+                stored_version, stored, stored_arrays, slots = int(reply[0]), reply[1], reply[2], reply[3:]
+                state, apart = (SourceState.loads_stored(stored, stored_arrays, slots) if stored
                                 else (self._fresh(model, version, calibration_scores), False))  # fmt: skip
                 self._cache[key] = pending[src] = (stored_version, state, apart)
                 if attempt == self.max_attempts - 1:  # give up persisting; still answer from the freshest state
@@ -472,7 +508,7 @@ class ThresholdStore:
         return out  # type: ignore[return-value]
 
     async def _compare_and_set(self, keys: list[str], args: list[bytes | int | str]) -> list[Any]:
-        """CAS_SCRIPT over `keys` (`args`: token, then version, state and arrays per key); the replies in key order.
+        """CAS_SCRIPT over `keys` (`args`: token, then ARGS_PER_KEY per key); the replies in key order.
 
         One call on one server. On a cluster one call per slot, issued together; if one fails the others
         still run to their end (their writes stand: the retried batch finds its events remembered there), then it raises.
@@ -498,7 +534,7 @@ class ThresholdStore:
                 len(idx),
                 *[keys[i] for i in idx],
                 token,
-                *chain(*(args[3 * i + 1 : 3 * i + 4] for i in idx)),
+                *chain(*(args[ARGS_PER_KEY * i + 1 : ARGS_PER_KEY * (i + 1) + 1] for i in idx)),
             )
             for idx in by_slot.values()
         ]
@@ -659,7 +695,7 @@ class ThresholdStore:
         judged = JudgedBatch(tuple(b.keys), tuple(scores), tuple(thrs), tuple(flags), inc_ids, inc_events, stuck)
         recent = (*b.state.recent, judged)[-self.replay_batches :]
         history = b.state.history if b.history is None else b.history
-        return SourceState(thr_state, inc_state, recent, history), verdicts
+        return SourceState(thr_state, inc_state, recent, history, b.state.batches + 1), verdicts
 
     async def states(self, model: str, version: str, sources: Sequence[str]) -> dict[str, SourceState]:
         """The stored state of each source that has one (one round trip; per master, together, on a cluster);
@@ -667,13 +703,13 @@ class ThresholdStore:
         keys = [self.key(model, version, s) for s in sources]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hmget(key, "v", "s", "a")
+                pipe.hmget(key, "v", "s", "a", *self.ring_fields)
             rows = await pipe.execute()
         self.round_trips += 1
         found: dict[str, SourceState] = {}
-        for src, key, (v, s, a) in zip(sources, keys, rows, strict=True):
+        for src, key, (v, s, a, *slots) in zip(sources, keys, rows, strict=True):
             if v is not None and s is not None:
-                found[src], apart = SourceState.loads_stored(s, a)
+                found[src], apart = SourceState.loads_stored(s, a, slots)
                 self._cache[key] = (int(v), found[src], apart)
         return found
 

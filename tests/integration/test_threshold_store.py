@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-from stream_app.judging.store import MAX_BOUNCES, ThresholdStore
+from stream_app.judging.store import ARGS_PER_KEY, MAX_BOUNCES, ThresholdStore
 from stream_app.ops.connections import redis_client
 from stream_app.settings import Settings
 
@@ -151,7 +151,7 @@ async def test_a_batch_that_adds_no_peak_leaves_the_stored_arrays_alone(stores) 
     cas = store._compare_and_set
 
     async def recording(keys, args):
-        sent.append(args[3::3])  # the arrays argument of each key
+        sent.append(args[3::ARGS_PER_KEY])  # the arrays argument of each key
         return await cas(keys, args)
 
     store._compare_and_set = recording  # type: ignore[method-assign]
@@ -178,3 +178,34 @@ async def test_a_state_stored_whole_is_read_and_then_stored_apart(stores) -> Non
     s, a = await store.redis.hmget(key, "s", "a")
     assert b'"peaks"' not in s and b'"peaks"' in a
     assert (await stores().states("m", "v1", [src]))[src].threshold.peaks.tolist() == old.threshold.peaks.tolist()
+
+
+async def test_a_batch_writes_only_its_own_verdicts_and_the_ring_keeps_the_last_ones(settings) -> None:
+    """Remembered batches live in a ring of fields: each write adds the newest over the oldest instead of sending
+    all of them again, and a cold reader replays exactly the last `replay_batches`."""
+    redis = redis_client(settings.redis)
+    store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix, replay_batches=3)
+    sent: list[list] = []
+    cas = store._compare_and_set
+
+    async def recording(keys, args):
+        sent.append(args)
+        return await cas(keys, args)
+
+    store._compare_and_set = recording  # type: ignore[method-assign]
+    src, first = "line-1/press-3", []
+    try:
+        for b in range(5):
+            keys = [f"sensor.vectors/0/{10 * b + i}" for i in range(10)]
+            first.append(await store.judge("m", "v1", CAL, [src] * 10, np.full(10, 0.5 + b / 100), keys))
+        for b, args in enumerate(sent):
+            field, value = args[4:6]
+            assert field == f"r{b % 3}" and value.count(b'"sensor.vectors/0/') == 10  # one batch, in its slot
+        cold = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
+                              replay_batches=3)  # fmt: skip
+        remembered = (await cold.states("m", "v1", [src]))[src].recent
+        assert [b.keys[0] for b in remembered] == ["sensor.vectors/0/20", "sensor.vectors/0/30", "sensor.vectors/0/40"]
+        keys = [f"sensor.vectors/0/{20 + i}" for i in range(10)]
+        assert await cold.judge("m", "v1", CAL, [src] * 10, np.full(10, 9.0), keys) == first[2]  # replayed
+    finally:
+        await redis.aclose()

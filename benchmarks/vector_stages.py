@@ -36,6 +36,7 @@ from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
+from stream_app.scoring.worker import freeze_heap
 from stream_app.settings import Settings, TopicSettings, load_settings
 from stream_app.sim.simulator import normal_vectors
 from stream_app.wire.binary_vectors import encode_vector_binary
@@ -105,6 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with output_producer(settings.kafka) as producer:
             publisher = Publisher(producer)
             await pipeline.handle("vectors", recs[:b], publisher)  # warm up: Lua, thresholds, caches
+            freeze_heap()  # as a worker does once its models are loaded
 
             def decode(batch: list[Record]) -> list:
                 return VECTORS.decode(batch, settings)

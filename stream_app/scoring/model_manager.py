@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -63,10 +63,17 @@ class SwapResult:
 
 
 class ModelManager:
-    def __init__(self, registry: Registry, device: str | None = None, executor: Executor | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        device: str | None = None,
+        executor: Executor | None = None,
+        on_load: Callable[[LoadedModel], None] | None = None,
+    ):
         self.registry = registry
         self.device = device
         self.executor = executor  # load off the event loop, ideally on the thread that owns the device
+        self.on_load = on_load  # called with each version that starts serving (a first load or a swap)
         self._serving: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # first loads and swaps, one at a time; serving reads need no lock
         self.refused: list[tuple[str, str, str]] = []  # (name, version, message), for logs and tests
@@ -89,7 +96,7 @@ class ModelManager:
             return loaded
         async with self._lock:
             if name not in self._serving:
-                self._serving[name] = await self._load(name, None)
+                self._serve(await self._load(name, None))
             return self._serving[name]
 
     async def apply_update(self, update: Mapping[str, Any], served: Collection[str] | None = None) -> SwapResult:
@@ -155,9 +162,14 @@ class ModelManager:
                 loaded = await self._load(name, version, sha256)
             except Exception as exc:  # hash mismatch, unreadable file, unknown kind...
                 raise ControlRejected("load_failed", f"{type(exc).__name__}: {exc}") from None
-            self._serving[name] = loaded
+            self._serve(loaded)
             log.info("now serving %s version %s (was %s)", name, version, current and current.version)
             return loaded
+
+    def _serve(self, loaded: LoadedModel) -> None:
+        self._serving[loaded.name] = loaded
+        if self.on_load is not None:
+            self.on_load(loaded)
 
     def _refuse(self, name: str, version: str, exc: ControlRejected) -> None:
         current = self._serving.get(name)

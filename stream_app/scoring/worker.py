@@ -81,7 +81,12 @@ class Worker:
         self.executor = InferenceExecutor(settings.torch_threads)
         torch.set_num_threads(1)  # this thread's: CPU vector models run inline on the event loop, one per process
         self.registry = Registry(settings.registry_dir)
-        self.models = ModelManager(self.registry, device=settings.device, executor=self.executor.pool)
+        self.models = ModelManager(
+            self.registry,
+            device=settings.device,
+            executor=self.executor.pool,
+            on_load=lambda _: freeze_heap(collect=True),
+        )  # a model loaded or swapped in mid-stream is frozen too, and the one it replaces freed
         self.redis = redis_client(settings.redis)
         self.store = ThresholdStore(
             self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
@@ -225,7 +230,7 @@ class Worker:
                          f" [{', '.join(loaded.flags)}]" if loaded.flags else "")  # fmt: skip
             except Exception as exc:
                 log.warning("model %s not loaded yet (%s); its events go to the dead-letter topic", name, exc)
-        freeze_heap()  # the imports and the served models (before they are loaded would leave the models out)
+        freeze_heap()  # the imports (each model loaded is frozen as it starts serving: `ModelManager.on_load`)
         if s.metrics_port >= 0:
             self._http, self.http_port = await serve_http(
                 self.metrics, s.metrics_host, s.metrics_port, self.health, tries=s.metrics_port_range
@@ -278,7 +283,6 @@ class Worker:
                     self.metrics.control_rejected.labels(result.rejected or "load_failed").inc()
                     self.metrics.refused.labels(result.rejected or "load_failed").inc()
                 else:
-                    freeze_heap(collect=True)  # the new model in, the replaced one's cycles freed
                     self.metrics.swaps.labels(result.loaded.name).inc()
                     self.metrics.model_version.labels(result.loaded.name).set(
                         version_number(result.loaded.version) or 0

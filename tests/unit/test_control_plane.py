@@ -204,3 +204,23 @@ async def test_an_announcement_before_any_load_loads_production(tmp_path: Path, 
     manager = ModelManager(reg, device="cpu")
     assert (await manager.apply_update(update_message(reg, mv), served={"press"})).loaded.version == "0001"
     assert (await manager.get("press")).version == "0001"
+
+
+def test_each_version_that_starts_serving_is_announced_once(tmp_path: Path, scorer: RVAEScorer):
+    """The worker freezes the heap on each load (a model loaded mid-stream must not be rescanned by the collector)."""
+    reg = Registry(tmp_path)
+    v1 = reg.publish("sensors", scorer).version
+    reg.promote("sensors", v1)
+    started: list[str] = []
+    manager = ModelManager(reg, device="cpu", on_load=lambda loaded: started.append(loaded.version))
+
+    async def scenario() -> None:
+        await manager.get("sensors")
+        await manager.get("sensors")  # serving already: no load
+        v2 = reg.publish("sensors", scorer).version
+        reg.promote("sensors", v2)
+        await manager.swap("sensors", v2)
+        await manager.swap("sensors", v2)  # the version serving: nothing new
+
+    asyncio.run(scenario())
+    assert started == [v1, reg.production("sensors").version] and v1 != started[1]

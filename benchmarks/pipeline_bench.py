@@ -143,11 +143,11 @@ async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) 
 
 async def raw_consume_rate(
     settings: Settings, topic: str, n: int, timeout_s: float = 300, passes: int = 3
-) -> tuple[list, float]:
-    """The backlog's n records and a bare aiokafka `getmany` loop's drain rate once connected: a first fetch
-    warms the consumer up (connection, metadata, fetch sessions), then the whole backlog is read `passes` times
-    from its start and the median rate is the bound (one pass of 100k records takes 0.1-0.4 s, and single
-    passes on the shared VM ranged 300k-860k records/s)."""
+) -> tuple[list, list[float]]:
+    """The backlog's n records and the drain rate of each of `passes` passes of a bare aiokafka `getmany` loop,
+    once connected (a first fetch warms the consumer up: connection, metadata, fetch sessions). Each pass reads
+    the backlog from its start. On the shared VM passes come in two modes, ~250k and ~900k records/s: the slow
+    ones wait on fetches, the fast ones are the client's per-record cost, so the fastest pass is the bound."""
     consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
     await consumer.start()
     deadline = time.monotonic() + timeout_s
@@ -169,7 +169,7 @@ async def raw_consume_rate(
             first = first or records
     finally:
         await consumer.stop()
-    return first, float(np.median(rates))
+    return first, rates
 
 
 async def in_process_rates(
@@ -177,7 +177,7 @@ async def in_process_rates(
 ) -> dict[str, Any]:
     """raw consume, getmany pipeline and naive per-event pipeline, in this process."""
     topic = settings.topics.vectors if kind == "vectors" else settings.topics.frames
-    records, raw_consume = await raw_consume_rate(settings, topic, n)
+    records, passes = await raw_consume_rate(settings, topic, n)
 
     redis = redis_client(settings.redis)
     executor = InferenceExecutor()
@@ -185,7 +185,7 @@ async def in_process_rates(
     store = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix)
     pipeline = InspectionPipeline(settings, models, store, executor, WorkerMetrics())
     recs = [Record.of(r, r.timestamp) for r in records]
-    out: dict[str, Any] = {"raw_consume_per_s": raw_consume}
+    out: dict[str, Any] = {"raw_consume_per_s": max(passes), "raw_consume_passes_per_s": passes}
     try:
         async with output_producer(settings.kafka) as producer:
             publisher = Publisher(producer)

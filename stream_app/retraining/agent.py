@@ -325,20 +325,23 @@ class RetrainAgent:
     def _confirmed(
         self, model: str, window: TrainingWindow, feedback: Feedback
     ) -> tuple[np.ndarray | None, dict[str, int]]:
-        """Add the window's closed incidents and the operators' confirmed defects to the model's regression set;
-        the whole set, and its counts."""
+        """Add the window's closed incidents and the operators' confirmed defects to the model's regression set,
+        less what operators called false alarms; the whole set, and its counts."""
         rs = RegressionSet(self.settings.state_dir, model, self.settings.retrain.regression_max_events)
         shape = tuple(window.holdout.shape[1:]) if len(window.holdout) else None
+        dismissed = rs.remove(feedback.dismissed) if feedback.dismissed else 0
         added = 0
-        if window.closed.any():
-            ids = [i for i, ok in zip(window.incident_ids, window.closed.tolist(), strict=True) if ok]
-            added = rs.add(window.incidents[window.closed], ids)
+        confirmed = window.closed & np.array([i not in feedback.dismissed for i in window.incident_ids], bool)
+        if confirmed.any():
+            ids = [i for i, ok in zip(window.incident_ids, confirmed.tolist(), strict=True) if ok]
+            added = rs.add(window.incidents[confirmed], ids)
         labelled = [(e, i) for e, i in zip(feedback.confirmed, feedback.confirmed_ids, strict=True)
                     if shape is None or e.shape == shape]  # fmt: skip
         if labelled:
             added += rs.add(np.stack([e for e, _ in labelled]), [f"label:{i}" for _, i in labelled])
         events, ids = rs.load(shape)
-        return events, {"events": 0 if events is None else len(events), "incidents": len(set(ids)), "added": added}
+        counts = {"events": 0 if events is None else len(events), "incidents": len(set(ids)), "added": added}
+        return events, counts | {"dismissed": dismissed}
 
     def _done(self, result: CycleResult, started: float) -> CycleResult:
         result.seconds = time.monotonic() - started

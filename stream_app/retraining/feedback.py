@@ -1,7 +1,8 @@
 """Operators' labels (from the console's labels topic) as retraining input.
 
 A confirmed real defect joins the model's regression set, so every later candidate must still flag it; an
-event an operator called a false alarm joins the next training window, so the candidate learns it is normal.
+event an operator called a false alarm joins the next training window, so the candidate learns it is normal,
+and its incident leaves the regression set (it was not a fault).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_app.alerts.labels import Label, confirmed_anomalies, false_alarms, labelled_records, read_labels
+from stream_app.alerts.labels import (
+    Label,
+    confirmed_anomalies,
+    false_alarms,
+    labelled_records,
+    latest_per_alert,
+    read_labels,
+)
 from stream_app.settings import Settings
 from stream_app.wire.codecs import BadEvent
 from stream_app.wire.kinds import data_kind
@@ -26,12 +34,25 @@ class Feedback:
     confirmed: list[np.ndarray] = field(default_factory=list)
     confirmed_ids: list[str] = field(default_factory=list)  # the labelled alert ids (one regression "incident" each)
     false_alarms: list[np.ndarray] = field(default_factory=list)
+    dismissed: set[str] = field(default_factory=set)  # regression-set ids of what operators called false alarms
+
+
+def dismissed_ids(labels: list[Label]) -> set[str]:
+    """The regression-set ids (incident ids, and `label:<alert_id>`) of alerts whose newest label is a false alarm:
+    a drift's first alarms form incidents that close inside a window and would count as confirmed faults, so
+    no candidate that has learned the drift could pass until operators dismiss them."""
+    out = set()
+    for label in false_alarms(latest_per_alert(labels)):
+        out.add(f"label:{label.alert_id}")
+        if label.incident_id:
+            out.add(label.incident_id)
+    return out
 
 
 async def operator_feedback(settings: Settings, model: str, kind: str) -> Feedback:
     """Labels of `model` from the last retraining window, with the input events they judged, decoded."""
     labels = await read_labels(settings, model=model, since_s=settings.retrain.window_s)
-    feedback = Feedback()
+    feedback = Feedback(dismissed=dismissed_ids(labels))
     for chosen, events, ids in (
         (confirmed_anomalies(labels), feedback.confirmed, feedback.confirmed_ids),
         (false_alarms(labels), feedback.false_alarms, None),

@@ -1,7 +1,7 @@
 """A model's regression set of confirmed anomalies, kept across retraining cycles.
 
 Confirmed: the anomalous events (severity >= `incident_min_severity`) of an incident that has closed
-inside a training window. They are real faults the line has seen, so every later candidate must keep
+inside a training window, unless operators called its alerts false alarms (then it is removed). They are real faults the line has seen, so every later candidate must keep
 flagging them. Stored under `<state_dir>/regression/<model>/` as `events.safetensors` (one tensor, no
 pickle) and `index.json` (the incident id of each event, oldest first); at most `regression_max_events`
 events, the newest kept; an incident is added once. A stored set whose event shape no longer matches the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +64,24 @@ class RegressionSet:
         fresh = np.asarray(events)[new]
         merged = fresh if stored is None else np.concatenate([stored, fresh.astype(stored.dtype)])
         ids = ids + [incident_ids[i] for i in new]
-        merged, ids = merged[-self.cap :], ids[-self.cap :]
+        self._save(merged[-self.cap :], ids[-self.cap :])
+        return len(new)
+
+    def remove(self, incident_ids: Collection[str]) -> int:
+        """Forget the events of these incidents (operators called them false alarms); returns how many."""
+        stored, ids = self.load()
+        if stored is None:
+            return 0
+        keep = [i for i, inc in enumerate(ids) if inc not in incident_ids]
+        if len(keep) < len(ids):
+            self._save(stored[keep], [ids[i] for i in keep])
+        return len(ids) - len(keep)
+
+    def _save(self, events: np.ndarray, ids: list[str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / ".events.safetensors.tmp"
-        save_file({"events": np.ascontiguousarray(merged)}, str(tmp))
+        save_file({"events": np.ascontiguousarray(events)}, str(tmp))
         os.replace(tmp, self.dir / "events.safetensors")
         tmp_index = self.dir / ".index.json.tmp"
         tmp_index.write_text(json.dumps({"incident_ids": ids}))
         os.replace(tmp_index, self.dir / "index.json")
-        return len(new)

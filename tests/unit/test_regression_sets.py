@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from models import RVAEScorer
+from stream_app.alerts.labels import Label
 from stream_app.registry.versions import PromotionConflict, Registry
+from stream_app.retraining.agent import RetrainAgent
 from stream_app.retraining.canaries import image_canaries, robust_sigma, vector_canaries
+from stream_app.retraining.feedback import Feedback, dismissed_ids
 from stream_app.retraining.regression import RegressionSet
+from stream_app.retraining.window import TrainingWindow
+from stream_app.settings import Settings
 
 
 def test_vector_canaries_offset_one_sensor_by_k_robust_sigmas_stick_one_and_swap_a_pair() -> None:
@@ -59,3 +64,31 @@ def test_promotion_is_a_compare_and_set_on_the_production_pointer(tmp_path) -> N
     with pytest.raises(PromotionConflict, match=f"production is {v2}, not {v1}"):
         registry.promote("m", v3, expected_current=v1)  # validated against v1, but v2 serves now
     assert registry.production("m").version == v2
+
+
+def test_incidents_an_operator_called_false_alarms_leave_the_confirmed_set(tmp_path) -> None:
+    """A drift's first alarms form incidents that close inside the window; an operator who calls them false alarms
+    must be able to retrain past them: they are not added, and the set forgets them if it holds them already."""
+    settings = Settings(state_dir=tmp_path, registry_dir=tmp_path / "registry")
+    agent = RetrainAgent(settings, progress=False)
+    rs = RegressionSet(tmp_path, "press")
+    rs.add(np.full((2, 3), 9.0, np.float32), ["drift-1", "drift-1"])
+    rs.add(np.full((1, 3), 7.0, np.float32), ["label:a1"])
+    window = TrainingWindow(
+        topic="t", model="press", kind="vectors", guard=True, train=np.zeros((10, 3), np.float32),
+        holdout=np.zeros((4, 3), np.float32), incidents=np.array([[5.0] * 3, [6.0] * 3, [8.0] * 3], np.float32),
+        incident_ids=["drift-2", "drift-2", "fault-1"], closed=np.array([True, True, True]),
+    )  # fmt: skip
+    dismissed = {"drift-1", "drift-2", "label:a1"}
+    events, counts = agent._confirmed("press", window, Feedback(dismissed=dismissed))
+    assert RegressionSet(tmp_path, "press").load()[1] == ["fault-1"]
+    assert events is not None and events.tolist() == [[8.0] * 3] and counts["dismissed"] == 3
+
+
+def test_the_newest_label_of_an_alert_decides_whether_its_incident_is_dismissed() -> None:
+    def label(alert: str, incident: str | None, kind: str, at: float) -> Label:
+        return Label(alert, incident, "s", "m", "1", kind, "", "op", at, None, None, None, ("t", 0, 0))  # type: ignore[arg-type]
+
+    labels = [label("a1", "inc-1", "false_alarm", 1.0), label("a2", "inc-2", "false_alarm", 1.0),
+              label("a2", "inc-2", "real_defect", 2.0), label("a3", None, "false_alarm", 1.0)]  # fmt: skip
+    assert dismissed_ids(labels) == {"inc-1", "label:a1", "label:a3"}

@@ -13,7 +13,9 @@ ALERT_ID_HEX = 20
 
 
 def event_key(topic: str, partition: int, offset: int) -> str:
-    """>>> event_key("sensor.vectors", 0, 42)
+    """The name of the event at this offset.
+
+    >>> event_key("sensor.vectors", 0, 42)
     'sensor.vectors/0/42'
     """
     return f"{topic}/{partition}/{offset}"

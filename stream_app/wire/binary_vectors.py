@@ -25,6 +25,7 @@ CONTENT_TYPE = "application/vnd.linewatch.vector"
 MAX_VALUES = 1 << 20  # a wider vector is a producer bug, not a spectrum
 _HEADER = struct.Struct("<4sHdqI")
 Parsed = tuple[str, float, np.ndarray, int | None]  # source, ts, float32 values, seq
+BATCH_MIN = 8  # values of one length parsed together from this many (fewer: one by one)
 _HEADER_DTYPE = np.dtype([("magic", "S4"), ("name_len", "<u2"), ("ts", "<f8"), ("seq", "<i8"), ("n", "<u4")])  # packed
 assert _HEADER_DTYPE.itemsize == _HEADER.size
 
@@ -84,7 +85,7 @@ def parse_vectors_binary(values: Sequence[bytes]) -> list[Parsed | BinaryVectorE
     for i, value in enumerate(values):
         by_length.setdefault(len(value), []).append(i)
     for length, rows in by_length.items():
-        if length <= _HEADER.size:
+        if length <= _HEADER.size or len(rows) < BATCH_MIN:  # a few of this length: numpy's setup costs more
             for i in rows:
                 out[i] = _parsed_alone(values[i])
             continue

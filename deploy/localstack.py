@@ -500,6 +500,9 @@ def _kafka_brokers(bootstrap: str, **client_kwargs) -> tuple[set[int], str]:
         return set(), f"{type(exc).__name__}: {exc}"
 
 
+WARMUP_ATTEMPT_S = 20.0  # one group-join attempt of the warm-up
+
+
 def _warm_group_coordinator(bootstrap: str, timeout_s: float, **client_kwargs) -> None:
     """Join a consumer group once so __consumer_offsets exists before the first real group needs it.
 
@@ -518,6 +521,10 @@ def _warm_group_coordinator(bootstrap: str, timeout_s: float, **client_kwargs) -
             bootstrap_servers=bootstrap,
             group_id="linewatch-warmup",
             request_timeout_ms=5000,
+            # The warm-up topic is auto-created by a metadata request. On a fresh multi-broker cluster one
+            # made before every broker has registered fails (too few brokers for the replication factor), and
+            # the client would not ask again for 5 minutes: no assignment, a stack that never gets ready.
+            metadata_max_age_ms=1000,
             **client_kwargs,
         )
         await consumer.start()
@@ -528,8 +535,17 @@ def _warm_group_coordinator(bootstrap: str, timeout_s: float, **client_kwargs) -
         finally:
             await consumer.stop()
 
+    async def until_joined() -> None:  # a stuck attempt is abandoned for a fresh client
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return await asyncio.wait_for(join(), timeout=min(WARMUP_ATTEMPT_S, deadline - time.monotonic()))
+            except Exception:
+                if time.monotonic() >= deadline - 1:
+                    raise
+
     try:
-        asyncio.run(asyncio.wait_for(join(), timeout=timeout_s))
+        asyncio.run(until_joined())
     except Exception as exc:
         raise StackError(f"Kafka answers metadata but consumer groups do not work yet: {exc!r}") from exc
 

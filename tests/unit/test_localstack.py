@@ -109,3 +109,25 @@ def test_a_secured_stack_is_one_node(tmp_path: Path):
 
     with pytest.raises(localstack.StackError, match="one Kafka node"):
         SecuredStack(state_dir=tmp_path, cache_dir=tmp_path / "cache", brokers=3)
+
+
+def test_group_warm_up_retries_with_fresh_clients_and_gives_up_at_its_deadline(monkeypatch: pytest.MonkeyPatch):
+    """Nothing listens on the bootstrap: each attempt is abandoned after WARMUP_ATTEMPT_S for a new client, and
+    start-up fails with a StackError once the stack's timeout is spent (not before, not much after)."""
+    import time
+
+    import aiokafka
+
+    clients: list[object] = []
+
+    class Counted(aiokafka.AIOKafkaConsumer):
+        def __init__(self, *args, **kwargs) -> None:
+            clients.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", Counted)
+    monkeypatch.setattr(localstack, "WARMUP_ATTEMPT_S", 0.5)
+    started = time.monotonic()
+    with pytest.raises(localstack.StackError, match="consumer groups do not work yet"):
+        localstack._warm_group_coordinator(f"127.0.0.1:{localstack.free_port()}", timeout_s=2.0)
+    assert 1.0 <= time.monotonic() - started < 6.0 and len(clients) >= 2

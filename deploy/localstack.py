@@ -527,8 +527,8 @@ def _warm_group_coordinator(bootstrap: str, timeout_s: float, **client_kwargs) -
             metadata_max_age_ms=1000,
             **client_kwargs,
         )
-        await consumer.start()
-        try:
+        try:  # an attempt abandoned mid-start still closes its client
+            await consumer.start()
             while not consumer.assignment():
                 await consumer.getmany(timeout_ms=200)
             await consumer.commit()

@@ -22,7 +22,8 @@ from stream_app.judging.store import Judgement, severity
 from stream_app.registry.versions import ModelVersion, Registry
 from stream_app.settings import Settings
 from stream_app.wire.codecs import FrameEvent, VectorEvent, encode_image, encode_vector, frame_headers
-from stream_app.wire.outputs import Output, alert_id, alert_output, coarse_grid, top_features, verdict_output
+from stream_app.wire.ids import alert_id
+from stream_app.wire.outputs import Output, alert_output, coarse_grid, top_features, verdict_output
 from stream_app.wire.records import Record
 
 FEATURES = ["temp_c", "pressure_bar", "vibration_mm_s", "current_a", "speed_rpm", "torque_nm"]

@@ -151,12 +151,12 @@ class JudgedBatch:
     incident_events: tuple[str | None, ...]
     stuck: bool
 
-    def stored(self) -> orjson.Fragment:
-        """`to_dict` as JSON, serialised once (kept in its __dict__): a source's state carries its last batches for
-        a few batches."""
+    def stored(self) -> bytes:
+        """`to_dict` as JSON, serialised once (kept in its __dict__): the ring slot it is written to, and a whole
+        state carrying it, send these bytes."""
         stored = self.__dict__.get("_stored")
         if stored is None:
-            stored = self.__dict__["_stored"] = orjson.Fragment(orjson.dumps(self.to_dict()))
+            stored = self.__dict__["_stored"] = orjson.dumps(self.to_dict())
         return stored
 
     def to_dict(self) -> dict:
@@ -204,7 +204,7 @@ class SourceState:
     def _dumps(self, thr: dict[str, Any], recent: bool) -> bytes:
         d: dict[str, Any] = {"thr": thr, "inc": self.incident.to_dict(), "n": self.batches}
         if recent:
-            d["recent"] = [b.stored() for b in self.recent]
+            d["recent"] = [orjson.Fragment(b.stored()) for b in self.recent]
         if self.history is not None:
             d["hist"] = self.history.to_dict()
         return orjson.dumps(d)
@@ -212,7 +212,7 @@ class SourceState:
     def newest_slot(self, ring: int) -> tuple[str, bytes]:
         """(field, value) of the newest remembered batch: the i-th batch judged lives in ring slot `r{i % ring}`,
         so a write adds it over the oldest (~80 bytes an event) instead of rewriting them all."""
-        return f"r{(self.batches - 1) % ring}", orjson.dumps(self.recent[-1].stored())
+        return f"r{(self.batches - 1) % ring}", self.recent[-1].stored()
 
     @classmethod
     def loads(cls, data: bytes | str, arrays: bytes | str | None = None) -> SourceState:
@@ -461,15 +461,15 @@ class ThresholdStore:
         for i, src in enumerate(sources):
             by_source.setdefault(src, []).append(i)
         out: list[Judgement | None] = [None] * x.size
+        redis_keys = {src: self.key(model, version, src) for src in by_source}
         pending: dict[str, tuple[int, SourceState, bool]] = {}  # source -> a cache entry to start from
-        for src in by_source:
-            cached = self._cache.get(self.key(model, version, src))
-            pending[src] = cached or (0, self._fresh(model, version, calibration_scores), False)
+        for src, key in redis_keys.items():
+            pending[src] = self._cache.get(key) or (0, self._fresh(model, version, calibration_scores), False)
 
         for attempt in range(self.max_attempts):
             computed = await self._compute(pending, by_source, x, event_keys, sequences)
             srcs = list(computed)
-            keys = [self.key(model, version, s) for s in srcs]
+            keys = [redis_keys[s] for s in srcs]
             args: list[bytes | int | str] = [self._token]
             for src in srcs:
                 expected, new_state, _ = computed[src]

@@ -68,12 +68,12 @@ class ModelManager:
         registry: Registry,
         device: str | None = None,
         executor: Executor | None = None,
-        on_load: Callable[[LoadedModel], None] | None = None,
+        on_load: Callable[[LoadedModel, LoadedModel | None], None] | None = None,
     ):
         self.registry = registry
         self.device = device
         self.executor = executor  # load off the event loop, ideally on the thread that owns the device
-        self.on_load = on_load  # called with each version that starts serving (a first load or a swap)
+        self.on_load = on_load  # called with each version that starts serving and the one it replaces (or None)
         self._serving: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()  # first loads and swaps, one at a time; serving reads need no lock
         self.refused: list[tuple[str, str, str]] = []  # (name, version, message), for logs and tests
@@ -167,9 +167,10 @@ class ModelManager:
             return loaded
 
     def _serve(self, loaded: LoadedModel) -> None:
+        replaced = self._serving.get(loaded.name)
         self._serving[loaded.name] = loaded
         if self.on_load is not None:
-            self.on_load(loaded)
+            self.on_load(loaded, replaced)
 
     def _refuse(self, name: str, version: str, exc: ControlRejected) -> None:
         current = self._serving.get(name)

@@ -85,7 +85,7 @@ class Worker:
             self.registry,
             device=settings.device,
             executor=self.executor.pool,
-            on_load=lambda _: freeze_heap(collect=True),
+            on_load=lambda _, replaced: freeze_heap(collect=replaced is not None),
         )  # a model loaded or swapped in mid-stream is frozen too, and the one it replaces freed
         self.redis = redis_client(settings.redis)
         self.store = ThresholdStore(

@@ -80,7 +80,7 @@ def verdict_outputs(
     topic: str, records: Sequence[Record], events: Sequence[Event], model: ModelId, judgements: Sequence[JudgementLike]
 ) -> list[Output]:
     """`verdict_output` of each event of a batch, in one pass: one verdict per event is the vector path's largest
-    per-event cost, so the model's fields, each source's key and headers-less records are looked up once."""
+    per-event cost, so the model's fields and each source's key are looked up once."""
     name, version = model.name, model.version
     keys: dict[str, bytes] = {}
     out = []
@@ -94,7 +94,7 @@ def verdict_outputs(
             "score": j.score, "threshold": j.threshold, "anomalous": j.anomalous, "model": name, "version": version,
             "incident_id": j.incident_id,
         }  # fmt: skip
-        out.append(Output(topic, key, _json(body), _passthrough(rec.headers) if rec.headers else []))
+        out.append(Output(topic, key, _json(body), _passthrough(rec.headers)))
     return out
 
 

@@ -212,7 +212,7 @@ def test_each_version_that_starts_serving_is_announced_once(tmp_path: Path, scor
     v1 = reg.publish("sensors", scorer).version
     reg.promote("sensors", v1)
     started: list[str] = []
-    manager = ModelManager(reg, device="cpu", on_load=lambda loaded: started.append(loaded.version))
+    manager = ModelManager(reg, device="cpu", on_load=lambda loaded, _: started.append(loaded.version))
 
     async def scenario() -> None:
         await manager.get("sensors")

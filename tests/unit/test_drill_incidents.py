@@ -2,7 +2,7 @@
 
 from stream_app.ops.drills import implied_incident_events
 from stream_app.settings import IncidentSettings
-from stream_app.wire.outputs import alert_id
+from stream_app.wire.ids import alert_id
 
 
 def verdicts(flags: str, source: str = "line-1/a", partition: int = 0) -> list[dict]:

@@ -329,19 +329,18 @@ class RetrainAgent:
         less what operators called false alarms; the whole set, and its counts."""
         rs = RegressionSet(self.settings.state_dir, model, self.settings.retrain.regression_max_events)
         shape = tuple(window.holdout.shape[1:]) if len(window.holdout) else None
-        dismissed = rs.remove(feedback.dismissed) if feedback.dismissed else 0
-        added = 0
-        confirmed = window.closed & np.array([i not in feedback.dismissed for i in window.incident_ids], bool)
-        if confirmed.any():
-            ids = [i for i, ok in zip(window.incident_ids, confirmed.tolist(), strict=True) if ok]
-            added = rs.add(window.incidents[confirmed], ids)
-        labelled = [(e, i) for e, i in zip(feedback.confirmed, feedback.confirmed_ids, strict=True)
-                    if shape is None or e.shape == shape]  # fmt: skip
-        if labelled:
-            added += rs.add(np.stack([e for e, _ in labelled]), [f"label:{i}" for _, i in labelled])
-        events, ids = rs.load(shape)
-        counts = {"events": 0 if events is None else len(events), "incidents": len(set(ids)), "added": added}
-        return events, counts | {"dismissed": dismissed}
+        closed = [(e, i) for e, i, c in zip(window.incidents, window.incident_ids, window.closed.tolist(), strict=True)
+                  if c]  # fmt: skip
+        labelled = [(e, f"label:{i}") for e, i in zip(feedback.confirmed, feedback.confirmed_ids, strict=True)]
+        new = [(e, i) for e, i in closed + labelled if shape is None or e.shape == shape]
+        if shape is None and new:
+            shape = new[0][0].shape
+            new = [(e, i) for e, i in new if e.shape == shape]
+        update = rs.update(
+            np.stack([e for e, _ in new]) if new else None, [i for _, i in new], remove=feedback.dismissed, shape=shape
+        )
+        counts = {"events": 0 if update.events is None else len(update.events), "incidents": len(set(update.ids))}
+        return update.events, counts | {"added": update.added, "dismissed": update.removed}
 
     def _done(self, result: CycleResult, started: float) -> CycleResult:
         result.seconds = time.monotonic() - started

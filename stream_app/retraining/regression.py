@@ -1,11 +1,12 @@
 """A model's regression set of confirmed anomalies, kept across retraining cycles.
 
 Confirmed: the anomalous events (severity >= `incident_min_severity`) of an incident that has closed
-inside a training window, unless operators called its alerts false alarms (then it is removed). They are real faults the line has seen, so every later candidate must keep
-flagging them. Stored under `<state_dir>/regression/<model>/` as `events.safetensors` (one tensor, no
-pickle) and `index.json` (the incident id of each event, oldest first); at most `regression_max_events`
-events, the newest kept; an incident is added once. A stored set whose event shape no longer matches the
-model's input (the model's width changed) is set aside and started again, with a warning.
+inside a training window, unless operators called its alerts false alarms (then it is removed). They are real
+faults the line has seen, so every later candidate must keep flagging them. Stored as one file,
+`<state_dir>/regression/<model>/events.safetensors` (one tensor, no pickle; the incident id of each event,
+oldest first, in its metadata), replaced whole on each change so a crash leaves the old set or the new one; at
+most `regression_max_events` events, the newest kept; an incident is added once. A stored set whose event shape
+no longer matches the model's input (the model's width changed) is set aside and started again, with a warning.
 """
 
 from __future__ import annotations
@@ -14,12 +15,28 @@ import json
 import logging
 import os
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 log = logging.getLogger(__name__)
+
+
+EVENTS_FILE = "events.safetensors"
+LEGACY_INDEX = "index.json"  # incident ids beside the events, as sets were first stored
+
+
+@dataclass
+class Update:
+    """The set after an `update`, and what the update changed."""
+
+    events: np.ndarray | None
+    ids: list[str]
+    added: int
+    removed: int
 
 
 class RegressionSet:
@@ -39,11 +56,13 @@ class RegressionSet:
 
     def load(self, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray | None, list[str]]:
         """(events or None when there are none, incident id per event); events of another `shape` are dropped."""
-        index = self.dir / "index.json"
-        if not index.is_file():
+        path = self.dir / EVENTS_FILE
+        if not path.is_file():
             return None, []
-        ids = json.loads(index.read_text())["incident_ids"]
-        events = load_file(self.dir / "events.safetensors")["events"]
+        with safe_open(path, framework="np") as f:
+            events, stored_ids = f.get_tensor("events"), (f.metadata() or {}).get("incident_ids")
+        ids = json.loads(stored_ids if stored_ids is not None else (self.dir / LEGACY_INDEX).read_text())
+        ids = ids["incident_ids"] if isinstance(ids, dict) else ids
         if len(events) != len(ids):
             raise ValueError(f"{self.dir}: {len(events)} events but {len(ids)} incident ids")
         if shape is not None and tuple(events.shape[1:]) != tuple(shape):
@@ -52,36 +71,52 @@ class RegressionSet:
             return None, []
         return events, ids
 
+    def update(
+        self,
+        events: np.ndarray | None,
+        incident_ids: Sequence[str],
+        remove: Collection[str] = (),
+        shape: tuple[int, ...] | None = None,
+    ) -> Update:
+        """Forget the incidents in `remove`, then append the events of incidents not stored yet: one read, and
+        one write when anything changed. `shape` (default: that of `events`) is the model's event shape."""
+        if len(incident_ids) != (0 if events is None else len(events)):
+            raise ValueError(f"need one incident id per event: {np.shape(events)} events, {len(incident_ids)} ids")
+        if shape is None and events is not None:
+            shape = tuple(np.shape(events)[1:])
+        stored, ids = self.load(shape)
+        keep = [i for i, inc in enumerate(ids) if inc not in remove]
+        removed = len(ids) - len(keep)
+        if removed:
+            stored, ids = (stored[keep], [ids[i] for i in keep]) if keep else (None, [])
+        known = set(ids)
+        new = [i for i, inc in enumerate(incident_ids) if inc not in known and inc not in remove]
+        if new:
+            fresh = np.asarray(events)[new]
+            stored = fresh if stored is None else np.concatenate([stored, fresh.astype(stored.dtype)])
+            ids = ids + [incident_ids[i] for i in new]
+            stored, ids = stored[-self.cap :], ids[-self.cap :]
+        if new or removed:
+            self._save(stored, ids)
+        return Update(stored, ids, len(new), removed)
+
     def add(self, events: np.ndarray, incident_ids: Sequence[str]) -> int:
         """Append the events of incidents not stored yet; returns how many were added."""
-        if len(events) != len(incident_ids):
-            raise ValueError(f"need one incident id per event: {len(events)} events, {len(incident_ids)} ids")
-        stored, ids = self.load(tuple(np.shape(events)[1:]))
-        known = set(ids)
-        new = [i for i, inc in enumerate(incident_ids) if inc not in known]
-        if not new:
-            return 0
-        fresh = np.asarray(events)[new]
-        merged = fresh if stored is None else np.concatenate([stored, fresh.astype(stored.dtype)])
-        ids = ids + [incident_ids[i] for i in new]
-        self._save(merged[-self.cap :], ids[-self.cap :])
-        return len(new)
+        return self.update(events, incident_ids).added
 
     def remove(self, incident_ids: Collection[str]) -> int:
         """Forget the events of these incidents (operators called them false alarms); returns how many."""
-        stored, ids = self.load()
-        if stored is None:
-            return 0
-        keep = [i for i, inc in enumerate(ids) if inc not in incident_ids]
-        if len(keep) < len(ids):
-            self._save(stored[keep], [ids[i] for i in keep])
-        return len(ids) - len(keep)
+        return self.update(None, [], remove=incident_ids).removed
 
-    def _save(self, events: np.ndarray, ids: list[str]) -> None:
+    def _save(self, events: np.ndarray | None, ids: list[str]) -> None:
+        """Replace the set in one step (written to a temporary file, synced, renamed over the old one)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / ".events.safetensors.tmp"
-        save_file({"events": np.ascontiguousarray(events)}, str(tmp))
-        os.replace(tmp, self.dir / "events.safetensors")
-        tmp_index = self.dir / ".index.json.tmp"
-        tmp_index.write_text(json.dumps({"incident_ids": ids}))
-        os.replace(tmp_index, self.dir / "index.json")
+        path, tmp = self.dir / EVENTS_FILE, self.dir / f".{EVENTS_FILE}.tmp"
+        if events is None:
+            path.unlink(missing_ok=True)
+        else:
+            save_file({"events": np.ascontiguousarray(events)}, str(tmp), metadata={"incident_ids": json.dumps(ids)})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        (self.dir / LEGACY_INDEX).unlink(missing_ok=True)

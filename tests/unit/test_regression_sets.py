@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,55 @@ def test_the_confirmed_set_keeps_each_incident_once_newest_first_capped_and_surv
     assert ids == ["a", "b", "c", "c", "d", "d"][-5:] and events.shape == (5, 2)
     assert RegressionSet(tmp_path, "press").load(shape=(3,)) == (None, [])  # the model's width changed
     assert not list((tmp_path / "regression" / "press").glob(".*"))  # no temp files left
+
+
+def test_a_save_interrupted_by_a_crash_leaves_a_readable_set(tmp_path, monkeypatch) -> None:
+    """A set saved as two files (events, then their ids) was left mismatched by a crash between the two writes,
+    and every later cycle failed on it; one file is replaced at once or not at all."""
+    rs = RegressionSet(tmp_path, "press")
+    rs.add(np.ones((2, 3), np.float32), ["a", "a"])
+    real_replace, calls = os.replace, []
+
+    def crash_on_second(src, dst) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second)
+    with contextlib.suppress(OSError):
+        rs.add(np.zeros((1, 3), np.float32), ["b"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    events, ids = RegressionSet(tmp_path, "press").load()
+    assert events is not None and len(events) == len(ids) and ids in (["a", "a"], ["a", "a", "b"])
+
+
+def test_a_set_stored_with_a_separate_index_still_loads_and_is_rewritten_as_one_file(tmp_path) -> None:
+    import json
+
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "regression" / "press"
+    folder.mkdir(parents=True)
+    save_file({"events": np.ones((2, 3), np.float32)}, str(folder / "events.safetensors"))
+    (folder / "index.json").write_text(json.dumps({"incident_ids": ["a", "a"]}))
+    rs = RegressionSet(tmp_path, "press")
+    assert rs.load()[1] == ["a", "a"]
+    assert rs.add(np.zeros((1, 3), np.float32), ["b"]) == 1
+    assert not (folder / "index.json").exists() and RegressionSet(tmp_path, "press").load()[1] == ["a", "a", "b"]
+
+
+def test_an_update_reads_and_writes_the_set_once(tmp_path, monkeypatch) -> None:
+    rs = RegressionSet(tmp_path, "press")
+    rs.add(np.ones((2, 3), np.float32), ["old", "old"])
+    writes: list[int] = []
+    save = RegressionSet._save
+    monkeypatch.setattr(RegressionSet, "_save", lambda self, e, i: (writes.append(len(i)), save(self, e, i)))
+    update = rs.update(np.full((3, 3), 2.0, np.float32), ["x", "y", "y"], remove={"old"}, shape=(3,))
+    assert (update.added, update.removed, update.ids, writes) == (3, 2, ["x", "y", "y"], [3])
+    assert update.events is not None and update.events.shape == (3, 3)
+    assert rs.update(np.empty((0, 3), np.float32), [], remove=set(), shape=(3,)).ids == ["x", "y", "y"]
+    assert writes == [3]  # nothing changed: nothing written
 
 
 def test_promotion_is_a_compare_and_set_on_the_production_pointer(tmp_path) -> None:

@@ -81,13 +81,13 @@ class RegressionSet:
         """Forget the incidents in `remove`, then append the events of incidents not stored yet: one read, and
         one write when anything changed. `shape` (default: that of `events`) is the model's event shape."""
         if len(incident_ids) != (0 if events is None else len(events)):
-            raise ValueError(f"need one incident id per event: {np.shape(events)} events, {len(incident_ids)} ids")
+            raise ValueError(f"need one incident id per event, got {len(incident_ids)} ids for the events")
         if shape is None and events is not None:
-            shape = tuple(np.shape(events)[1:])
+            shape = tuple(events.shape[1:])
         stored, ids = self.load(shape)
         keep = [i for i, inc in enumerate(ids) if inc not in remove]
         removed = len(ids) - len(keep)
-        if removed:
+        if removed and stored is not None:
             stored, ids = (stored[keep], [ids[i] for i in keep]) if keep else (None, [])
         known = set(ids)
         new = [i for i, inc in enumerate(incident_ids) if inc not in known and inc not in remove]

@@ -17,7 +17,10 @@ For each data kind (sensor vectors, camera frames), in one run on one machine:
   through `linewatch worker --processes 2`, `e2e_64_sources_per_s` the JSON backlog from 64 sources instead of
   4 (each source in a batch adds a fixed judging cost, see judging_sources.py), `e2e_batch256_per_s` with the
   default `max_batch` 256 instead of the 1024 of the other rows (the setting for vector-only workers; frames
-  stay at `max_image_batch` 256); `*_vs_bound` divides by min(raw consume, bare model).
+  stay at `max_image_batch` 256), and two floors: `floor_consume_produce_per_s`, the getmany loop answering each
+  event with one fixed verdict-sized record, and `floor_consume_model_produce_per_s`, the same with the bare
+  model on each batch (no decoding, judging or verdict building: what one process writing one record per event
+  reaches at most); `*_vs_bound` divides by min(raw consume, bare model).
 
 Run: `make stack-up && python benchmarks/pipeline_bench.py` (writes results/pipeline.json and .png).
 
@@ -31,16 +34,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import torch
 from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -55,6 +61,7 @@ from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
+from stream_app.scoring.worker import freeze_heap
 from stream_app.settings import Settings, TopicSettings
 from stream_app.sim.simulator import normal_images, normal_vectors
 from stream_app.wire.binary_vectors import encode_vector_binary
@@ -142,12 +149,19 @@ async def drain(settings: Settings, topic: str, n: int, timeout_s: float = 300) 
 
 
 async def raw_consume_rate(
-    settings: Settings, topic: str, n: int, timeout_s: float = 300, passes: int = 3
+    settings: Settings,
+    topic: str,
+    n: int,
+    timeout_s: float = 300,
+    passes: int = 3,
+    max_records: int = 4096,
+    work: Callable[[list], Awaitable[None]] | None = None,
 ) -> tuple[list, list[float]]:
     """The backlog's n records and the drain rate of each of `passes` passes of a bare aiokafka `getmany` loop,
     once connected (a first fetch warms the consumer up: connection, metadata, fetch sessions). Each pass reads
-    the backlog from its start. On the shared VM passes come in two modes, ~250k and ~900k records/s: the slow
-    ones wait on fetches, the fast ones are the client's per-record cost, so the fastest pass is the bound."""
+    the backlog from its start; `work`, if given, is awaited on each getmany's records (the floors below). On the
+    shared VM passes come in two modes, ~250k and ~900k records/s: the slow ones wait on fetches, the fast ones
+    are the client's per-record cost, so the fastest pass is the bound."""
     consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **aiokafka_kwargs(settings.kafka))
     await consumer.start()
     deadline = time.monotonic() + timeout_s
@@ -156,20 +170,60 @@ async def raw_consume_rate(
         while not await consumer.getmany(timeout_ms=500, max_records=1):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nothing to read on {topic} in {timeout_s} s")
-        for _ in range(passes):
+        for i in range(passes):
             await consumer.seek_to_beginning()
-            records: list = []
+            count, keep = 0, i == 0 and work is None  # the floors keep no records alive, as a worker does not
             started = time.perf_counter()
-            while len(records) < n and time.monotonic() < deadline:
-                for part in (await consumer.getmany(timeout_ms=500, max_records=4096)).values():
-                    records.extend(part)
-            rates.append(len(records) / (time.perf_counter() - started))
-            if len(records) < n:
-                raise RuntimeError(f"read {len(records)} of {n} records of {topic} in {timeout_s} s")
-            first = first or records
+            while count < n and time.monotonic() < deadline:
+                batches = (await consumer.getmany(timeout_ms=500, max_records=max_records)).values()
+                got = [r for part in batches for r in part]
+                if work is not None and got:
+                    await work(got)
+                count += len(got)
+                if keep:
+                    first.extend(got)
+            rates.append(count / (time.perf_counter() - started))
+            if count < n:
+                raise RuntimeError(f"read {count} of {n} records of {topic} in {timeout_s} s")
     finally:
         await consumer.stop()
     return first, rates
+
+
+async def floor_rates(settings: Settings, topic: str, n: int, scorer: Any, data: np.ndarray) -> dict[str, Any]:
+    """What any one-process aiokafka worker that writes one record per event can reach at most: the getmany
+    loop in `max_batch` batches, each event answered by a fixed verdict-sized record (`Publisher`, acks awaited
+    at the end of the pass), and the same with the bare model scoring each batch's pre-decoded rows. No decoding,
+    judging or verdict building: the product's e2e can only be slower. Fastest of 3 passes each."""
+    verdict = orjson.dumps(
+        {"source": "line-0/m", "topic": topic, "partition": 0, "offset": 123456, "ts": time.time(), "score": 0.1234,
+         "threshold": 0.5678, "anomalous": False, "model": "sensors", "version": "v-0123456789ab", "incident_id": None}
+    )  # fmt: skip
+    size = settings.batching.size_for("vectors")
+    reps = np.concatenate([data] * (size // len(data) + 1))[:size]
+    out: dict[str, Any] = {}
+    floor_topic = f"{topic}.floor"
+    await ensure_topics(settings, [floor_topic])
+    thresholds, threads = gc.get_threshold(), torch.get_num_threads()
+    freeze_heap()  # the collector and torch's threads as a worker sets them
+    torch.set_num_threads(1)
+    async with output_producer(settings.kafka) as producer:
+        publisher = Publisher(producer)
+        for name, model in (("floor_consume_produce", None), ("floor_consume_model_produce", scorer)):
+            acks: list[asyncio.Future] = []
+
+            async def answer(records: list, model: Any = model, acks: list = acks) -> None:
+                if model is not None:
+                    model.score(reps[: len(records)])
+                acks.extend(await publisher.send([Output(floor_topic, r.key, verdict, []) for r in records]))
+
+            _, passes = await raw_consume_rate(settings, topic, n, max_records=size, work=answer)
+            await asyncio.gather(*acks)
+            out[f"{name}_per_s"], out[f"{name}_passes_per_s"] = max(passes), passes
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    torch.set_num_threads(threads)
+    return out
 
 
 async def in_process_rates(
@@ -246,6 +300,8 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
     result: dict[str, Any] = {"events": n}
     result["raw_model_per_s"] = raw_model_rate(scorer, data, n, settings.batching.size_for(kind))
     result |= await in_process_rates(settings, kind, n, naive_n, sweep=SWEEP if kind == "vectors" else ())
+    if kind == "vectors":
+        result |= await floor_rates(settings, settings.topics.vectors, n, scorer, data)
 
     # The product: worker subprocesses (own group, own input and verdict topics) drain a backlog written once they
     # all hold partitions; then the default getmany worker also serves live traffic for the latency figures.
@@ -289,6 +345,8 @@ async def bench_kind(settings: Settings, kind: str, scorer: Any, data: np.ndarra
             result[key] = await e2e_variant(
                 settings, kind, data, n, key, encoding, processes, sources=sources, max_batch=max_batch
             )
+            result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
+        for key in ("floor_consume_produce_per_s", "floor_consume_model_produce_per_s"):
             result[key.replace("_per_s", "_vs_bound")] = result[key] / bound
     return result
 
@@ -473,8 +531,10 @@ def plot(results: dict[str, dict]) -> None:
 
     keys = ["raw_consume_per_s", "raw_model_per_s", "e2e_per_s", "e2e_faust_per_s", "getmany_per_s", "naive_per_s"]
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(6 * (len(results) + 1), 4))
+    floors = ["floor_consume_produce_per_s", "floor_consume_model_produce_per_s"]
     for ax, (kind, r) in zip(axes[:-1], results.items(), strict=True):
-        ax.bar([k.replace("_per_s", "") for k in keys], [r[k] for k in keys], color="tab:blue")
+        shown = keys + [k for k in floors if k in r]
+        ax.bar([k.replace("_per_s", "").replace("floor_consume_", "floor_") for k in shown], [r[k] for k in shown])
         ax.set_yscale("log")
         ax.set_title(f"{kind}: events/s (p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)")
         ax.tick_params(axis="x", rotation=30)

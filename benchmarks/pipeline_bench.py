@@ -58,10 +58,10 @@ from stream_app.ops.metrics import WorkerMetrics
 from stream_app.ops.processes import running, wait_consuming
 from stream_app.registry.versions import Registry
 from stream_app.scoring.executor import InferenceExecutor
+from stream_app.scoring.heap import freeze_heap
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
-from stream_app.scoring.worker import freeze_heap
 from stream_app.settings import Settings, TopicSettings
 from stream_app.sim.simulator import normal_images, normal_vectors
 from stream_app.wire.binary_vectors import encode_vector_binary

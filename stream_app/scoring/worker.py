@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from stream_app.registry.announcements import ControlRejected, parse_update
 from stream_app.registry.versions import Registry, version_number
 from stream_app.scoring.consumer import BatchConsumer, cause_of, describe
 from stream_app.scoring.executor import InferenceExecutor
+from stream_app.scoring.heap import ServedHeap, freeze_heap
 from stream_app.scoring.model_manager import ModelManager
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
@@ -81,12 +81,13 @@ class Worker:
         self.executor = InferenceExecutor(settings.torch_threads)
         torch.set_num_threads(1)  # this thread's: CPU vector models run inline on the event loop, one per process
         self.registry = Registry(settings.registry_dir)
+        self.heap = ServedHeap()
         self.models = ModelManager(
             self.registry,
             device=settings.device,
             executor=self.executor.pool,
-            on_load=lambda _, replaced: freeze_heap(collect=replaced is not None),
-        )  # a model loaded or swapped in mid-stream is frozen too, and the one it replaces freed
+            on_load=self.heap.on_load,
+        )  # a model loaded or swapped in mid-stream is frozen too, and the one it replaces freed after its batch
         self.redis = redis_client(settings.redis)
         self.store = ThresholdStore(
             self.redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
@@ -116,6 +117,7 @@ class Worker:
     async def _submit(self, kind: str, records: Sequence[Record]) -> list[asyncio.Future]:
         assert self.publisher is not None, "the producer starts before consumption"
         _, acks = await self.pipeline.submit(kind, records, self.publisher)
+        self.heap.after_batch()
         return acks
 
     def _build_app(self) -> faust.App:
@@ -146,6 +148,7 @@ class Worker:
             async for events in stream.take_events(s.batching.size_for(kind), within=within):
                 records = [to_record(e) for e in events]
                 await self._handle_until_acknowledged(kind, records)
+                self.heap.after_batch()
                 self._faust_batches += 1
                 self._observe_lag(
                     app.consumer.highwater, {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
@@ -342,26 +345,6 @@ class Worker:
             await self.producer.stop()
         await self.redis.aclose()
         self.executor.close()
-
-
-YOUNG_COLLECTION = 50_000  # net new container objects between collections of the youngest generation
-
-
-def freeze_heap(collect: bool = False) -> None:
-    """Move every live object to the permanent generation: the ~500k objects of the imports and the served
-    models live on, and full collections rescanning them mid-batch made the vector path slower (a ViT served
-    beside the RVAE cost ~30% of its events/s until its objects were frozen too). Frozen objects are never
-    collected, so after a swap `collect` first frees what the replaced model leaves (~0.3 s, once per swap).
-
-    The youngest generation is collected after YOUNG_COLLECTION net new objects instead of 700: a batch keeps a
-    few objects per event alive until it is published (records, events, verdicts), so at 700 the collector ran
-    several times per batch, scanning objects that reference counting frees anyway (~7% of the vector path's
-    time, measured with gc.callbacks in a worker). Cycles are still collected, a little later."""
-    if collect:
-        gc.unfreeze()
-        gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import gc
 import weakref
 
-from stream_app.scoring.worker import YOUNG_COLLECTION, freeze_heap
+from stream_app.scoring.heap import YOUNG_COLLECTION, ServedHeap, freeze_heap
+from stream_app.scoring.model_manager import LoadedModel
 
 
 class Node:
@@ -48,4 +49,34 @@ def test_a_batch_of_live_objects_does_not_start_a_collection() -> None:
     finally:
         gc.callbacks.remove(count)
         gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+def test_a_model_replaced_while_a_batch_still_scores_with_it_is_freed_after_that_batch() -> None:
+    """The swap itself, and a batch in flight, still hold the replaced version when it is replaced: a collection
+    then would free nothing and freeze it for good. It is freed after the batch that held it."""
+    heap = ServedHeap()
+    try:
+        old = LoadedModel("m", "1", Node())  # type: ignore[arg-type]
+        heap.on_load(old, None)
+        alive = weakref.ref(old.scorer)
+        in_flight = old.scorer  # a batch scoring with version 1 when version 2 lands
+        heap.on_load(LoadedModel("m", "2", Node()), old)  # type: ignore[arg-type]
+        del old
+        heap.after_batch()  # a batch that ended while the other still holds version 1
+        assert alive() is not None
+        del in_flight
+        heap.after_batch()
+        assert alive() is None
+        collections: list[int] = []
+
+        def count(phase: str, info: dict) -> None:
+            if phase == "start":
+                collections.append(info["generation"])
+
+        gc.callbacks.append(count)
+        heap.after_batch()  # nothing replaced: no collection
+        gc.callbacks.remove(count)
+        assert collections == []
+    finally:
         gc.unfreeze()

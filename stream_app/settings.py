@@ -180,7 +180,10 @@ class RecoverySettings(BaseModel):
     revoke_wait_s: float = Field(8.0, ge=0, description="on a rebalance, wait this long for in-flight batches")
     log_repeat_s: float = Field(30.0, gt=0, description="identical warnings/errors logged once per interval")
     replay_batches: int = Field(
-        4, ge=1, description="judged batches each source remembers, so events judged again get the same verdicts"
+        4,
+        ge=1,
+        le=32,  # the threshold store names remembered batches modulo 64
+        description="judged batches each source remembers, so events judged again get the same verdicts",
     )
 
 

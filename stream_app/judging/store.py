@@ -4,7 +4,7 @@ Each (model, version, threshold settings, source) has one Redis hash
 `{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v`, the state `s`
 (threshold counts and incident state in one orjson value), the threshold's arrays `a` (SPOT's peak window,
 ~11-22 KB when full), which a batch rewrites only when it adds a peak, and the verdicts of the source's last
-batches in a ring of fields `r0`, `r1`... (a batch writes its own over the oldest). The mode
+batches in ring fields (batch i in `r{i mod 64}`; a batch writes its own and deletes the one leaving the ring). The mode
 and an 8-hex hash of the threshold settings are in the key so that a settings change starts every source from
 calibration again, instead of meeting a state made for other settings (which failed every batch when the mode
 changed). A worker keeps the last state it saw of each key, computes the batch's verdicts and new states
@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,23 +53,25 @@ REPLAY_BATCHES = 4  # judged batches remembered per source: more than a worker h
 MAX_BOUNCES = 16  # bounces of others, without a sign of life from the queue's head, before it is dropped
 SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster: hash-tag groups per model
 
-# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); then 5 per key, from ARGV[5i-3]: the
+# KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); then 6 per key, from ARGV[6i-4]: the
 # version the caller computed from; the new state without its threshold's arrays and remembered batches (field
 # `s`); those arrays (field `a`), or '' when the stored ones stand; the field of the ring slot its newest batch
-# goes to (`r0`..`r{RING-1}`), or '' for none; that batch. Per key: written -> the new version; stale ->
-# {stored version, stored s, stored a, stored r0..r{RING-1}}. Fairness: a plain CAS lets a worker starve, its
+# goes to (`r0`, `r1`...), or '' for none; that batch; the slot of the batch it pushes out of the ring, or ''. Per key: written -> the new version; stale -> {stored
+# version, stored s, stored a, then every ring slot stored, in any order: each names its batch's number}. Fairness: a plain CAS lets a worker starve, its
 # retries landing just after another worker's next batch (seen in tests: 8 lost attempts in a row). So a loser
 # joins the key's queue `q` (tokens, oldest first) and only the queue's head may write while the queue is not
 # empty; the head's retry carries the stored version it was just sent, so it succeeds and leaves the queue.
 # Writers bounced while the head stays silent are counted (`qb`); after MAX_BOUNCES the head is presumed dead
 # and dropped.
-ARGS_PER_KEY = 5
+ARGS_PER_KEY = 6
+RING_NAMES = 64  # batch i is remembered in field r{i % 64}: readers and writers agree whatever their ring size
+RING_FIELD = re.compile(rb"r\d+")  # the ring slots' fields: r0, r1...
 CAS_SCRIPT = """
 local token = ARGV[1]
 local L = string.len(token)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local at = 5 * i - 3
+  local at = 6 * i - 4
   local expected = tonumber(ARGV[at])
   local f = redis.call('HMGET', key, 'v', 'q', 'qb')
   local stored = tonumber(f[1]) or 0
@@ -91,6 +94,9 @@ for i, key in ipairs(KEYS) do
     if ARGV[at + 3] ~= '' then
       redis.call('HSET', key, ARGV[at + 3], ARGV[at + 4])
     end
+    if ARGV[at + 5] ~= '' then
+      redis.call('HDEL', key, ARGV[at + 5])
+    end
     if head == token then
       q = string.sub(q, L + 1)
     end
@@ -103,8 +109,11 @@ for i, key in ipairs(KEYS) do
       q = q .. token
     end
     local reply = {stored, redis.call('HGET', key, 's') or '', redis.call('HGET', key, 'a') or ''}
-    for r = 0, RING - 1 do
-      reply[4 + r] = redis.call('HGET', key, 'r' .. r) or ''
+    local all = redis.call('HGETALL', key)
+    for j = 1, #all, 2 do
+      if string.match(all[j], '^r%d+$') then
+        reply[#reply + 1] = all[j + 1]
+      end
     end
     out[i] = reply
   end
@@ -150,6 +159,7 @@ class JudgedBatch:
     incident_ids: tuple[str | None, ...]
     incident_events: tuple[str | None, ...]
     stuck: bool
+    number: int | None = None  # the source's batch count when it was judged; a ring slot is read by it
 
     def stored(self) -> bytes:
         """`to_dict` as JSON, serialised once (kept in its __dict__): the ring slot it is written to, and a whole
@@ -161,14 +171,15 @@ class JudgedBatch:
 
     def to_dict(self) -> dict:
         return {"k": self.keys, "s": self.scores, "t": self.thresholds, "a": self.anomalous,
-                "i": self.incident_ids, "e": self.incident_events, "x": self.stuck}  # fmt: skip
+                "i": self.incident_ids, "e": self.incident_events, "x": self.stuck, "b": self.number}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> JudgedBatch:
         k, s, t, a, i, e = (tuple(d[c]) for c in "kstaie")
         if not len(k) == len(s) == len(t) == len(a) == len(i) == len(e):
             raise ValueError("judged batch columns differ in length")
-        return cls(k, s, t, a, i, e, bool(d["x"]))
+        number = d.get("b")
+        return cls(k, s, t, a, i, e, bool(d["x"]), number if type(number) is int else None)
 
     def judgements(self, source: str) -> dict[str, Judgement]:
         sev = severities(np.asarray(self.scores, np.float64), np.asarray(self.thresholds, np.float64)).tolist()
@@ -209,10 +220,14 @@ class SourceState:
             d["hist"] = self.history.to_dict()
         return orjson.dumps(d)
 
-    def newest_slot(self, ring: int) -> tuple[str, bytes]:
-        """(field, value) of the newest remembered batch: the i-th batch judged lives in ring slot `r{i % ring}`,
-        so a write adds it over the oldest (~80 bytes an event) instead of rewriting them all."""
-        return f"r{(self.batches - 1) % ring}", self.recent[-1].stored()
+    def newest_slot(self, ring: int) -> tuple[str, bytes, str]:
+        """(field, value) of the newest remembered batch, and the field of the one it pushes out of a ring of
+        `ring` ('' for none): the i-th batch judged goes to `r{i % RING_NAMES}` and the write deletes batch
+        i - ring's, so a write sends one batch (~80 bytes an event) instead of all the remembered ones. The
+        names do not depend on the ring's size, and each value names its batch's number, so workers whose
+        `replay_batches` differ (a restart with a new setting, a rollout) never overwrite each other's batches."""
+        i = self.batches - 1
+        return f"r{i % RING_NAMES}", self.recent[-1].stored(), f"r{(i - ring) % RING_NAMES}" if i >= ring else ""
 
     @classmethod
     def loads(cls, data: bytes | str, arrays: bytes | str | None = None) -> SourceState:
@@ -221,11 +236,12 @@ class SourceState:
 
     @classmethod
     def loads_stored(
-        cls, data: bytes | str, arrays: bytes | str | None, slots: Sequence[bytes | str | None] = ()
+        cls, data: bytes | str, arrays: bytes | str | None, slots: Sequence[bytes | str | None] = (), keep: int = 0
     ) -> tuple[SourceState, bool]:
-        """The state in a key's fields `s`, `a` and the ring slots `r0`, `r1`... (`slots`, in that order), and
-        whether its arrays are stored apart in `a`: a state written whole, by an earlier version, holds them in
-        `s` (and its remembered batches, which name events by their alert ids: no event is keyed so now)."""
+        """The state in a key's fields `s`, `a` and ring slots `r0`, `r1`... (`slots`, any order; of them the
+        batches among the last `keep` judged, default as many as there are slots), and whether its arrays are
+        stored apart in `a`: a state written whole, by an earlier version, holds them in `s` (and its remembered
+        batches, which name events by their alert ids: no event is keyed so now)."""
         d = json_object(data, "source state")
         try:
             thr = d["thr"]
@@ -236,10 +252,11 @@ class SourceState:
             if "recent" in d:
                 recent = tuple(JudgedBatch.from_dict(b) for b in d["recent"])
                 batches = max(batches, len(recent))
-            else:  # the ring, oldest first: batch i is in slot i % len(slots)
-                held = range(max(0, batches - len(slots)), batches)
-                found = [slots[i % len(slots)] for i in held]
-                recent = tuple(JudgedBatch.from_dict(json_object(b, "remembered batch")) for b in found if b)
+            else:  # the ring: the slots' batches that are among the last `keep`, oldest first
+                first = batches - (keep or len(slots))
+                found = [JudgedBatch.from_dict(json_object(b, "remembered batch")) for b in slots if b]
+                held = [b for b in found if b.number is not None and first <= b.number < batches]
+                recent = tuple(sorted(held, key=lambda b: b.number or 0))
             history = History.from_dict(d["hist"]) if d.get("hist") is not None else None
             incident = incidents.IncidentState.from_dict(d["inc"])
             state = cls(thresholds.from_dict(thr), incident, recent, history, batches)
@@ -360,10 +377,9 @@ class ThresholdStore:
         self.key_prefix = key_prefix
         self.max_attempts = max_attempts
         self.replay_batches = max(1, replay_batches)
-        self.ring_fields = [f"r{i}" for i in range(self.replay_batches)]  # a key's remembered batches
         # A source silent for `state_ttl_s` loses its state (producers choose source names: unbounded otherwise).
         ttl_ms = int(state_ttl_s * 1000) if state_ttl_s else 0
-        self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms)).replace("RING", str(self.replay_batches))
+        self._script = CAS_SCRIPT.replace("TTL_MS", str(ttl_ms))
         self._cas = redis.register_script(self._script)
         self._token = uuid.uuid4().hex  # its place in the keys' write queues
         # key -> (version, state, whether Redis holds its arrays apart in field `a`) last seen in Redis
@@ -475,7 +491,7 @@ class ThresholdStore:
                 expected, new_state, _ = computed[src]
                 _, base, apart = pending[src]
                 stored = apart and thresholds.same_arrays(base.threshold, new_state.threshold)
-                slot = new_state.newest_slot(self.replay_batches) if new_state.batches > base.batches else ("", b"")
+                slot = new_state.newest_slot(self.replay_batches) if new_state.batches > base.batches else ("", b"", "")
                 args += [expected, *new_state.dumps_split(arrays=not stored), *slot]
             replies = await self._compare_and_set(keys, args)
             pending = {}
@@ -489,7 +505,7 @@ class ThresholdStore:
                     continue
                 self.conflicts += 1
                 stored_version, stored, stored_arrays, slots = int(reply[0]), reply[1], reply[2], reply[3:]
-                state, apart = (SourceState.loads_stored(stored, stored_arrays, slots) if stored
+                state, apart = (SourceState.loads_stored(stored, stored_arrays, slots, self.replay_batches) if stored
                                 else (self._fresh(model, version, calibration_scores), False))  # fmt: skip
                 self._cache[key] = pending[src] = (stored_version, state, apart)
                 if attempt == self.max_attempts - 1:  # give up persisting; still answer from the freshest state
@@ -692,7 +708,9 @@ class ThresholdStore:
         scores, thrs = b.scores.tolist(), thr.tolist()
         rows = zip([b.source] * n, scores, thrs, flags, sev, inc_ids, inc_events, [stuck] * n, strict=True)
         verdicts = list(map(_new_judgement, rows))
-        judged = JudgedBatch(tuple(b.keys), tuple(scores), tuple(thrs), tuple(flags), inc_ids, inc_events, stuck)
+        judged = JudgedBatch(
+            tuple(b.keys), tuple(scores), tuple(thrs), tuple(flags), inc_ids, inc_events, stuck, b.state.batches
+        )
         recent = (*b.state.recent, judged)[-self.replay_batches :]
         history = b.state.history if b.history is None else b.history
         return SourceState(thr_state, inc_state, recent, history, b.state.batches + 1), verdicts
@@ -703,13 +721,15 @@ class ThresholdStore:
         keys = [self.key(model, version, s) for s in sources]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hmget(key, "v", "s", "a", *self.ring_fields)
+                pipe.hgetall(key)  # the ring slots too, whatever ring size wrote them
             rows = await pipe.execute()
         self.round_trips += 1
         found: dict[str, SourceState] = {}
-        for src, key, (v, s, a, *slots) in zip(sources, keys, rows, strict=True):
+        for src, key, fields in zip(sources, keys, rows, strict=True):
+            v, s = fields.get(b"v"), fields.get(b"s")
             if v is not None and s is not None:
-                found[src], apart = SourceState.loads_stored(s, a, slots)
+                slots = [value for name, value in fields.items() if RING_FIELD.fullmatch(name)]
+                found[src], apart = SourceState.loads_stored(s, fields.get(b"a"), slots, self.replay_batches)
                 self._cache[key] = (int(v), found[src], apart)
         return found
 

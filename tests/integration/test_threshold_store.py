@@ -199,13 +199,49 @@ async def test_a_batch_writes_only_its_own_verdicts_and_the_ring_keeps_the_last_
             keys = [f"sensor.vectors/0/{10 * b + i}" for i in range(10)]
             first.append(await store.judge("m", "v1", CAL, [src] * 10, np.full(10, 0.5 + b / 100), keys))
         for b, args in enumerate(sent):
-            field, value = args[4:6]
-            assert field == f"r{b % 3}" and value.count(b'"sensor.vectors/0/') == 10  # one batch, in its slot
+            field, value, pushed_out = args[4:7]
+            assert field == f"r{b}" and value.count(b'"sensor.vectors/0/') == 10  # one batch, in its slot...
+            assert pushed_out == (f"r{b - 3}" if b >= 3 else "")  # ...and the batch it pushes out of the ring
+        assert sorted(await redis.hkeys(store.key("m", "v1", src))) == [b"a", b"r2", b"r3", b"r4", b"s", b"v"]
         cold = ThresholdStore(redis, settings.thresholds, settings.incidents, settings.redis.key_prefix,
                               replay_batches=3)  # fmt: skip
         remembered = (await cold.states("m", "v1", [src]))[src].recent
         assert [b.keys[0] for b in remembered] == ["sensor.vectors/0/20", "sensor.vectors/0/30", "sensor.vectors/0/40"]
         keys = [f"sensor.vectors/0/{20 + i}" for i in range(10)]
         assert await cold.judge("m", "v1", CAL, [src] * 10, np.full(10, 9.0), keys) == first[2]  # replayed
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize(("writer", "reader"), [(4, 2), (2, 4), (3, 5)])
+async def test_a_reader_with_another_ring_size_replays_the_newest_batches_in_order(settings, writer, reader) -> None:
+    """`replay_batches` may change between restarts, or differ between workers during a rollout: the batch in
+    flight when a worker stopped must still be replayed, not judged (and learned) twice."""
+    redis = redis_client(settings.redis)
+    prefix = settings.redis.key_prefix
+
+    def store(ring: int) -> ThresholdStore:
+        return ThresholdStore(redis, settings.thresholds, settings.incidents, prefix, replay_batches=ring)
+
+    src, first = "line-1/press-5", []
+    try:
+        old = store(writer)
+        for b in range(7):
+            keys = [f"sensor.vectors/0/{10 * b + i}" for i in range(10)]
+            first.append(await old.judge("m", "v1", CAL, [src] * 10, np.full(10, 0.5 + b / 100), keys))
+        new = store(reader)
+        state = (await new.states("m", "v1", [src]))[src]
+        held = [int(b.keys[0].rsplit("/", 1)[1]) // 10 for b in state.recent]
+        assert held == list(range(7 - min(writer, reader), 7)) and state.batches == 7
+        for b in (6, 5):  # the newest two, redelivered: the same verdicts, nothing learned again
+            keys = [f"sensor.vectors/0/{10 * b + i}" for i in range(10)]
+            assert await new.judge("m", "v1", CAL, [src] * 10, np.full(10, 9.0), keys) == first[b]
+        assert (await store(reader).states("m", "v1", [src]))[src].batches == 7
+        keys = [f"sensor.vectors/0/{70 + i}" for i in range(10)]  # a new batch from the new worker, then the old
+        await new.judge("m", "v1", CAL, [src] * 10, np.full(10, 0.6), keys)
+        await store(writer).judge("m", "v1", CAL, [src] * 10, np.full(10, 0.6), [k + "x" for k in keys])
+        state = (await store(writer).states("m", "v1", [src]))[src]
+        held = [int(b.keys[0].rsplit("/", 1)[1].rstrip("x")) // 10 for b in state.recent]
+        assert held == sorted(held) and held[-2:] == [7, 7] and state.batches == 9
     finally:
         await redis.aclose()

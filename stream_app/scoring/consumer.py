@@ -232,13 +232,17 @@ class BatchConsumer:
             self._failed(batch, failure)
             return
         self.batches += 1
-        task = asyncio.create_task(self._settle(batch, acks))
+        task = asyncio.create_task(self._settle(self.ledger, batch, acks))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, batch: int, acks: list[asyncio.Future]) -> None:
-        """Wait for the broker's answer on a batch's outputs, then ack or fail it in the ledger."""
+    async def _settle(self, ledger: OffsetLedger, batch: int, acks: list[asyncio.Future]) -> None:
+        """Wait for the broker's answer on a batch's outputs, then ack or fail it in the ledger. A batch of a
+        consumer that was restarted meanwhile is left alone: that consumer committed what it could and closed, its
+        other records are read again, and the new ledger numbers its batches from 0 again."""
         results = await asyncio.gather(*acks, return_exceptions=True)
+        if ledger is not self.ledger:
+            return
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             self._failed(batch, failure)

@@ -263,6 +263,7 @@ class RetrainSettings(BaseModel):
     threads: int | None = Field(1, ge=1, description="torch CPU threads of a running agent (None: all cores)")
     auto_promote: bool = True
     keep_rejected: bool = Field(True, description="store rejected candidates in the registry for audit")
+    announce_attempts: int = Field(5, ge=1, description="tries to announce a promoted version, with backoff")
     control_max_age_s: float = Field(300.0, gt=0, description="ignore control messages older than this at start")
 
 

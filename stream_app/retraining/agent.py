@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
+from stream_app.ops.backoff import Backoff
 from stream_app.ops.connections import aiokafka_kwargs, ensure_topics, offset_ranges, send_json
 from stream_app.registry.announcements import (
     ControlRejected,
@@ -46,7 +47,7 @@ from stream_app.registry.announcements import (
     load_json_object,
     validated,
 )
-from stream_app.registry.versions import PromotionConflict, Registry
+from stream_app.registry.versions import ModelVersion, PromotionConflict, Registry
 from stream_app.retraining.canaries import canaries
 from stream_app.retraining.decision import CONFIRMED, Decision, calibrated_threshold, decide
 from stream_app.retraining.feedback import Feedback, operator_feedback, with_events
@@ -225,10 +226,21 @@ class RetrainAgent:
     # ------------------------------------------------------------------ one cycle
 
     async def run_cycle(self, model: str, trigger: str = "manual", guard: bool | None = None) -> CycleResult:
-        """Read, fit, validate, publish and maybe promote; LookupError if `model` has no production version."""
+        """Read, fit, validate, publish and maybe promote; LookupError if `model` has no production version. Any
+        other error ends the cycle as `failed`, with production untouched unless the promotion had happened."""
         started = time.monotonic()
-        cfg = self.settings.retrain
         prod = self.registry.production(model)  # LookupError: nothing to retrain from
+        try:
+            return await self._cycle(model, trigger, guard, prod, started)
+        except Exception as exc:
+            log.exception("retrain %s: cycle failed", model)
+            result = CycleResult(model, "failed", f"{type(exc).__name__}: {exc}", trigger, parent=prod.version)
+            return self._done(result, started)
+
+    async def _cycle(
+        self, model: str, trigger: str, guard: bool | None, prod: ModelVersion, started: float
+    ) -> CycleResult:
+        cfg = self.settings.retrain
         log.info("retrain %s (trigger: %s): production version %s", model, trigger, prod.version)
         _, current = await asyncio.to_thread(self.registry.load, model, prod.version, self.device)
         kind = data_kind(current.data_kind)
@@ -286,11 +298,6 @@ class RetrainAgent:
                 **decision.to_dict(), "validated_against": against, "decided_at": datetime.now(UTC).isoformat()
             },
         }  # fmt: skip
-        if decision.passed and len(window.holdout):
-            # Serve with a threshold calibrated on more unseen normal data: the validated holdout joins the
-            # fit's own held-out scores (validation above used the fit's scores alone, so no leakage).
-            candidate.calibration_scores = np.concatenate([candidate.calibration_scores, held]).astype(np.float32)
-            extra["calibration"] = {"fit_holdout": len(candidate.calibration_scores) - len(held), "window": len(held)}
         mv = await asyncio.to_thread(self.registry.publish, model, candidate, extra)
         result.version = mv.version
         if decision.passed and cfg.auto_promote:
@@ -299,9 +306,27 @@ class RetrainAgent:
             except PromotionConflict as exc:  # production moved again after validation: never promote blind
                 result.reason += f"; not promoted: {exc}"
                 return self._done(result, started)
-            result.announced = await announce_version(self.settings, self.registry, mv)
             result.decision = "promoted"
+            result.announced = await self._announce(result, mv)
         return self._done(result, started)
+
+    async def _announce(self, result: CycleResult, mv: ModelVersion) -> dict[str, Any] | None:
+        """Announce a promoted version, retried with backoff; if the broker stays away the promotion stands (it
+        was validated and compare-and-set) and workers find it at their next check of the production pointer."""
+        attempts = self.settings.retrain.announce_attempts
+        backoff = Backoff(self.settings.recovery.retry_base_s, self.settings.recovery.retry_max_s)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await announce_version(self.settings, self.registry, mv)
+            except Exception as exc:
+                if attempt == attempts:
+                    log.error("retrain %s: version %s promoted but not announced: %s", result.model, mv.version, exc)
+                    result.reason += (
+                        f"; not announced ({type(exc).__name__}: {exc}): workers serve it at their next pointer check"
+                    )
+                    return None
+                await asyncio.sleep(backoff.next_delay())
+        return None
 
     async def _fit(self, model: str, candidate: Any, data: np.ndarray) -> dict[str, Any]:
         """Fit in a worker thread; without a terminal, a log line every `heartbeat_s` says it is alive."""

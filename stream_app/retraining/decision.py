@@ -26,6 +26,7 @@ from stream_app.judging.thresholds import current_threshold, initial_state
 from stream_app.settings import RetrainSettings, ThresholdSettings
 
 CONFIRMED = "confirmed"
+RATE_EPSILON = 1e-9  # rates are counts over counts: 0.8 - 0.1 is 0.7000000000000001, and 0.70 must pass
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def decide(
         f" - tolerance {cfg.detection_tolerance:.2f}"
         for name, row in sets.items()
         if row["events"] and "current_detection_rate" in row
-        and row["detection_rate"] < row["current_detection_rate"] - cfg.detection_tolerance
+        and row["detection_rate"] < row["current_detection_rate"] - cfg.detection_tolerance - RATE_EPSILON
     ]  # fmt: skip
     if failing:
         return Decision("rejected", "regression: " + "; ".join(failing), metrics)

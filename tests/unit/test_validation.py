@@ -100,3 +100,11 @@ def test_calibrated_threshold_is_what_a_worker_starts_from_and_needs_calibration
     assert calibrated_threshold(ThresholdSettings(mode="quantile", risk=1e-3), cal) == pytest.approx(6.9, abs=0.7)
     with pytest.raises(ValueError, match="no calibration scores"):
         calibrated_threshold(ThresholdSettings(), None)
+
+
+def test_a_detection_drop_of_exactly_the_tolerance_passes():
+    """At least production's rate minus the tolerance: 140/200 against 160/200 with a tolerance of 0.1 passes,
+    although 0.8 - 0.1 is 0.7000000000000001 in floating point."""
+    current = np.array([5.0] * 160 + [0.5] * 40)
+    candidate = np.array([5.0] * 140 + [0.5] * 60)
+    assert decide(CFG, 1.0, NORMAL, sets(candidate, current), 1.0, NORMAL).passed

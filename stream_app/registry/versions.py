@@ -255,9 +255,9 @@ class Registry:
             stack = self.serving_stack(model)
             if len(stack) < 2:
                 raise LookupError(f"model {model!r} has no earlier promoted version to roll back to")
-            target = stack[-2]
+            current, target = stack[-1], stack[-2]
         self.check_contents(model, target)
-        return self._point(model, target, "rollback")
+        return self._point(model, target, "rollback", expected_current=current)  # a promotion meanwhile wins
 
     def _point(self, model: str, version: str, action: str, expected_current: str | None = None) -> ModelVersion:
         with self._locked(model):
@@ -267,6 +267,8 @@ class Registry:
             if expected_current is not None and previous != expected_current:
                 raise PromotionConflict(
                     f"{model}: production is {previous}, not {expected_current} as expected; {version} not promoted"
+                    if action == "promote"
+                    else f"{model}: production is {previous}, not {expected_current} as expected; no {action}"
                 )
             pointer = self._dir(model) / PRODUCTION
             tmp = pointer.with_suffix(".tmp")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,15 @@ class RegressionSet:
         path = self.dir / EVENTS_FILE
         if not path.is_file():
             return None, []
-        with safe_open(path, framework="np") as f:
-            events, stored_ids = f.get_tensor("events"), (f.metadata() or {}).get("incident_ids")
-        ids = json.loads(stored_ids if stored_ids is not None else (self.dir / LEGACY_INDEX).read_text())
-        ids = ids["incident_ids"] if isinstance(ids, dict) else ids
+        try:
+            with safe_open(path, framework="np") as f:
+                events, stored_ids = f.get_tensor("events"), (f.metadata() or {}).get("incident_ids")
+            ids = json.loads(stored_ids if stored_ids is not None else (self.dir / LEGACY_INDEX).read_text())
+            ids = ids["incident_ids"] if isinstance(ids, dict) else ids
+        except Exception as exc:  # safetensors' own error, a missing index, bad JSON
+            raise ValueError(
+                f"{path}: unreadable regression set ({exc}); move it aside to start the set again"
+            ) from exc
         if len(events) != len(ids):
             raise ValueError(f"{self.dir}: {len(events)} events but {len(ids)} incident ids")
         if shape is not None and tuple(events.shape[1:]) != tuple(shape):
@@ -85,6 +91,7 @@ class RegressionSet:
         if shape is None and events is not None:
             shape = tuple(events.shape[1:])
         stored, ids = self.load(shape)
+        other_shape = stored is None and (self.dir / EVENTS_FILE).is_file()  # load said so; kept aside if replaced
         keep = [i for i, inc in enumerate(ids) if inc not in remove]
         removed = len(ids) - len(keep)
         if removed and stored is not None:
@@ -97,6 +104,10 @@ class RegressionSet:
             ids = ids + [incident_ids[i] for i in new]
             stored, ids = stored[-self.cap :], ids[-self.cap :]
         if new or removed:
+            if other_shape:
+                os.replace(
+                    self.dir / EVENTS_FILE, self.dir / f"events.set-aside-{time.strftime('%Y%m%dT%H%M%S')}.safetensors"
+                )
             self._save(stored, ids)
         return Update(stored, ids, len(new), removed)
 

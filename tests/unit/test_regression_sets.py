@@ -93,6 +93,47 @@ def test_a_set_stored_with_a_separate_index_still_loads_and_is_rewritten_as_one_
     assert not (folder / "index.json").exists() and RegressionSet(tmp_path, "press").load()[1] == ["a", "a", "b"]
 
 
+def test_a_set_of_another_event_shape_is_set_aside_not_erased(tmp_path) -> None:
+    rs = RegressionSet(tmp_path, "press")
+    rs.add(np.ones((2, 4), np.float32), ["wide", "wide"])
+    assert rs.add(np.zeros((1, 3), np.float32), ["narrow"]) == 1  # the model's width changed: a new set
+    folder = tmp_path / "regression" / "press"
+    aside = list(folder.glob("events.set-aside-*.safetensors"))
+    assert len(aside) == 1 and rs.load()[1] == ["narrow"]
+    from safetensors.numpy import load_file
+
+    assert load_file(aside[0])["events"].shape == (2, 4)
+
+
+def test_an_unreadable_set_says_which_file_and_what_to_do(tmp_path) -> None:
+    folder = tmp_path / "regression" / "press"
+    folder.mkdir(parents=True)
+    (folder / "events.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"events\.safetensors: unreadable regression set .*move it aside"):
+        RegressionSet(tmp_path, "press").load()
+
+
+def test_a_rollback_is_a_compare_and_set_too(tmp_path) -> None:
+    """A promotion landing while a rollback verifies its target's files wins; the rollback is refused."""
+    registry = Registry(tmp_path)
+    scorer = RVAEScorer(3, n_layers=1, hidden=8, latent=2, device="cpu")
+    scorer.fit(np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32), epochs=1)
+    v1, v2, v3 = (registry.publish("m", scorer).version for _ in range(3))
+    registry.promote("m", v1)
+    registry.promote("m", v2)
+    check = registry.check_contents
+
+    def promotion_meanwhile(model: str, version: str) -> dict:
+        registry.check_contents = check  # type: ignore[method-assign]
+        registry.promote("m", v3, expected_current=v2)
+        return check(model, version)
+
+    registry.check_contents = promotion_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(PromotionConflict, match=f"production is {v3}, not {v2} as expected; no rollback"):
+        registry.rollback("m")
+    assert registry.production("m").version == v3
+
+
 def test_an_update_reads_and_writes_the_set_once(tmp_path, monkeypatch) -> None:
     rs = RegressionSet(tmp_path, "press")
     rs.add(np.ones((2, 3), np.float32), ["old", "old"])

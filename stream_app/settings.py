@@ -177,6 +177,9 @@ class RecoverySettings(BaseModel):
     retry_max_s: float = Field(15.0, gt=0, description="cap on the retry delay (jittered in its upper half)")
     probe_interval_s: float = Field(2.0, gt=0, description="Redis/Kafka reachability and lag are checked this often")
     stall_after_s: float = Field(60.0, gt=0, description="/health: a partition with lag that has not advanced")
+    model_check_s: float = Field(
+        60.0, gt=0, description="served models are compared with the registry's production pointer this often"
+    )
     revoke_wait_s: float = Field(8.0, ge=0, description="on a rebalance, wait this long for in-flight batches")
     log_repeat_s: float = Field(30.0, gt=0, description="identical warnings/errors logged once per interval")
     replay_batches: int = Field(

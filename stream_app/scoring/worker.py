@@ -43,7 +43,7 @@ from stream_app.registry.versions import Registry, version_number
 from stream_app.scoring.consumer import BatchConsumer, cause_of, describe
 from stream_app.scoring.executor import InferenceExecutor
 from stream_app.scoring.heap import ServedHeap, freeze_heap
-from stream_app.scoring.model_manager import ModelManager
+from stream_app.scoring.model_manager import ModelManager, SwapResult
 from stream_app.scoring.pipeline import InspectionPipeline
 from stream_app.scoring.publishing import Publisher, output_producer
 from stream_app.settings import KafkaSettings, Settings, secret_value
@@ -168,6 +168,10 @@ class Worker:
         async def follow_model_updates() -> None:
             await self._follow_model_updates()
 
+        @app.timer(s.recovery.model_check_s)
+        async def check_production_pointers() -> None:
+            await self.check_production_pointers()
+
         worker = self
 
         @app.service
@@ -281,17 +285,30 @@ class Worker:
                     self.metrics.control_rejected.labels(exc.reason).inc()
                     log.error("ignoring model update at offset %d: %s", msg.offset, exc)
                     continue
-                result = await self.models.apply_update(update, served=self.served_models)
-                if result.loaded is None:
-                    self.metrics.control_rejected.labels(result.rejected or "load_failed").inc()
-                    self.metrics.refused.labels(result.rejected or "load_failed").inc()
-                else:
-                    self.metrics.swaps.labels(result.loaded.name).inc()
-                    self.metrics.model_version.labels(result.loaded.name).set(
-                        version_number(result.loaded.version) or 0
-                    )
+                self._count_swap(await self.models.apply_update(update, served=self.served_models))
         finally:
             await consumer.stop()
+
+    async def check_production_pointers(self) -> None:
+        """Serve what each model's production pointer names: announcements are how workers hear of a promotion
+        at once, this is how they catch one they missed (the broker was away, the follower was restarting)."""
+        if not self.ready.is_set():
+            return
+        for name in sorted(self.served_models):
+            served = self.models.versions().get(name)
+            result = await self.models.refresh(name)
+            if result.loaded is not None and result.loaded.version != served:
+                log.warning("%s: production is version %s, not announced to this worker; now serving it",
+                            name, result.loaded.version)  # fmt: skip
+                self._count_swap(result)
+
+    def _count_swap(self, result: SwapResult) -> None:
+        if result.loaded is None:
+            self.metrics.control_rejected.labels(result.rejected or "load_failed").inc()
+            self.metrics.refused.labels(result.rejected or "load_failed").inc()
+        else:
+            self.metrics.swaps.labels(result.loaded.name).inc()
+            self.metrics.model_version.labels(result.loaded.name).set(version_number(result.loaded.version) or 0)
 
     def health(self) -> dict[str, Any]:
         problems = self.health_state.report()

@@ -53,10 +53,10 @@ async def verdicts(settings: Settings, n: int, timeout_s: float = 120.0) -> list
 
 async def seconds_until_serving(settings: Settings, version: str, timeout_s: float = 30.0) -> float:
     """Poll the worker's /health until it serves `version` for `sensors`; returns the wait."""
-    port = worker_ports(settings)[0]
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if (await asyncio.to_thread(worker_health, port))["models"].get("sensors") == version:
+        ports = worker_ports(settings)  # a worker just started writes its port file once serving HTTP
+        if ports and (await asyncio.to_thread(worker_health, ports[0]))["models"].get("sensors") == version:
             return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the worker did not serve version {version} within {timeout_s} s")
@@ -139,3 +139,21 @@ async def test_drift_retrain_hot_swap_and_rollback_while_traffic_flows(make_sett
     print(f"false alarms: version 1 on drifted data {fa_before:.3f}, version 2 {fa_after:.3f}; "
           f"announcement -> serving: swap {swap_s:.2f} s, rollback {rollback_s:.2f} s")  # fmt: skip
     assert fa_after <= fa_before / 3 and fa_after <= 0.03, f"false alarms {fa_before:.3f} -> {fa_after:.3f}"
+
+
+async def test_a_worker_serves_a_promotion_it_was_never_told_of(make_settings):
+    """The agent promotes, then cannot announce (the broker went away): the worker finds the new production
+    version at its next check of the pointer."""
+    settings = make_settings(routes=[Route(pattern="line-*", model="sensors")])
+    settings.metrics_port = 0
+    settings.recovery.model_check_s = 1.0
+    await ensure_topics(settings)
+    registry = Registry(settings.registry_dir)
+    scorer = RVAEScorer(n_features=F, n_layers=1, hidden=8, latent=2, seed=0, device="cpu")
+    scorer.fit(line(np.random.default_rng(0), 600, drift=0.0), epochs=2)
+    registry.promote("sensors", registry.publish("sensors", scorer).version)
+    with running(settings, "worker") as worker:
+        await seconds_until_serving(settings, "0001")
+        registry.promote("sensors", registry.publish("sensors", scorer).version)  # no announcement
+        await seconds_until_serving(settings, "0002", timeout_s=20.0)
+        assert worker.poll() is None

@@ -20,6 +20,7 @@ from stream_app.wire.codecs import Event
 from stream_app.wire.ids import alert_id
 from stream_app.wire.records import Headers, Record
 
+PASSTHROUGH_MAX_BYTES = 64 * 1024  # input headers a verdict or alert carries at most
 # The default for callers that do not pass settings: the default broker limit less the default margin.
 _DEADLETTER_MAX_BYTES = KafkaSettings().max_message_bytes - LimitSettings().deadletter_margin_bytes
 
@@ -37,10 +38,15 @@ def _json(value: Any) -> bytes:
 
 
 def _passthrough(headers: Mapping[str, bytes]) -> Headers:
-    """Input headers travel with verdicts and alerts (ground truth, trace ids); the claim-check uri does not."""
+    """Input headers travel with verdicts and alerts (ground truth, trace ids); the claim-check uri does not, nor
+    headers over PASSTHROUGH_MAX_BYTES in all (replaced by `headers-dropped: <count>`): an input just under the
+    broker's size limit in headers would give outputs the broker refuses, retried for ever."""
     if not headers:
         return []
-    return [(k, v) for k, v in headers.items() if k not in ("uri", "content-type")]
+    kept = [(k, v) for k, v in headers.items() if k not in ("uri", "content-type")]
+    if record_size(None, b"", kept) > PASSTHROUGH_MAX_BYTES:
+        return [("headers-dropped", str(len(kept)).encode())]
+    return kept
 
 
 class ModelId(Protocol):

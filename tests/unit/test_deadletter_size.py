@@ -46,3 +46,24 @@ def test_a_huge_key_is_cut_too():
     rec = Record("t", 0, 1, b"k" * (2 * LIMIT), b"v", {})
     out = deadletter_output("dl", rec, "bad_schema", "x", max_bytes=LIMIT)
     assert record_size(out.key, out.value, out.headers) <= LIMIT and dict(out.headers)["key-truncated"] == b"true"
+
+
+def test_verdicts_and_alerts_of_an_input_that_is_mostly_headers_stay_small() -> None:
+    """An input just under the broker's limit in headers, with a valid value: its verdict and alert copied the
+    headers and added a key and a body, the broker refused them and the batch was retried for ever."""
+    from stream_app.judging.store import Judgement
+    from stream_app.scoring.model_manager import LoadedModel
+    from stream_app.wire.codecs import decode_vector, encode_vector
+    from stream_app.wire.outputs import PASSTHROUGH_MAX_BYTES, alert_output, verdict_outputs
+
+    value = encode_vector("line-1", [1.0, 2.0], ts=1.0)
+    big = Record("sensor.vectors", 0, 7, b"line-1", value, {"trace": b"t-1", "blob": b"x" * (8 * 1024 * 1024)})
+    small = Record("sensor.vectors", 0, 8, b"line-1", value, {"trace": b"t-2", "truth": b"normal"})
+    event, model = decode_vector(value), LoadedModel("sensors", "0001", None)  # type: ignore[arg-type]
+    judgement = Judgement("line-1", 9.0, 1.0, True, 9.0, None, None, False)
+    verdicts = verdict_outputs("scores", [big, small], [event, event], model, [judgement, judgement])
+    alert = alert_output("alerts", big, event, model, judgement, "sensor", {})
+    for out in (verdicts[0], alert):
+        assert record_size(out.key, out.value, out.headers) < PASSTHROUGH_MAX_BYTES
+        assert out.headers == [("headers-dropped", b"2")]
+    assert verdicts[1].headers == [("trace", b"t-2"), ("truth", b"normal")]  # small headers travel as before

@@ -21,6 +21,7 @@ from stream_app.ops.connections import kafka_producer
 from stream_app.settings import KafkaSettings
 from stream_app.wire.outputs import Output
 
+KEY_CACHE = 50_000  # key -> partition lookups kept per topic (a few MB); a random key per record would grow it
 BATCH_BYTES = 512 * 1024  # one record batch per partition per micro-batch; under brokers' default 1 MB limit
 
 
@@ -54,6 +55,8 @@ class Publisher:
                 return self._partitioner(None, all_partitions, all_partitions)
             p = by_key.get(key)
             if p is None:
+                if len(by_key) >= KEY_CACHE:  # keys of dead letters and of sources gone idle: start again
+                    by_key.clear()
                 p = by_key[key] = self._partitioner(key, all_partitions, all_partitions)
             return p
 

@@ -31,6 +31,7 @@ from stream_app.ops.backoff import Backoff
 from stream_app.ops.connections import aiokafka_kwargs
 from stream_app.ops.health import HealthState
 from stream_app.ops.metrics import WorkerMetrics
+from stream_app.scoring.isolation import DeviceFailure
 from stream_app.scoring.offsets import OffsetLedger
 from stream_app.settings import Settings
 from stream_app.wire.records import Record
@@ -52,6 +53,8 @@ def cause_of(exc: BaseException) -> str:
         return "redis"
     if isinstance(exc, KafkaError):
         return "kafka"
+    if isinstance(exc, DeviceFailure):
+        return "device"
     return "pipeline"
 
 

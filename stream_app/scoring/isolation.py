@@ -16,6 +16,27 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# torch raises RuntimeError (or subclasses) for a failing GPU as for a bad input; these name the device.
+DEVICE_ERROR_TYPES = ("OutOfMemoryError", "AcceleratorError")
+DEVICE_ERROR_TEXT = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "cuDNN error", "device-side assert", "NCCL")
+
+
+class DeviceFailure(Exception):
+    """Every record of a group failed on the device on its own: the device, not the input; the batch is retried."""
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """Whether a scorer's error names the accelerator rather than the input.
+
+    >>> is_device_failure(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    True
+    >>> is_device_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x3 and 4x8)"))
+    False
+    """
+    return type(exc).__name__ in DEVICE_ERROR_TYPES or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in DEVICE_ERROR_TEXT)
+    )
+
 
 @dataclass(frozen=True)
 class Isolated(Generic[R]):

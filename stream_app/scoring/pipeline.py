@@ -27,7 +27,7 @@ from stream_app.judging.store import ThresholdStore
 from stream_app.ops.metrics import WorkerMetrics
 from stream_app.scoring.admission import SourceAdmission
 from stream_app.scoring.executor import InferenceExecutor
-from stream_app.scoring.isolation import isolate_failures
+from stream_app.scoring.isolation import DeviceFailure, is_device_failure, isolate_failures
 from stream_app.scoring.model_manager import LoadedModel, ModelManager
 from stream_app.scoring.publishing import Publisher
 from stream_app.settings import Settings
@@ -49,8 +49,8 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# A scorer raising one of these on a group is bisected to the records that cause it (poison); other errors
-# (e.g. a lost device) fail the batch, which is retried.
+# A scorer raising one of these on a group is bisected to the records that cause it (poison); other errors,
+# and device errors that every record meets alone (a lost GPU: `DeviceFailure`), fail the batch, which is retried.
 POISON_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
 EVICT_EVERY_S = 60.0  # how often idle sources are looked for
 
@@ -309,6 +309,9 @@ class InspectionPipeline:
             return self._infer(loaded, loaded.scorer.score, data[list(rows)])
 
         isolated = await isolate_failures(range(len(data)), score_rows, POISON_ERRORS)
+        errors = list(isolated.failures.values())
+        if isolated.all_failed and all(map(is_device_failure, errors)):  # a lost GPU, not input: retry the batch
+            raise DeviceFailure(f"every record failed on the device ({type(errors[0]).__name__}: {errors[0]})")
         reason = "rejected_by_model" if isolated.all_failed else "poison"
         for i, exc in isolated.failures.items():
             batch.reject(group.records[i], reason, f"{type(exc).__name__}: {exc}")

@@ -71,3 +71,39 @@ async def test_a_batch_where_every_record_fails_alone_says_so():
     assert out.all_failed and len(out.failures) == 4
     score, _ = scorer_that_chokes_on({2})
     assert not (await isolate_failures([1, 2, 3], score)).all_failed
+
+
+async def test_a_lost_device_fails_the_batch_instead_of_dead_lettering_every_record() -> None:
+    """torch raises RuntimeError for a failing GPU as for a bad input: every record failed alone, so each became a
+    committed `rejected_by_model` dead letter instead of the batch being retried once the device is back."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stream_app.ops.metrics import WorkerMetrics
+    from stream_app.scoring.isolation import DeviceFailure
+    from stream_app.scoring.pipeline import BatchOutputs, BatchReport, InspectionPipeline, Routed
+    from stream_app.wire.records import Record
+
+    class LostDevice:
+        def score(self, x: np.ndarray) -> np.ndarray:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    class Refuses:
+        def score(self, x: np.ndarray) -> np.ndarray:
+            raise ValueError("expected 4 features")
+
+    pipeline = InspectionPipeline.__new__(InspectionPipeline)
+    pipeline.metrics = WorkerMetrics()
+    records = [Record("in", 0, i, b"s", b"{}") for i in range(8)]
+    group = Routed(records, [SimpleNamespace(source="s")] * 8)  # type: ignore[list-item]
+    for scorer, lost in ((LostDevice(), True), (Refuses(), False)):
+        loaded = SimpleNamespace(name="m", version="1", runs_inline=True, scorer=scorer)
+        batch = BatchOutputs("dead", 10**6, pipeline.metrics, BatchReport(events=8))
+        if lost:
+            with pytest.raises(DeviceFailure, match="CUDA error"):
+                await pipeline._scored(loaded, group, np.zeros((8, 4), np.float32), batch)  # type: ignore[arg-type]
+            assert batch.report.deadletters == {}
+        else:
+            assert await pipeline._scored(loaded, group, np.zeros((8, 4), np.float32), batch) is None  # type: ignore[arg-type]
+            assert batch.report.deadletters == {"rejected_by_model": 8}

@@ -132,12 +132,13 @@ def _scores(scorer: Any, data: np.ndarray) -> np.ndarray:
 
 
 def regression_sets(
-    settings: Settings, kind: str, confirmed: np.ndarray | None, holdout: np.ndarray
+    settings: Settings, kind: str, confirmed: np.ndarray | None, holdout: np.ndarray, in_order: bool = False
 ) -> dict[str, np.ndarray]:
-    """The events every candidate must keep flagging: confirmed incident events and canaries from the holdout."""
+    """The events every candidate must keep flagging: confirmed incident events and canaries from the holdout
+    (`in_order` for a model with temporal context: runs of consecutive rows)."""
     cfg = settings.retrain
     sets = {CONFIRMED: confirmed if confirmed is not None else holdout[:0]}
-    return sets | canaries(kind, holdout, k=cfg.canary_sigma, n=cfg.canary_events)
+    return sets | canaries(kind, holdout, k=cfg.canary_sigma, n=cfg.canary_events, in_order=in_order)
 
 
 def validate(
@@ -163,7 +164,8 @@ def validate(
         cur_t = calibrated_threshold(thr, getattr(current, "calibration_scores", None))
     compare = cur_t is not None
     if regression is None:
-        regression = regression_sets(settings, window.kind, window.incidents, window.holdout)
+        in_order = getattr(candidate, "window", 1) > 1
+        regression = regression_sets(settings, window.kind, window.incidents, window.holdout, in_order)
     scored = {
         name: (_scores(candidate, events), _scores(current, events) if compare else None)
         for name, events in regression.items()
@@ -271,7 +273,7 @@ class RetrainAgent:
 
         held = await asyncio.to_thread(_scores, candidate, window.holdout)
         confirmed, stored = await asyncio.to_thread(self._confirmed, model, window, feedback)
-        sets = regression_sets(self.settings, kind.name, confirmed, window.holdout)
+        sets = regression_sets(self.settings, kind.name, confirmed, window.holdout, in_order=sequences)
         against, decision = (
             prod.version,
             await asyncio.to_thread(validate, self.settings, candidate, current, window, held, sets),

@@ -31,8 +31,12 @@ def robust_sigma(x: np.ndarray) -> np.ndarray:
     return np.maximum(mad, 1e-6 * np.maximum(np.abs(med), 1.0))
 
 
-def vector_canaries(holdout: np.ndarray, k: float = 6.0, n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
-    """{kind: float32 [m, F]} canaries for vector events (m <= n rows drawn from the holdout).
+def vector_canaries(
+    holdout: np.ndarray, k: float = 6.0, n: int = 200, seed: int = 0, in_order: bool = False
+) -> dict[str, np.ndarray]:
+    """{kind: float32 [m, F]} canaries for vector events (m <= n rows drawn from the holdout; with `in_order`, a
+    run of consecutive rows: a model with temporal context scores them as one sequence, and rows drawn at random
+    would look anomalous by their order alone).
 
     >>> x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     >>> c = vector_canaries(x, k=6.0, n=10)
@@ -43,7 +47,12 @@ def vector_canaries(holdout: np.ndarray, k: float = 6.0, n: int = 200, seed: int
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"vector canaries need a holdout of shape [N, F] with N > 0, got {x.shape}")
     rng = np.random.default_rng(seed)
-    rows = x[rng.choice(len(x), size=min(n, len(x)), replace=False)]
+    m = min(n, len(x))
+    if in_order:
+        start = int(rng.integers(0, len(x) - m + 1))
+        rows = x[start : start + m]
+    else:
+        rows = x[rng.choice(len(x), size=m, replace=False)]
     f = x.shape[1]
     med, sig = np.median(x, axis=0), robust_sigma(x)
     which = np.arange(len(rows)) % f
@@ -99,12 +108,15 @@ def image_canaries(holdout: np.ndarray, n: int = 50, seed: int = 0) -> dict[str,
     return {"patch": patch, "blur": blur, "scratch": scratch}
 
 
-def canaries(kind: str, holdout: np.ndarray, k: float = 6.0, n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canaries for a data kind ("vectors" or "images"); none when the holdout is empty."""
+def canaries(
+    kind: str, holdout: np.ndarray, k: float = 6.0, n: int = 200, seed: int = 0, in_order: bool = False
+) -> dict[str, np.ndarray]:
+    """Canaries for a data kind ("vectors" or "images"); none when the holdout is empty. `in_order`: vectors for a
+    model with temporal context (see `vector_canaries`)."""
     if len(holdout) == 0:
         return {}
     if kind == "vectors":
-        return vector_canaries(holdout, k=k, n=n, seed=seed)
+        return vector_canaries(holdout, k=k, n=n, seed=seed, in_order=in_order)
     if kind == "images":
         return image_canaries(holdout, n=max(1, n // 4), seed=seed)
     raise ValueError(f"unknown data kind {kind!r}; expected 'vectors' or 'images'")

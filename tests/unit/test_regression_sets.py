@@ -185,3 +185,24 @@ def test_the_newest_label_of_an_alert_decides_whether_its_incident_is_dismissed(
     labels = [label("a1", "inc-1", "false_alarm", 1.0), label("a2", "inc-2", "false_alarm", 1.0),
               label("a2", "inc-2", "real_defect", 2.0), label("a3", None, "false_alarm", 1.0)]  # fmt: skip
     assert dismissed_ids(labels) == {"inc-1", "label:a1", "label:a3"}
+
+
+def test_canaries_for_a_windowed_model_keep_the_holdout_in_its_order() -> None:
+    """A model with temporal context scores canaries as one sequence: rows drawn at random flag it by their
+    order alone (0.99 of unfaulted rows here), so the canary check measured reshuffling, not faults."""
+    from stream_app.retraining.decision import calibrated_threshold
+    from stream_app.settings import ThresholdSettings
+
+    t = np.arange(3000)
+    x = np.stack([np.sin(t / 20), np.cos(t / 20), np.sin(t / 35)], 1)
+    x = (x + 0.05 * np.random.default_rng(0).normal(size=x.shape)).astype(np.float32)
+    model = RVAEScorer(n_features=3, window=8, n_layers=1, hidden=16, latent=2, device="cpu", seed=0)
+    model.fit(x[:2500], epochs=15)
+    threshold = calibrated_threshold(ThresholdSettings(), model.calibration_scores)
+    holdout = x[2500:]
+    unfaulted = vector_canaries(holdout, k=0.0, n=200, in_order=True)["offset"]
+    start = int(np.flatnonzero((holdout == unfaulted[0]).all(axis=1))[0])
+    assert np.array_equal(unfaulted, holdout[start : start + 200])  # a run of consecutive rows
+    assert float(np.mean(model.score(unfaulted) > threshold)) < 0.1
+    faulted = vector_canaries(holdout, k=6.0, n=200, in_order=True)
+    assert all(float(np.mean(model.score(c) > threshold)) > 0.5 for c in faulted.values())

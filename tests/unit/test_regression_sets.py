@@ -113,12 +113,17 @@ def test_an_unreadable_set_says_which_file_and_what_to_do(tmp_path) -> None:
         RegressionSet(tmp_path, "press").load()
 
 
-def test_a_rollback_is_a_compare_and_set_too(tmp_path) -> None:
-    """A promotion landing while a rollback verifies its target's files wins; the rollback is refused."""
-    registry = Registry(tmp_path)
+def registry_of_three(folder) -> tuple[Registry, list[str]]:
+    """A registry holding three published versions of model "m", none promoted."""
+    registry = Registry(folder)
     scorer = RVAEScorer(3, n_layers=1, hidden=8, latent=2, device="cpu")
     scorer.fit(np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32), epochs=1)
-    v1, v2, v3 = (registry.publish("m", scorer).version for _ in range(3))
+    return registry, [registry.publish("m", scorer).version for _ in range(3)]
+
+
+def test_a_rollback_is_a_compare_and_set_too(tmp_path) -> None:
+    """A promotion landing while a rollback verifies its target's files wins; the rollback is refused."""
+    registry, (v1, v2, v3) = registry_of_three(tmp_path)
     registry.promote("m", v1)
     registry.promote("m", v2)
     check = registry.check_contents
@@ -148,10 +153,7 @@ def test_an_update_reads_and_writes_the_set_once(tmp_path, monkeypatch) -> None:
 
 
 def test_promotion_is_a_compare_and_set_on_the_production_pointer(tmp_path) -> None:
-    registry = Registry(tmp_path)
-    scorer = RVAEScorer(3, n_layers=1, hidden=8, latent=2, device="cpu")
-    scorer.fit(np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32), epochs=1)
-    v1, v2, v3 = (registry.publish("m", scorer).version for _ in range(3))
+    registry, (v1, v2, v3) = registry_of_three(tmp_path)
     registry.promote("m", v1)
     registry.promote("m", v2, expected_current=v1)
     with pytest.raises(PromotionConflict, match=f"production is {v2}, not {v1}"):

@@ -147,7 +147,13 @@ class BatchConsumer:
         self.ledger = OffsetLedger()
         self._settled.clear()
         self.health.forget(list(self.health.lag()))  # a restarted consumer reports afresh
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # the broker is away: close this client, the next restart makes a new one
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            self.consumer = None
+            raise
         self.running = True
         monitor = asyncio.create_task(self._monitor(consumer))
         try:

@@ -84,3 +84,34 @@ async def test_a_batch_settling_after_a_restart_leaves_the_new_runs_batches_alon
     finally:
         await consumer.stop()
         task.cancel()
+
+
+async def test_a_consumer_whose_start_fails_is_stopped(monkeypatch) -> None:
+    """During a broker outage every restart's start() fails; each client must be closed, not leaked."""
+    settings = Settings()
+    settings.recovery.retry_base_s, settings.recovery.retry_max_s = 0.01, 0.02
+    started, stopped = [], []
+
+    class Unreachable:
+        def __init__(self, **kwargs: Any) -> None: ...
+        def subscribe(self, topics: list[str], listener: Any) -> None: ...
+
+        async def start(self) -> None:
+            started.append(self)
+            raise ConnectionError("no broker")
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", Unreachable)
+
+    async def submit(kind: str, records: list) -> list[asyncio.Future]:
+        return []
+
+    consumer = BatchConsumer(settings, submit, WorkerMetrics(), HealthState(60), {})
+    task = asyncio.create_task(consumer.run())
+    while len(started) < 3:
+        await asyncio.sleep(0.005)
+    await consumer.stop()
+    await asyncio.wait_for(task, 5)
+    assert stopped[: len(started) - 1] == started[: len(started) - 1] and consumer.consumer is None

@@ -347,6 +347,7 @@ class ConsoleSettings(BaseModel):
     replay_s: float = Field(10.0, ge=0, description="verdicts re-read from the scores topic at start")
     alert_history_s: float = Field(6 * 3600.0, ge=0, description="alerts re-read from the alerts topic at start")
     max_alerts: int = Field(5000, ge=10, description="alerts kept in memory for the alert and incident pages")
+    max_sources: int = Field(5000, ge=10, description="sources shown at most (dead letters name any source)")
     update_interval_s: float = Field(0.5, gt=0, description="live pages get at most one update per interval")
     redis_poll_s: float = Field(2.0, gt=0, description="thresholds and open incidents re-read from Redis")
     workers: list[str] = Field(default_factory=list, description="extra worker host:port for /health and /metrics")

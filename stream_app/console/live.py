@@ -86,6 +86,9 @@ class IncidentView:
     first_alert_id: str | None = None
 
 
+MAX_SOURCE_NAME = 256  # characters of a source name the console keeps (the worker refuses longer ones)
+
+
 class LiveState:
     """The console's memory: pure folding of decoded messages, no I/O (so it is testable without servers).
 
@@ -100,7 +103,13 @@ class LiveState:
     """
 
     def __init__(
-        self, bucket_s: float, timeline_s: float, stale_after_s: float, deadletter_window_s: float, max_alerts: int
+        self,
+        bucket_s: float,
+        timeline_s: float,
+        stale_after_s: float,
+        deadletter_window_s: float,
+        max_alerts: int,
+        max_sources: int = 5000,
     ):
         self.bucket_s = bucket_s
         self.n_buckets = max(2, int(timeline_s / bucket_s) + 1)
@@ -108,23 +117,42 @@ class LiveState:
         self.deadletter_window_s = deadletter_window_s
         self.max_alerts = max_alerts
         self.sources: dict[str, SourceView] = {}
+        self.max_sources = max_sources
+        self._deadletter_only: OrderedDict[str, None] = OrderedDict()  # sources with no verdict, oldest first
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.incidents: OrderedDict[str, IncidentView] = OrderedDict()
         self.labels: dict[str, Label] = {}  # alert id -> newest label
         self.verdicts_seen = 0
         self.changed = 0  # bumped on every fold: live pages send only when it moved
 
-    def view(self, source: str) -> SourceView:
+    def view(self, source: str, verdict: bool = False) -> SourceView:
+        """The source's view, made on first sight. Dead letters carry whatever key or `source` header the input
+        had, so names are cut to MAX_SOURCE_NAME and at most `max_sources` are held: a new one pushes out the
+        oldest source that never had a verdict, else the one quiet the longest."""
+        source = source[:MAX_SOURCE_NAME]
         sv = self.sources.get(source)
         if sv is None:
+            if len(self.sources) >= self.max_sources:
+                self._forget_one()
             sv = self.sources[source] = SourceView(source, deque(maxlen=self.n_buckets))
+            if not verdict:
+                self._deadletter_only[source] = None
+        elif verdict and source in self._deadletter_only:
+            del self._deadletter_only[source]
         return sv
+
+    def _forget_one(self) -> None:
+        if self._deadletter_only:
+            gone, _ = self._deadletter_only.popitem(last=False)
+        else:
+            gone = min(self.sources, key=lambda name: self.sources[name].last_seen or 0.0)
+        del self.sources[gone]
 
     # ---------------------------------------------------------------- folding messages in
 
     def add_verdict(self, v: dict[str, Any], t: float) -> None:
         """One verdict, produced at wall time `t`."""
-        sv = self.view(str(v["source"]))
+        sv = self.view(str(v["source"]), verdict=True)
         score, thr, anomalous = float(v["score"]), float(v["threshold"]), bool(v["anomalous"])
         start = t - t % self.bucket_s
         b = sv.buckets[-1] if sv.buckets else None
@@ -284,7 +312,9 @@ class LiveFeed:
     def __init__(self, settings: Settings):
         c = settings.console
         self.settings = settings
-        self.state = LiveState(c.bucket_s, c.timeline_s, c.stale_after_s, c.deadletter_window_s, c.max_alerts)
+        self.state = LiveState(
+            c.bucket_s, c.timeline_s, c.stale_after_s, c.deadletter_window_s, c.max_alerts, c.max_sources
+        )
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()  # set once the start-up replay is read
         self.error: str | None = None  # why the feed is reconnecting, if it is

@@ -94,3 +94,16 @@ def test_feature_bars_scale_to_the_largest_contribution():
                                                           {"feature": "temp", "contribution": 3.7, "value": 61.5}]}})  # fmt: skip
     assert [b["pct"] for b in bars] == [100.0, 50.0]
     assert feature_bars({}) == [] and feature_bars({"explanation": None}) == []
+
+
+def test_junk_dead_letters_from_random_sources_cannot_grow_the_console_without_bound():
+    """Anyone who can write input can make dead letters under any key or `source` header: each made a tile held
+    for good (100k: 267 MB, and the overview took seconds to build). The newest `max_sources` are kept, the
+    sources with verdicts before dead-letter-only ones, and names are cut."""
+    s = state(max_sources=50)
+    for i in range(10):
+        s.add_verdict(verdict(f"l1/m{i}", 1.0), 1000.0)
+    for i in range(5000):
+        s.add_deadletter(f"junk-{i}-" + "x" * 10_000, 1000.0 + i / 100)
+    assert len(s.sources) == 50 and all(len(name) <= 256 for name in s.sources)
+    assert all(f"l1/m{i}" in s.sources for i in range(10))  # real sources outlive the junk

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -86,7 +87,7 @@ class Console:
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         session = self.session(request)
         if session is None and not self.settings.console.anonymous_read:
-            return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+            return _to_login(request)
         context |= {
             "session": session,
             "csrf": self.auth.csrf_token(session) if session else "",
@@ -135,12 +136,29 @@ def _c(request: Request) -> Console:
 # -------------------------------------------------------------------- pages
 
 
+def _to_login(request: Request) -> Response:
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+def login_first(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A page refuses a visitor who may not read before it builds anything: a payload, or a /health call to every
+    worker, costs the console CPU that an anonymous visitor must not be able to spend."""
+
+    @functools.wraps(handler)
+    async def guarded(request: Request) -> Response:
+        return await handler(request) if _readable(_c(request), request) else _to_login(request)
+
+    return guarded
+
+
+@login_first
 async def overview(request: Request) -> Response:
     c = _c(request)
     payload = pages.overview_payload(c.feed.state)
     return c.page(request, "overview.html", groups=pages.grouped_tiles(payload["tiles"]), payload=payload)
 
 
+@login_first
 async def source_page(request: Request) -> Response:
     c = _c(request)
     source = request.path_params["source"]
@@ -149,6 +167,7 @@ async def source_page(request: Request) -> Response:
     return c.page(request, "source.html", status_code=status, source=source, payload=payload)
 
 
+@login_first
 async def alert_page(request: Request) -> Response:
     c = _c(request)
     alert_id = request.path_params["alert_id"]
@@ -175,6 +194,7 @@ async def alert_frame(request: Request) -> Response:
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
+@login_first
 async def incident_page(request: Request) -> Response:
     c = _c(request)
     incident_id = request.path_params["incident_id"]
@@ -187,6 +207,7 @@ async def incident_page(request: Request) -> Response:
     )
 
 
+@login_first
 async def models_page(request: Request) -> Response:
     c = _c(request)
     await c.fleet.refresh()
@@ -194,6 +215,7 @@ async def models_page(request: Request) -> Response:
     return c.page(request, "models.html", models=view)
 
 
+@login_first
 async def fleet_page(request: Request) -> Response:
     c = _c(request)
     await c.fleet.refresh()
@@ -310,6 +332,8 @@ async def logout_action(request: Request) -> Response:
     session = c.session(request)
     if session is not None and not c.auth.check_csrf(session, form.get("csrf")):
         return _refuse("missing or wrong CSRF token")
+    if session is not None:
+        c.auth.logout(session)  # the cookie itself stops working, wherever a copy of it is
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -22,6 +22,7 @@ from stream_app.settings import ConsoleSettings
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # ~16 MiB and tens of ms per check: slow for guessers
 COOKIE = "lw_session"
+TOKEN_USER = "token"  # the session user of a login by token
 MAX_FAILURES, FAILURE_WINDOW_S = 10, 60.0  # per user name (the token counts as user ""): then refused a while
 
 
@@ -85,6 +86,9 @@ class Authority:
         secret = cfg.session_secret.get_secret_value() if cfg.session_secret else secrets.token_hex(32)
         self._key = hashlib.sha256(b"linewatch-console\x00" + secret.encode()).digest()
         self._failures: dict[str, deque[float]] = {}
+        self._revoked: dict[str, float] = {}  # session ids logged out -> when their cookie would have expired
+        # An unknown name is checked against this, so it costs what a known one does: one scrypt.
+        self._dummy = hash_secret(secrets.token_hex(8)) if cfg.users else ""
 
     @property
     def can_login(self) -> bool:
@@ -111,11 +115,11 @@ class Authority:
     def _check(self, user: str, password: str) -> str | None:
         if not user:
             if self.cfg.token_hash and verify_secret(password, self.cfg.token_hash.get_secret_value()):
-                return "token"
+                return TOKEN_USER
             return None
         stored = self.cfg.users.get(user)
         if stored is None:
-            verify_secret(password, hash_secret("x", b"0" * 16))  # same work for unknown users: no timing oracle
+            verify_secret(password, self._dummy)  # the same work as for a known name: no timing oracle
             return None
         return user if verify_secret(password, stored.get_secret_value()) else None
 
@@ -142,7 +146,17 @@ class Authority:
             session = Session(str(d["u"]), str(d["s"]), float(d["e"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-        return session if session.expires > time.time() else None
+        if session.expires <= time.time() or session.sid in self._revoked:
+            return None
+        # A user removed from the settings, or a token no longer configured, ends its sessions.
+        allowed = bool(self.cfg.token_hash) if session.user == TOKEN_USER else session.user in self.cfg.users
+        return session if allowed else None
+
+    def logout(self, session: Session) -> None:
+        """This session's cookie is refused from now on (kept until it would have expired anyway)."""
+        now = time.time()
+        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
+        self._revoked[session.sid] = session.expires
 
     def csrf_token(self, session: Session) -> str:
         return self._sign(b"csrf\x00" + session.sid.encode())

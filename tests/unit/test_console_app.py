@@ -93,3 +93,19 @@ def test_actions_need_a_session_a_csrf_token_and_our_own_origin(tmp_path, pw_has
     assert client.post("/logout", data={"csrf": csrf}).status_code == 303
     client.cookies.clear()
     assert client.post("/models/sensors/rollback", data={"csrf": csrf}).status_code == 403
+
+
+def test_without_anonymous_read_pages_are_refused_before_any_work(tmp_path, pw_hash, monkeypatch):
+    """Pages built their whole payload (and asked every worker for /health) before checking the session."""
+    import stream_app.console.app as app_module
+
+    client = make_client(tmp_path, pw_hash, anonymous_read=False)
+    built: list[str] = []
+    for name in ("overview_payload", "fleet_view", "models_view"):
+        real = getattr(app_module.pages, name)
+        monkeypatch.setattr(
+            app_module.pages, name, lambda *a, _n=name, _r=real, **k: (built.append(_n), _r(*a, **k))[1]
+        )
+    for path in ("/", "/fleet", "/models"):
+        assert client.get(path).status_code == 303
+    assert built == []

@@ -44,7 +44,7 @@ def test_session_cookie_rejects_tampering_other_keys_and_expiry():
 
 
 def test_csrf_token_is_bound_to_the_session():
-    a = authority()
+    a = authority(users={"op": hash_secret("pw")})
     s1, s2 = a.read_cookie(a.cookie_for("op")), a.read_cookie(a.cookie_for("op"))
     assert a.check_csrf(s1, a.csrf_token(s1))
     assert not a.check_csrf(s1, a.csrf_token(s2)) and not a.check_csrf(s1, None) and not a.check_csrf(s1, "")
@@ -66,3 +66,49 @@ def test_repeated_wrong_passwords_lock_that_name_for_a_while():
         assert a.login("op", "guess") is None
     assert a.login("op", "pw") is None  # locked, even with the right password
     assert a.login("other", "pw2") == "other"  # other names are not
+
+
+def test_unknown_and_known_user_names_cost_the_same_one_check(monkeypatch):
+    """An unknown name hashed a dummy secret and then checked it (two scrypts), a known one checked once: twice
+    as slow, which told a guesser which names exist."""
+    import stream_app.console.auth as auth_module
+
+    a = authority(users={"op": hash_secret("pw")})
+    calls = {"hash": 0, "verify": 0}
+    real_hash, real_verify = auth_module.hash_secret, auth_module.verify_secret
+
+    def counting_hash(*args, **kwargs):
+        calls["hash"] += 1
+        return real_hash(*args, **kwargs)
+
+    def counting_verify(*args, **kwargs):
+        calls["verify"] += 1
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(auth_module, "hash_secret", counting_hash)
+    monkeypatch.setattr(auth_module, "verify_secret", counting_verify)
+    for user in ("op", "nobody", "op", "nobody-else"):
+        a.login(user, "wrong")
+    assert calls == {"hash": 0, "verify": 4}
+
+
+def test_a_session_ends_with_logout_and_with_its_user(monkeypatch):
+    """A signed cookie stayed good until it expired: after logout, after its user was removed from the
+    settings, even on a console where nobody can log in any more."""
+    a = authority(users={"op": hash_secret("pw"), "old": hash_secret("pw")}, token_hash=hash_secret("tok"))
+    op, old, token = (a.read_cookie(a.cookie_for(u)) for u in ("op", "old", "token"))
+    assert op and old and token
+    a.logout(op)
+    assert a.read_cookie(a.cookie_for("op")) is not None  # a new login works
+    kept = a.cfg.model_copy(update={"users": {"op": a.cfg.users["op"]}, "token_hash": None})
+    b = Authority(kept)
+    assert b.read_cookie(b.cookie_for("old")) is None and b.read_cookie(b.cookie_for("token")) is None
+    assert b.read_cookie(b.cookie_for("op")) is not None
+
+
+def test_the_logged_out_cookie_itself_is_refused():
+    a = authority(users={"op": hash_secret("pw")})
+    cookie = a.cookie_for("op")
+    session = a.read_cookie(cookie)
+    a.logout(session)
+    assert a.read_cookie(cookie) is None

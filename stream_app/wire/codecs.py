@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -332,13 +334,22 @@ def _read_claim_check(uri: str, max_bytes: int, allowed_dirs: Sequence[Path]) ->
         raise BadEvent("claim_check_unreadable", f"cannot resolve {raw_path[:200]!r}: {exc}") from None
     if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
         raise BadEvent("claim_check_unreadable", f"{path} is outside the configured claim_check_dirs")
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BadEvent("oversized_image", f"claim-checked image is {size} bytes, the limit is {max_bytes}")
-        return path.read_bytes()
+    try:  # non-blocking: a FIFO or device under the folder must not stall the worker; checked on the open file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BadEvent("claim_check_unreadable", f"{path} is not a regular file")
+            if info.st_size > max_bytes:
+                raise BadEvent(
+                    "oversized_image", f"claim-checked image is {info.st_size} bytes, the limit is {max_bytes}"
+                )
+            return f.read(max_bytes + 1)  # a file grown since: the size check after reading refuses it
+        except OSError as exc:
+            raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
 
 
 def decode_frame(
@@ -373,8 +384,14 @@ def decode_frame(
     return FrameEvent(source, ts, _decode_image(data, limits.max_image_pixels, budget))
 
 
+MAX_JPEG_SCANS = 64  # libjpeg's progressive scripts use ~10; each scan walks the whole image again
+
+
 def _decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None) -> np.ndarray:
     from PIL import Image
+
+    if data[:2] == b"\xff\xd8" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:  # stuffing keeps FF DA a marker
+        raise BadEvent("undecodable_image", f"JPEG has {scans} scans, at most {MAX_JPEG_SCANS} are decoded")
 
     try:
         with warnings.catch_warnings():  # Pillow warns past ~89 Mpx; our own cap below decides

@@ -206,3 +206,41 @@ def test_overlong_source_ids_are_refused():
     assert reason_of(decode_vector, encode_vector(long, [1.0])) == "bad_schema"
     (got,) = decode_frame_records([consumed(encode_image(np.zeros((8, 8), np.uint8)), frame_headers(long))], 1 << 20)
     assert isinstance(got, BadEvent) and got.reason == "bad_header"
+
+
+def test_a_fifo_in_a_claim_check_folder_is_refused_without_blocking(tmp_path):
+    """A FIFO has size 0, passed the size check, and reading it blocked the worker's event loop for good."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.png")
+    headers = headers_dict(frame_headers("cam-2", uri=f"file://{tmp_path}/pipe.png"))
+    result: list = []
+    reader = threading.Thread(
+        target=lambda: result.append(reason_of(decode_frame, None, headers, 1 << 20, claim_check_dirs=[tmp_path])),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(5.0)
+    if reader.is_alive():  # unblock the stuck read so the test process can end
+        with open(tmp_path / "pipe.png", "wb"):
+            pass
+    assert result == ["claim_check_unreadable"]
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
+    """A small progressive JPEG repeating one scan thousands of times passes the pixel checks, and libjpeg walks
+    the whole image once per scan: minutes of the worker's event loop for one message."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), np.uint8)).save(
+        buf, format="JPEG", progressive=True
+    )
+    data = buf.getvalue()
+    sos = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    scan = data[sos[-2] : sos[-1]]
+    crafted = data[: sos[-1]] + scan * 2000 + data[sos[-1] :]
+    (got,) = decode_frame_records([consumed(crafted)], max_image_bytes=1 << 24)
+    assert isinstance(got, BadEvent) and got.reason == "undecodable_image" and "scans" in got.message
+    assert decode_frame(data, headers_dict(frame_headers("cam-1")), 1 << 20).image.shape == (256, 256)

@@ -83,12 +83,19 @@ def _mono12_packed(data: bytes, n: int, lsb_first: bool) -> np.ndarray:
 
 
 def _demosaic(mosaic: np.ndarray, name: str) -> np.ndarray:
+    """RGB from a Bayer mosaic. FFmpeg's converter aborts the process on an odd height, so an odd mosaic gets
+    its second-to-last row again (the same colour row as the missing one) and the result is cut back."""
     import av
 
+    height = mosaic.shape[0]
+    if height < 2:
+        raise ValueError(f"{name} needs at least 2 lines to demosaic, got {height}; use a mono format or more lines")
+    if height % 2:
+        mosaic = np.concatenate([mosaic, mosaic[-2:-1]])
     pattern = name[5:7].lower()  # BayerRG8 -> "rg"
     fmt = {"rg": "bayer_rggb8", "gr": "bayer_grbg8", "gb": "bayer_gbrg8", "bg": "bayer_bggr8"}[pattern]
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(mosaic), format=fmt)
-    return frame.reformat(format="rgb24").to_ndarray()
+    return frame.reformat(format="rgb24").to_ndarray()[:height]
 
 
 def _needed_bytes(pixel_format: str, n: int) -> int:

@@ -297,7 +297,12 @@ _GREY_MODES = ("L", "I", "I;16", "1", "P", "LA")
 
 
 def image_array(img: Any) -> np.ndarray:
-    """A Pillow image as the uint8 array the scorers take: [H, W] for grey-like modes, else [H, W, 3] RGB."""
+    """A Pillow image as the uint8 array the scorers take: [H, W] for grey-like modes, else [H, W, 3] RGB. Deeper
+    grey (16-bit, 32-bit integer) keeps its top 8 of 16 bits, as camera buffers do; Pillow's own conversion to
+    "L" would clip at 255."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        deep = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        return (deep >> 8).astype(np.uint8)
     return np.asarray(img.convert("L") if img.mode in _GREY_MODES else img.convert("RGB"))
 
 

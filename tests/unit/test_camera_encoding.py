@@ -66,3 +66,24 @@ def test_png_is_lossless_and_jpeg_follows_its_quality():
     assert np.asarray(Image.open(io.BytesIO(high))).shape == (64, 96)
     with pytest.raises(ValueError, match="'png' or 'jpeg'"):
         encode(image, "webp")  # type: ignore[arg-type]
+
+
+def test_a_bayer_frame_of_odd_height_is_demosaiced_not_a_process_abort():
+    """FFmpeg's converter aborts the process (SIGABRT) on a Bayer frame of odd height: a 1023-line ROI killed the
+    feeder with no report. Run in a child process, so an abort fails this test instead of ending the run."""
+    import subprocess
+    import sys
+
+    code = (
+        "from stream_app.feed.encoding import to_array\n"
+        "for w, h in ((5, 3), (2048, 3), (4, 5)):\n"
+        "    print(to_array(bytes(range(256)) * (w * h // 256 + 1), w, h, 'BayerRG8').shape)\n"
+        "try:\n"
+        "    to_array(bytes(2048), 2048, 1, 'BayerRG8')\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["(3, 5, 3)", "(3, 2048, 3)", "(5, 4, 3)"] and lines[3].startswith("refused:")

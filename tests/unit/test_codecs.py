@@ -244,3 +244,16 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding():
     (got,) = decode_frame_records([consumed(crafted)], max_image_bytes=1 << 24)
     assert isinstance(got, BadEvent) and got.reason == "undecodable_image" and "scans" in got.message
     assert decode_frame(data, headers_dict(frame_headers("cam-1")), 1 << 20).image.shape == (256, 256)
+
+
+def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped():
+    """Pillow's convert("L") clips 16-bit values at 255: a normal 16-bit picture reached the scorer almost all
+    white. Scaled like camera buffers: the top 8 bits."""
+    from PIL import Image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    image = decode_frame(buf.getvalue(), headers_dict(frame_headers("cam-1")), 1 << 20).image
+    assert image.dtype == np.uint8 and image.shape == (64, 64)
+    np.testing.assert_array_equal(image, (ramp >> 8).astype(np.uint8))

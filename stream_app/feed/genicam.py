@@ -101,6 +101,15 @@ def _gerror(exc: Exception) -> str:
     return getattr(exc, "message", None) or str(exc)
 
 
+UNREACHABLE = ("timeout", "timed out", "not connected", "no answer", "unreachable", "connection")
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether a camera's error says it stopped answering (worth a retry) rather than refusing a setting."""
+    text = _gerror(exc).lower()
+    return any(word in text for word in UNREACHABLE)
+
+
 class GenicamSource:
     """Frames from one GenICam camera, reopened with backoff when it disappears."""
 
@@ -164,7 +173,9 @@ class GenicamSource:
             camera.set_acquisition_mode(ar.AcquisitionMode.CONTINUOUS)
         except SourceError:
             raise
-        except Exception as exc:  # GLib.Error from a feature the camera refuses
+        except Exception as exc:  # GLib.Error: a feature the camera refuses, or a camera that stopped answering
+            if _unreachable(exc):
+                raise CameraLost(f"no answer while configuring: {_gerror(exc)}") from None  # retried
             raise SourceError(f"camera {cfg.device_id} refused its configuration: {_gerror(exc)}") from None
         return camera
 
@@ -175,15 +186,22 @@ class GenicamSource:
         lost = threading.Event()
         device = camera.get_device()
         handler = device.connect("control-lost", lambda *_: lost.set()) if camera.is_gv_device() else None
-        stream = camera.create_stream(None, None)
-        if stream is None:
-            raise CameraLost("cannot create a stream")
-        payload = camera.get_payload()
-        for _ in range(cfg.buffers):
-            stream.push_buffer(ar.Buffer.new_allocate(payload))
-        x, y, width, height = camera.get_region()
-        fmt = camera.get_pixel_format_as_string()
-        camera.start_acquisition()
+        try:  # a camera going away now is lost like one going away mid-stream: retried
+            stream = camera.create_stream(None, None)
+            if stream is None:
+                raise CameraLost("cannot create a stream")
+            payload = camera.get_payload()
+            for _ in range(cfg.buffers):
+                stream.push_buffer(ar.Buffer.new_allocate(payload))
+            x, y, width, height = camera.get_region()
+            fmt = camera.get_pixel_format_as_string()
+            camera.start_acquisition()
+        except CameraLost:
+            raise
+        except Exception as exc:
+            if handler is not None:
+                device.disconnect(handler)
+            raise CameraLost(f"setting up the stream: {_gerror(exc)}") from None
         yield Notice(f"streaming {cfg.device_id}: {fmt} {width}x{height} at ({x}, {y}), {cfg.buffers} buffers")
         software = cfg.trigger == "software"
         period = 1.0 / cfg.frame_rate if software and cfg.frame_rate else 0.1

@@ -159,3 +159,52 @@ async def test_threaded_raises_the_source_error_in_the_consumer():
         async for item in threaded(produce):
             items.append(item)
     assert items == [Notice("one")]
+
+
+class Flaky:
+    """An Aravis camera whose named call fails once with the error a camera that went away gives."""
+
+    def __init__(self, camera, fail: str, message: str, failed: list) -> None:
+        self._camera, self._fail, self._message, self._failed = camera, fail, message, failed
+
+    def __getattr__(self, name: str):
+        real = getattr(self._camera, name)
+        if name != self._fail or self._failed:
+            return real
+
+        def failing(*args, **kwargs):
+            self._failed.append(name)
+            raise RuntimeError(self._message)  # stands for GLib.Error (also an Exception, with the message)
+
+        return failing
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [("get_payload", "GigEVision read_register timeout"), ("start_acquisition", "GigEVision write_register timeout"),
+     ("set_region", "GigEVision read_memory timeout")],
+)  # fmt: skip
+def test_a_camera_lost_while_it_is_set_up_is_retried_not_a_crash(monkeypatch, call, message):
+    """Setting up the stream ran outside the handling that turns a lost camera into a retry (the feeder died
+    with a traceback), and a timeout while configuring was taken for a refused setting (the feed ended)."""
+    failed: list[str] = []
+    config = GenicamConfig("Fake_1", frame_rate=100, pixel_format="Mono8", roi=(0, 0, 64, 32))
+    source = GenicamSource(config, Backoff(0.05, 0.1, give_up_s=5))
+    real_camera = source._open.__func__
+
+    def flaky_camera(self, ar):
+
+        if call == "set_region" and not failed:  # _open itself calls it: wrap Camera.new for one open
+            new = ar.Camera.new
+            monkeypatch.setattr(ar.Camera, "new", lambda device: Flaky(new(device), call, message, failed))
+            try:
+                return real_camera(self, ar)
+            finally:
+                monkeypatch.setattr(ar.Camera, "new", new)
+        camera = real_camera(self, ar)
+        return camera if failed else Flaky(camera, call, message, failed)
+
+    monkeypatch.setattr(GenicamSource, "_open", flaky_camera)
+    got = take(source.captures(threading.Event()), 2)
+    assert failed == [call] and len(captures(got)) == 2
+    assert any(isinstance(i, Notice) and "timeout" in i.message for i in got)

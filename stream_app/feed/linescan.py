@@ -9,7 +9,7 @@ those of its first line's buffer.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -48,38 +48,66 @@ class LineScanAssembler:
 
     def reset(self) -> None:
         """Forget buffered lines (after a gap: a frame spanning lost lines would show the web wrongly)."""
-        self._rows: np.ndarray | None = None  # buffered lines, oldest first
-        self._ts = np.empty(0, np.float64)  # per buffered line: its buffer's time
-        self._ids = np.empty(0, np.int64)  # per buffered line: its buffer's frame id
+        self._chunks: deque[tuple[np.ndarray, float, int]] = deque()  # buffered (lines, ts, frame id), oldest first
+        self._count = 0  # lines buffered
         self._first = 0  # line index of the first buffered line
         self.lines_seen = 0
 
     @property
     def buffered(self) -> int:
-        return 0 if self._rows is None else len(self._rows)
+        return self._count
 
     def push(self, lines: np.ndarray, ts: float, frame_id: int) -> list[LineFrame]:
         """Add one buffer of lines ([h, W] or [h, W, 3]; a 1-D array is one line); return the frames it completes.
+        Lines are copied once on arrival and once into their frame, whatever the frame's height.
 
         Raises ValueError when the line width or channels differ from the lines already buffered.
         """
         lines = lines[None] if lines.ndim == 1 else lines
         if lines.ndim not in (2, 3):
             raise ValueError(f"expected lines as [h, W] or [h, W, 3], got shape {lines.shape}")
-        if self._rows is not None and lines.shape[1:] != self._rows.shape[1:]:
-            raise ValueError(f"line shape changed from {self._rows.shape[1:]} to {lines.shape[1:]}")
-        h = len(lines)
-        self._rows = lines.copy() if self._rows is None else np.concatenate([self._rows, lines])
-        self._ts = np.concatenate([self._ts, np.full(h, ts)])
-        self._ids = np.concatenate([self._ids, np.full(h, frame_id, np.int64)])
-        self.lines_seen += h
+        if self._chunks and lines.shape[1:] != self._chunks[0][0].shape[1:]:
+            raise ValueError(f"line shape changed from {self._chunks[0][0].shape[1:]} to {lines.shape[1:]}")
+        self._chunks.append((lines.copy(), ts, frame_id))
+        self._count += len(lines)
+        self.lines_seen += len(lines)
         out = []
         n, step = self.lines_per_frame, self.lines_per_frame - self.overlap
-        while len(self._rows) >= n:
-            out.append(LineFrame(self._rows[:n].copy(), float(self._ts[0]), int(self._ids[0]), self._first))
-            self._rows, self._ts, self._ids = self._rows[step:], self._ts[step:], self._ids[step:]
-            self._first += step
+        while self._count >= n:
+            parts, need = [], n
+            for chunk, _, _ in self._chunks:
+                parts.append(chunk[:need])
+                need -= len(parts[-1])
+                if not need:
+                    break
+            _, first_ts, first_id = self._chunks[0]
+            out.append(LineFrame(np.concatenate(parts), float(first_ts), int(first_id), self._first))
+            self._drop(step)
         return out
+
+    def _drop(self, k: int) -> None:
+        """Forget the oldest k buffered lines."""
+        self._count -= k
+        self._first += k
+        while k:
+            chunk, ts, frame_id = self._chunks[0]
+            if len(chunk) <= k:
+                self._chunks.popleft()
+                k -= len(chunk)
+            else:
+                self._chunks[0] = (chunk[k:], ts, frame_id)
+                k = 0
+
+
+def follows(previous: int | None, frame_id: int | None) -> bool:
+    """Whether `frame_id` is the buffer right after `previous` (GigE Vision 1 block ids wrap from 65535 to 1).
+
+    >>> follows(7, 8), follows(7, 9), follows(65535, 1), follows(None, 5)
+    (True, False, True, True)
+    """
+    if previous is None or frame_id is None:
+        return True
+    return frame_id == previous + 1 or (previous == 0xFFFF and frame_id in (0, 1))
 
 
 def assemble(items: Iterable[Item], assembler: LineScanAssembler) -> Iterator[Item]:
@@ -89,15 +117,27 @@ def assemble(items: Iterable[Item], assembler: LineScanAssembler) -> Iterator[It
     buffer is a gap in the web: the partly assembled frame is discarded (reported, not sent).
     """
     headers: OrderedDict[int, Mapping[str, str]] = OrderedDict()  # recent buffers' headers by frame id
+    previous: int | None = None  # the last buffer's frame id
     for item in items:
         if isinstance(item, Notice):
+            if item.reconnect and assembler.buffered:  # lines from before the camera went away
+                yield Dropped(f"{item.message}; {assembler.buffered} buffered lines discarded")
+                assembler.reset()
+            previous = None if item.reconnect else previous
             yield item
             continue
         if isinstance(item, Dropped):
             lost = assembler.buffered
             assembler.reset()
+            previous = item.frame_id
             yield Dropped(f"{item.reason}; {lost} buffered lines discarded", item.frame_id)
             continue
+        if not follows(previous, item.frame_id):  # an underrun: the camera dropped buffers without a word
+            assert previous is not None
+            missing = f"frames {previous + 1}..{item.frame_id - 1}" if item.frame_id > previous else "frames"
+            yield Dropped(f"{missing} never arrived; {assembler.buffered} buffered lines discarded", previous + 1)
+            assembler.reset()
+        previous = item.frame_id
         headers[item.frame_id] = item.headers
         headers.move_to_end(item.frame_id)
         while len(headers) > assembler.lines_per_frame + 1:  # a frame spans at most N buffers

@@ -113,3 +113,34 @@ def test_colour_lines_and_single_lines_are_accepted():
 def test_bad_geometry_is_refused_with_the_rule(n, k):
     with pytest.raises(ValueError, match=r"lines_per_frame|overlap"):
         LineScanAssembler(n, k)
+
+
+def test_buffers_the_camera_never_delivered_are_a_gap_not_stitched_over():
+    """A buffer underrun leaves no Dropped, only skipped frame ids: lines on both sides of the lost web were
+    stacked into one frame, which shows the web wrongly."""
+    rows = web(200)
+    items = [c for c in strips(rows, [10]) if c.frame_id not in (503, 504)]  # lines 30..49 never arrive
+    out = list(assemble(items, LineScanAssembler(25, 0)))
+    gaps = [i for i in out if isinstance(i, Dropped)]
+    assert (
+        len(gaps) == 1 and "503..504 never arrived" in gaps[0].reason and "5 buffered lines discarded" in gaps[0].reason
+    )
+    frames = [i for i in out if isinstance(i, Capture)]
+    assert np.array_equal(frames[0].image, rows[:25]) and np.array_equal(frames[1].image, rows[50:75])
+
+
+def test_a_reconnect_discards_the_lines_from_before_it():
+    rows = web(100)
+    before = list(strips(rows[:20], [10]))  # frame ids 500, 501
+    after = [Capture(rows[50 + 10 * i : 60 + 10 * i], 2000.0 + i, 1 + i) for i in range(3)]  # ids restart at 1
+    out = list(assemble([*before, Notice("camera lost: retrying", reconnect=True), *after], LineScanAssembler(25, 0)))
+    frames = [i for i in out if isinstance(i, Capture)]
+    assert len(frames) == 1 and np.array_equal(frames[0].image, rows[50:75])
+    assert any(isinstance(i, Dropped) and "20 buffered lines discarded" in i.reason for i in out)
+
+
+def test_frame_ids_wrapping_at_16_bits_are_not_a_gap():
+    rows = web(60)
+    items = [Capture(rows[10 * i : 10 * i + 10], 1.0 + i, fid) for i, fid in enumerate((65534, 65535, 1, 2, 3, 4))]
+    out = list(assemble(items, LineScanAssembler(20, 0)))
+    assert all(isinstance(i, Capture) for i in out) and len(out) == 3

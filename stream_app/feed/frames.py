@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stream_app.settings import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -114,16 +116,30 @@ def open_multiframe(path: Path) -> Any:
 
 
 def _iter_frames(path: Path, img) -> Iterator[Frame]:
+    """Every frame with the colour layout of the file's first: Pillow gives a GIF's first frame as a palette
+    image and later ones as RGB, so a palette that is not grey makes every frame RGB, and a grey one every frame
+    grey."""
     from PIL import ImageSequence
 
     from stream_app.wire.codecs import encode_image, image_array
 
     with img:
+        colour = img.mode == "P" and _colour_palette(img)
+        grey = not colour and image_array(img).ndim == 2
         for i, frame in enumerate(ImageSequence.Iterator(img)):
             try:
-                yield Frame(f"{path.name}#{i}", encode_image(image_array(frame)), "image/png")
+                pixels = np.asarray(frame.convert("RGB")) if colour else image_array(frame)
+                if grey and pixels.ndim == 3:  # a grey file's later frame that Pillow gives as RGB
+                    pixels = np.asarray(frame.convert("L"))
+                yield Frame(f"{path.name}#{i}", encode_image(pixels), "image/png")
             except Exception as exc:
                 yield Frame(f"{path.name}#{i}", error=f"{path.name} frame {i}: cannot decode ({exc})")
+
+
+def _colour_palette(img: Any) -> bool:
+    """Whether a palette image's colours are not all grey."""
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
 
 
 def _claim_check(frame: Frame, claim_dir: Path | None) -> str:

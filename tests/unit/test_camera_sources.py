@@ -208,3 +208,27 @@ def test_a_camera_lost_while_it_is_set_up_is_retried_not_a_crash(monkeypatch, ca
     got = take(source.captures(threading.Event()), 2)
     assert failed == [call] and len(captures(got)) == 2
     assert any(isinstance(i, Notice) and "timeout" in i.message for i in got)
+
+
+def test_every_frame_of_an_animated_gif_has_the_same_colour_layout(tmp_path):
+    """Pillow opens a GIF's first frame as a palette image, which was made grey, and later frames as RGB: one
+    camera sent a grey first frame and colour frames after it."""
+    from PIL import Image
+
+    from stream_app.feed.frames import video_frames
+    from stream_app.wire.codecs import decode_frame, frame_headers, headers_dict
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    images = [Image.new("RGB", (32, 32), c) for c in colours]
+    images[0].save(tmp_path / "a.gif", save_all=True, append_images=images[1:], duration=40, loop=0)
+    frames = list(video_frames(tmp_path / "a.gif"))
+    decoded = [decode_frame(f.data, headers_dict(frame_headers("cam-1")), 1 << 20).image for f in frames]
+    assert [d.shape for d in decoded] == [(32, 32, 3)] * 3
+    assert [tuple(int(v) for v in d[0, 0]) for d in decoded] == colours
+    grey = [Image.new("L", (32, 32), v) for v in (10, 20)]
+    grey[0].save(tmp_path / "g.gif", save_all=True, append_images=grey[1:], duration=40, loop=0)
+    shapes = {
+        decode_frame(f.data, headers_dict(frame_headers("c")), 1 << 20).image.shape
+        for f in video_frames(tmp_path / "g.gif")
+    }
+    assert shapes == {(32, 32)}  # a grey animation stays grey

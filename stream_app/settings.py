@@ -348,6 +348,10 @@ class ConsoleSettings(BaseModel):
     alert_history_s: float = Field(6 * 3600.0, ge=0, description="alerts re-read from the alerts topic at start")
     max_alerts: int = Field(5000, ge=10, description="alerts kept in memory for the alert and incident pages")
     max_sources: int = Field(5000, ge=10, description="sources shown at most (dead letters name any source)")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="addresses whose X-Forwarded-Proto/For are believed (a TLS proxy in front: its address or '*')",
+    )
     update_interval_s: float = Field(0.5, gt=0, description="live pages get at most one update per interval")
     redis_poll_s: float = Field(2.0, gt=0, description="thresholds and open incidents re-read from Redis")
     workers: list[str] = Field(default_factory=list, description="extra worker host:port for /health and /metrics")

@@ -479,8 +479,16 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             closing.set()  # live streams end at their next tick instead of holding the shutdown
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(
-        create_app(settings, closing), host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=5,
+    Server(server_config(create_app(settings, closing), settings, host, port)).run()
+
+
+def server_config(app: Starlette, settings: Settings, host: str, port: int) -> Any:
+    """uvicorn's settings for the console. Behind a TLS proxy the scheme and client come from its X-Forwarded-*
+    headers, believed only from `console.trusted_proxies`: the Origin check of actions and the cookie's Secure
+    flag need the scheme the browser used."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+        proxy_headers=True, forwarded_allow_ips=",".join(settings.console.trusted_proxies),
     )  # fmt: skip
-    Server(config).run()

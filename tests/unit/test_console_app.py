@@ -109,3 +109,23 @@ def test_without_anonymous_read_pages_are_refused_before_any_work(tmp_path, pw_h
     for path in ("/", "/fleet", "/models"):
         assert client.get(path).status_code == 303
     assert built == []
+
+
+def test_behind_a_trusted_tls_proxy_actions_pass_the_origin_check_and_the_cookie_is_secure(tmp_path, pw_hash):
+    """Without believing the proxy's X-Forwarded-Proto the console saw http, refused every action from the
+    https page as a foreign origin, and set its cookie without Secure."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from stream_app.console.app import server_config
+
+    s = Settings(registry_dir=tmp_path / "registry", state_dir=tmp_path / "state")
+    s.console = ConsoleSettings(session_secret="k", users={"op": pw_hash}, trusted_proxies=["10.0.0.7"])
+    app = create_app(s)
+    app.state.console = Console(s)
+    config = server_config(app, s, "127.0.0.1", 0)
+    assert config.proxy_headers and config.forwarded_allow_ips == "10.0.0.7"
+    behind = ProxyHeadersMiddleware(app, trusted_hosts=config.forwarded_allow_ips)
+    proxy = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.9"}
+    client = TestClient(behind, base_url="http://console.example", client=("10.0.0.7", 4000), follow_redirects=False)
+    r = client.post("/login", data={"user": "op", "password": "pw", "next": "/"}, headers=proxy)
+    assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()

@@ -9,9 +9,11 @@ session id (double submit: a forged POST has neither the cookie nor the token).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -85,7 +87,8 @@ class Authority:
         self.cfg = cfg
         secret = cfg.session_secret.get_secret_value() if cfg.session_secret else secrets.token_hex(32)
         self._key = hashlib.sha256(b"linewatch-console\x00" + secret.encode()).digest()
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[float]] = {}  # per user name: when its tries in the window started
+        self._lock = threading.Lock()
         self._revoked: dict[str, float] = {}  # session ids logged out -> when their cookie would have expired
         # An unknown name is checked against this, so it costs what a known one does: one scrypt.
         self._dummy = hash_secret(secrets.token_hex(8)) if cfg.users else ""
@@ -100,16 +103,19 @@ class Authority:
         After MAX_FAILURES wrong tries for a name within FAILURE_WINDOW_S, that name is refused unchecked
         until the window passes (guessing costs the guesser time, not the console CPU)."""
         now = time.monotonic()
-        fails = self._failures.get(user)
-        while fails and now - fails[0] > FAILURE_WINDOW_S:
-            fails.popleft()
-        if fails and len(fails) >= MAX_FAILURES:
-            return None
-        found = self._check(user, password)
-        if found is None:
-            self._failures.setdefault(user, deque()).append(now)
+        with self._lock:  # logins run in threads: a try counts as failed until it succeeds, so none slip past
+            fails = self._failures.setdefault(user, deque())
+            while fails and now - fails[0] > FAILURE_WINDOW_S:
+                fails.popleft()
+            if len(fails) >= MAX_FAILURES:
+                return None
+            fails.append(now)
             if len(self._failures) > 10_000:  # many names tried: forget those whose window has passed
                 self._failures = {u: f for u, f in self._failures.items() if f and now - f[-1] <= FAILURE_WINDOW_S}
+        found = self._check(user, password)
+        if found is not None:
+            with self._lock, contextlib.suppress(KeyError, ValueError):
+                self._failures[user].remove(now)
         return found
 
     def _check(self, user: str, password: str) -> str | None:

@@ -112,3 +112,33 @@ def test_the_logged_out_cookie_itself_is_refused():
     session = a.read_cookie(cookie)
     a.logout(session)
     assert a.read_cookie(cookie) is None
+
+
+def test_concurrent_guesses_are_held_to_the_limit_too(monkeypatch):
+    """Logins run in threads: every thread passed the limit check before any failure was recorded (29 guesses
+    checked in one window against a limit of 10, with 20 threads)."""
+    import threading
+
+    import stream_app.console.auth as auth_module
+
+    a = authority(users={"op": hash_secret("pw")})
+    checked, gate = [], threading.Barrier(20)
+    real_verify = auth_module.verify_secret
+
+    def slow_verify(*args, **kwargs):
+        checked.append(1)
+        time.sleep(0.05)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(auth_module, "verify_secret", slow_verify)
+
+    def guess() -> None:
+        gate.wait()
+        a.login("op", "guess")
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checked) == 10

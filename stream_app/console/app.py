@@ -395,7 +395,8 @@ async def healthz(request: Request) -> Response:
     c = _c(request)
     feed = c.feed
     body = {"ok": feed.error is None, "ready": feed.ready.is_set(), "verdicts_seen": feed.state.verdicts_seen}
-    return JSONResponse({**body, "error": feed.error}, status_code=200 if feed.error is None else 503)
+    error = feed.error if feed.error is None or _readable(c, request) else "feed down"  # hosts stay private
+    return JSONResponse({**body, "error": error}, status_code=200 if feed.error is None else 503)
 
 
 # -------------------------------------------------------------------- the app

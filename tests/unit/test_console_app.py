@@ -129,3 +129,12 @@ def test_behind_a_trusted_tls_proxy_actions_pass_the_origin_check_and_the_cookie
     client = TestClient(behind, base_url="http://console.example", client=("10.0.0.7", 4000), follow_redirects=False)
     r = client.post("/login", data={"user": "op", "password": "pw", "next": "/"}, headers=proxy)
     assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+
+
+def test_healthz_tells_anonymous_visitors_no_internals_when_reads_need_a_login(tmp_path, pw_hash):
+    client = make_client(tmp_path, pw_hash, anonymous_read=False)
+    client.app.state.console.feed.error = "KafkaConnectionError: Unable to bootstrap from [('kafka.internal', 9093)]"
+    r = client.get("/healthz")
+    assert r.status_code == 503 and "kafka.internal" not in r.text and r.json()["error"] == "feed down"
+    login(client)
+    assert "kafka.internal" in client.get("/healthz").text

@@ -83,8 +83,8 @@ def _announce(ctx: typer.Context, registry, mv, announce: bool) -> None:
     except Exception as exc:
         raise UserError(
             f"{mv.model} now points at version {mv.version}, but announcing it on "
-            f"{ctx.obj.topics.model_updates} failed ({exc or type(exc).__name__}); workers swap on restart "
-            "or on the next announcement"
+            f"{ctx.obj.topics.model_updates} failed ({exc or type(exc).__name__}); workers serve it at their next "
+            "check of the production pointer (recovery.model_check_s)"
         ) from exc
     console.print(f"announced on {ctx.obj.topics.model_updates} (sha256 {message['sha256'][:12]}…)")
 

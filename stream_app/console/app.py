@@ -109,12 +109,19 @@ class Console:
         session = self.session(request)
         if session is None:
             return None, _refuse("log in to do this (promote, rollback and labels need an operator login)")
-        origin = request.headers.get("origin")
-        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
-            return None, _refuse(f"request from origin {origin} refused")
+        if refused := _foreign_origin(request):
+            return None, refused
         if not self.auth.check_csrf(session, form.get("csrf")):
             return None, _refuse("missing or wrong CSRF token; reload the page and try again")
         return session, None
+
+
+def _foreign_origin(request: Request) -> Response | None:
+    """The refusal of a POST sent by another site's page (browsers name the page's origin), else None."""
+    origin = request.headers.get("origin")
+    if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+        return _refuse(f"request from origin {origin} refused")
+    return None
 
 
 def _refuse(message: str) -> Response:
@@ -300,7 +307,9 @@ async def _announce(c: Console, mv: Any, done: str) -> Response:
     try:
         await announce_version(c.settings, c.registry, mv)
     except Exception as exc:
-        return _back("/models", f"{done}, but announcing it failed ({exc}); workers swap on restart")
+        return _back(
+            "/models", f"{done}, but announcing it failed ({exc}); workers serve it at their next pointer check"
+        )
     return _back("/models", f"{done}; announced to workers")
 
 
@@ -312,6 +321,8 @@ async def login_page(request: Request) -> Response:
 
 async def login_action(request: Request) -> Response:
     c = _c(request)
+    if refused := _foreign_origin(request):  # another site logging the browser in to an account of its choosing
+        return refused
     form = await c.form(request)
     user = await asyncio.to_thread(c.auth.login, form.get("user", "").strip(), form.get("password", ""))
     target = _safe_next(form.get("next"))

@@ -138,3 +138,12 @@ def test_healthz_tells_anonymous_visitors_no_internals_when_reads_need_a_login(t
     assert r.status_code == 503 and "kafka.internal" not in r.text and r.json()["error"] == "feed down"
     login(client)
     assert "kafka.internal" in client.get("/healthz").text
+
+
+def test_another_site_cannot_log_the_browser_in(tmp_path, pw_hash):
+    """Login CSRF: a foreign page posting its own credentials would give the operator's browser its session,
+    and the operator's labels would be made under the other account."""
+    client = make_client(tmp_path, pw_hash)
+    r = client.post("/login", data={"user": "op", "password": "pw"}, headers={"origin": "https://evil.example"})
+    assert r.status_code == 403 and COOKIE not in r.cookies
+    assert client.post("/login", data={"user": "op", "password": "pw"}, headers={"origin": BASE}).status_code == 303

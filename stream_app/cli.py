@@ -29,9 +29,20 @@ def _root(
         Path | None, typer.Option("--config", "-c", help="TOML settings file (else $LINEWATCH_CONFIG)")
     ] = None,
 ) -> None:
+    from pydantic import ValidationError
+
     from stream_app.settings import load_settings
 
-    ctx.obj = load_settings(config)
+    try:
+        ctx.obj = load_settings(config)
+    except ValidationError as exc:  # one line per wrong setting; the values are not shown (secrets live there)
+        for err in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in err["loc"]) or "settings"
+            typer.echo(f"error: setting {where}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:  # a config file that is missing, unreadable or not TOML
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 for _name in COMMAND_MODULES:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from pydantic import (
     AliasChoices,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     SerializationInfo,
@@ -47,6 +48,8 @@ def _secret_json(value: SecretStr | str | None, info: SerializationInfo) -> str 
 
 
 class KafkaSettings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # its values hold secrets
+
     bootstrap: str = "127.0.0.1:19092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -80,6 +83,8 @@ class RedisSettings(BaseModel):
     primary of `sentinel_service` as `sentinels` report it; `url` then gives only scheme, database and
     credentials). AUTH, TLS and timeouts apply to every node in every mode.
     """
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # its values hold secrets
 
     url: str = "redis://127.0.0.1:16379/0"
     mode: Literal["single", "cluster", "sentinel"] = "single"
@@ -331,6 +336,8 @@ class ConsoleSettings(BaseModel):
     need one, and nobody can log in until `users` or `token_hash` is set.
     """
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # its values hold secrets
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     users: dict[str, SecretStr] = Field(default_factory=dict, description="user name -> scrypt hash")
@@ -366,7 +373,11 @@ class ConsoleSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LINEWATCH_", env_nested_delimiter="__", extra="ignore", toml_file=None
+        env_prefix="LINEWATCH_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        toml_file=None,
+        hide_input_in_errors=True,  # an error about one section must not print another's password
     )
 
     app_id: str = "linewatch"

@@ -62,6 +62,13 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
+def _readable_by_all(folder: Path) -> None:
+    """A version is read by workers that may run under another uid: mkdtemp made it 0700 and safetensors 0600."""
+    folder.chmod(0o755)
+    for f in folder.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
+
+
 def _is_safe_name(value: str) -> bool:
     try:
         check_name("name", value)
@@ -128,13 +135,12 @@ class Registry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_safe_name(p.name))
 
     def versions(self, model: str) -> list[str]:
-        """Versions oldest first (they are zero-padded integers)."""
+        """Versions oldest first: zero-padded integers in numeric order (10000 after 9999), then any other names."""
         base = self._dir(model)
         if not base.is_dir():
             return []
-        return sorted(
-            p.name for p in base.iterdir() if p.is_dir() and _is_safe_name(p.name) and (p / MANIFEST).is_file()
-        )
+        names = [p.name for p in base.iterdir() if p.is_dir() and _is_safe_name(p.name) and (p / MANIFEST).is_file()]
+        return sorted(names, key=lambda v: (0, int(v), v) if v.isdigit() else (1, 0, v))
 
     def _dir(self, model: str) -> Path:
         return self.root / check_name("model name", model)
@@ -219,9 +225,10 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=base))
         try:
             scorer.save(tmp, extra={**(extra or {}), "model": model})
+            _readable_by_all(tmp)
             for _ in range(100):
-                existing = self.versions(model)
-                version = f"{(int(existing[-1]) + 1) if existing else 1:04d}"
+                numbers = [int(v) for v in self.versions(model) if v.isdigit()]
+                version = f"{max(numbers, default=0) + 1:04d}"
                 try:
                     os.rename(tmp, base / version)  # fails if another publisher took the number
                 except OSError:

@@ -208,3 +208,29 @@ def test_canaries_for_a_windowed_model_keep_the_holdout_in_its_order() -> None:
     assert float(np.mean(model.score(unfaulted) > threshold)) < 0.1
     faulted = vector_canaries(holdout, k=6.0, n=200, in_order=True)
     assert all(float(np.mean(model.score(c) > threshold)) > 0.5 for c in faulted.values())
+
+
+def test_version_numbers_go_past_9999_and_ignore_names_that_are_not_numbers(tmp_path):
+    """Versions sorted as strings put 10000 before 9999, so publishing stopped for good at 10000; a version
+    folder named rc-1 made every publish fail on int('rc-1')."""
+    import shutil
+
+    registry, (v1, _, _) = registry_of_three(tmp_path)
+    base = tmp_path / "m"
+    shutil.copytree(base / v1, base / "9999")
+    scorer = registry.load("m", v1, device="cpu")[1]
+    assert registry.publish("m", scorer).version == "10000"
+    shutil.copytree(base / v1, base / "rc-1")
+    assert registry.publish("m", scorer).version == "10001"
+    assert registry.versions("m")[-4:] == ["9999", "10000", "10001", "rc-1"]
+
+
+def test_a_published_version_is_readable_by_other_users(tmp_path):
+    """mkdtemp made the version folder 0700 and its weights 0600: workers under another uid could not load a
+    version published with `models fit` by someone else."""
+    import stat
+
+    _, (v1, _, _) = registry_of_three(tmp_path)
+    folder = tmp_path / "m" / v1
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o055 == 0o055
+    assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in folder.iterdir())

@@ -52,14 +52,15 @@ def create_scorer(kind: str, **kwargs: Any) -> Scorer:
     return scorer
 
 
-def load_scorer(path: str | Path, device: str | None = None) -> Scorer:
-    """Load a scorer directory (hashes verified, no pickle) with the class its manifest names."""
+def load_scorer(path: str | Path, device: str | None = None, manifest_sha256: str | None = None) -> Scorer:
+    """Load a scorer directory (hashes verified, no pickle) with the class its manifest names; `manifest_sha256`
+    pins the manifest it must be loaded from."""
     kind = read_manifest(path)["kind"]
     try:
         cls = scorer_class(kind)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    scorer: Scorer = cls.load(path, device=device)
+    scorer: Scorer = cls.load(path, device=device, manifest_sha256=manifest_sha256)
     return scorer
 
 

@@ -398,9 +398,11 @@ class PatchMemoryScorer:
         )
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> PatchMemoryScorer:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, manifest_sha256: str | None = None
+    ) -> PatchMemoryScorer:
         """Inverse of save (file hashes verified first; no pickle)."""
-        manifest, tensors = load_scorer_dir(path)
+        manifest, tensors = load_scorer_dir(path, manifest_sha256)
         scorer = cls(**manifest["config"], device=device)
         dev = scorer.device
         if scorer.config.features == "random":

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -81,30 +82,55 @@ def save_scorer_dir(
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    return read_manifest_bytes(path)[0]
+
+
+def read_manifest_bytes(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, Any], str]:
+    """(the manifest, the sha256 of the bytes it was parsed from); ModelIntegrityError when `expected_sha256`
+    is given and the bytes read now are not those."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a scorer directory: no {MANIFEST}")
-    manifest = json.loads(manifest_path.read_text())
+    data = manifest_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelIntegrityError(f"{manifest_path}: sha256 {digest[:12]}… is not the expected {expected_sha256[:12]}…")
+    manifest = json.loads(data)
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(f"{manifest_path}: unsupported format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
-    return manifest
+    return manifest, digest
 
 
-def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
-    """Raise ModelIntegrityError unless every file listed in the manifest has its recorded sha256."""
+def verified_files(path: str | Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """Every file the manifest lists, read once and checked against its recorded sha256: what is parsed later is
+    these bytes, never the file read again (it could have been swapped since the check)."""
     path = Path(path)
+    out = {}
     for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():
             raise ModelIntegrityError(f"{path}: missing file {name} listed in the manifest")
-        actual = sha256_file(file)
+        data = file.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise ModelIntegrityError(f"{file}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
+        out[name] = data
+    return out
 
 
-def load_scorer_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Verify hashes, then return (manifest, tensors on CPU)."""
-    manifest = read_manifest(path)
-    verify_files(path, manifest)
-    return manifest, load_file(str(Path(path) / WEIGHTS), device="cpu")
+def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Raise ModelIntegrityError unless every file listed in the manifest has its recorded sha256."""
+    verified_files(path, manifest)
+
+
+def load_scorer_dir(
+    path: str | Path, manifest_sha256: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(manifest, tensors on CPU), parsed from the very bytes whose hashes were checked; `manifest_sha256` pins
+    the manifest (a registry checked its listing, or an announcement named it)."""
+    manifest, _ = read_manifest_bytes(path, manifest_sha256)
+    files = verified_files(path, manifest)
+    if WEIGHTS not in files:
+        raise ModelIntegrityError(f"{path}: the manifest does not list {WEIGHTS}")
+    return manifest, load_tensors(files[WEIGHTS])

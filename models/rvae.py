@@ -719,13 +719,15 @@ class RVAEScorer:
         )
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> RVAEScorer:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, manifest_sha256: str | None = None
+    ) -> RVAEScorer:
         """Inverse of save: hashes verified before anything is read (ModelIntegrityError otherwise).
 
         Every size comes from the manifest (manifests from before `dropout`/`window`/`whiten`
         existed load with 0.0, 1 and False); nothing is re-derived from defaults.
         """
-        manifest, tensors = load_scorer_dir(path)
+        manifest, tensors = load_scorer_dir(path, manifest_sha256)
         cfg = dict(manifest["config"])
         feature_names = cfg.pop("feature_names")
         stats = cfg.pop("normalization_stats")

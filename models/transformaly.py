@@ -593,9 +593,11 @@ class TransformalyScorer:
         )
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> TransformalyScorer:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, manifest_sha256: str | None = None
+    ) -> TransformalyScorer:
         """Inverse of save: file hashes verified, the backbone rebuilt (and a local weights file re-hashed)."""
-        manifest, tensors = load_scorer_dir(path)
+        manifest, tensors = load_scorer_dir(path, manifest_sha256)
         cfg = dict(manifest["config"])
         expected_sha = cfg.pop("weights_sha256")
         expected_backbone = cfg.pop("backbone_sha256", None)  # absent in manifests saved before pinning

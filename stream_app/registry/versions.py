@@ -31,7 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.persistence import MANIFEST, ModelIntegrityError, read_manifest, sha256_file, verify_files
+from models.persistence import (
+    MANIFEST,
+    ModelIntegrityError,
+    read_manifest,
+    read_manifest_bytes,
+    sha256_file,
+    verify_files,
+)
 
 PRODUCTION = "PRODUCTION"
 HISTORY = "PROMOTIONS"
@@ -205,12 +212,14 @@ class Registry:
         from models import load_scorer
 
         mv = self.production(model) if version is None else ModelVersion(model, version, self.path(model, version))
-        if expected_sha256 is not None and (actual := self.digest(model, mv.version)) != expected_sha256:
+        manifest, digest = read_manifest_bytes(mv.path)
+        if expected_sha256 is not None and digest != expected_sha256:
             raise ModelIntegrityError(
-                f"{mv.path}: manifest sha256 {actual[:12]}… does not match the announced {expected_sha256[:12]}…"
+                f"{mv.path}: manifest sha256 {digest[:12]}… does not match the announced {expected_sha256[:12]}…"
             )
-        _check_listing(mv.path, read_manifest(mv.path))
-        return mv, load_scorer(mv.path, device=device)  # verifies every file's hash before reading it
+        _check_listing(mv.path, manifest)
+        # Pinned to the manifest just checked; each file is read once, hashed, and parsed from those bytes.
+        return mv, load_scorer(mv.path, device=device, manifest_sha256=digest)
 
     # ------------------------------------------------------------------ writing
 

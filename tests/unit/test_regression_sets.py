@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from models import RVAEScorer
 from stream_app.alerts.labels import Label
@@ -234,3 +235,43 @@ def test_a_published_version_is_readable_by_other_users(tmp_path):
     folder = tmp_path / "m" / v1
     assert stat.S_IMODE(folder.stat().st_mode) & 0o055 == 0o055
     assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in folder.iterdir())
+
+
+def test_the_weights_loaded_are_the_bytes_whose_hash_was_checked(tmp_path, monkeypatch):
+    """The weights file was hashed, then opened again by path to load: a file swapped in between (by whoever can
+    write the registry volume, the attacker the hashes are for) was served unchecked."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    import models.persistence as persistence
+
+    registry, (v1, _, _) = registry_of_three(tmp_path)
+    weights = tmp_path / "m" / v1 / "weights.safetensors"
+    genuine = registry.load("m", v1, device="cpu")[1]
+    tampered = {k: v * 0 + 7 for k, v in load_file(str(weights)).items()}
+    swapped: list[bool] = []
+    real_sha256 = hashlib.sha256
+
+    class SwapAfterHashing:
+        def __init__(self, *args) -> None:
+            self._h = real_sha256(*args)
+
+        def update(self, data) -> None:
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            digest = self._h.hexdigest()
+            if not swapped and weights.exists():
+                swapped.append(True)
+                save_file(tampered, str(weights))  # right after the check, before the load
+            return digest
+
+    monkeypatch.setattr(persistence.hashlib, "sha256", SwapAfterHashing)
+    try:
+        loaded = registry.load("m", v1, device="cpu")[1]
+    except persistence.ModelIntegrityError:
+        return  # refused: also safe
+    assert swapped
+    for mine, theirs in zip(loaded.net.parameters(), genuine.net.parameters(), strict=True):
+        assert torch.equal(mine, theirs)

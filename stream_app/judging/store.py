@@ -297,7 +297,8 @@ class SourceBatch(NamedTuple):
         return (anomalous & self.settled() if self.warmup else anomalous).tolist()
 
     def learn(self) -> np.ndarray | None:
-        """Which events may teach the threshold (None: all): none while an incident is open, none in warm-up."""
+        """Which events may teach the threshold (None: all): none while an incident is open, none in warm-up (an
+        incident opening in the batch is handled after a first judgement: `_judge_new`)."""
         learn = None if self.state.incident.open_id is None else np.zeros(self.scores.size, bool)
         if self.warmup:
             learn = self.settled() if learn is None else learn
@@ -345,12 +346,12 @@ class ThresholdStore:
     `CalibrationError` for a version whose calibration scores are missing or non-finite (keep the current
     version serving then).
 
-    From the event that opens an incident until a batch starts with none open, a source learns nothing from
-    scores above SPOT's initial threshold t, judged normal or not: a persisting fault must not teach SPOT that
-    it is normal, and its scores that a level lifted by its first alarms now calls normal would fatten the
-    tail (measured on the demo's pump line: the level went 4.8 -> 17 and later faults went unseen). Scores
-    below t still count, and a drift is learned between incidents (an incident closes after `close_m` normal
-    events), or by retraining. `stuck` maps
+    From the event that opens an incident until a batch starts with none open, a source learns nothing, judged
+    normal or not: a persisting fault must not teach SPOT that it is normal, and its scores that a level lifted
+    by its first alarms now calls normal would fatten the tail (measured on the demo's pump line: the level
+    went 4.8 -> 17 and later faults went unseen). Scores below t are not counted either (counted alone, they
+    lowered the rate of exceedances and the level through a long incident). A drift is learned between
+    incidents (an incident closes after `close_m` normal events), or by retraining. `stuck` maps
     (model, version, source) to the alarm rate of each source whose state is flagged stuck (see
     `SpotState`); a warning is logged when a source becomes stuck.
 
@@ -680,8 +681,8 @@ class ThresholdStore:
         for i, (b, learn) in enumerate(zip(batches, learns, strict=True)):
             step = incident_steps(b, judged[i][1])
             events = [e for _, e in step[1]]
-            if learn is None and "opened" in events:  # judge again, learning nothing above t from then on
-                learn = (np.arange(b.scores.size) < events.index("opened")) & b.settled()
+            if b.state.incident.open_id is None and "opened" in events:  # judge again, learning nothing from then on
+                learn = (np.arange(b.scores.size) < events.index("opened")) & b.settled()  # (warm-up taught nothing)
                 judged[i] = thresholds.judge(self.threshold_cfg, b.state.threshold, b.scores, learn)
                 step = incident_steps(b, judged[i][1])
             steps.append(step)

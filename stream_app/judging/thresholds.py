@@ -185,9 +185,10 @@ class ThresholdRule:
         """(threshold each score met, anomalous flags, new state) for float64 scores `x` in order.
 
         `learn` (optional, one flag per score; default all True) says whether a score may teach the state.
-        SPOT: False keeps its exceedance of t out of every count and of the tail, judged normal or anomalous
+        SPOT: False keeps the score out of every count and of the tail, judged normal or anomalous
         (inside an incident the store passes False: a fault's scores that the level it lifted now calls
-        normal must not fatten the tail); scores below t still count. Rules that learn normal scores only
+        normal must not fatten the tail); scores below t are not counted either (counting them alone lowered the
+        rate of exceedances through a long incident, and the level with it). Rules that learn normal scores only
         ignore it.
         """
         raise NotImplementedError
@@ -339,8 +340,8 @@ class Spot(ThresholdRule):
             c = self._passes(fits, counts, x_all, learn_all, lengths)
         finite = np.isfinite(x_all)
         learned_normal = finite & ~c.anomalous
-        if learn_all is not None:  # exceedances of t not to be learned teach nothing, judged normal or not
-            learned_normal &= ~((x_all > fits[0][:, None]) & ~learn_all)
+        if learn_all is not None:  # scores not to be learned teach nothing, judged normal or not
+            learned_normal &= learn_all
         n_finite, n_learned = finite.sum(axis=1).tolist(), learned_normal.sum(axis=1).tolist()
         bounds = np.searchsorted(c.rows, np.arange(len(xs) + 1)).tolist()  # each source's exceedances
         out = []
@@ -430,7 +431,7 @@ class Spot(ThresholdRule):
         factors stay below e^20; NaN pads), judged from the sources' (t, xi, sigma) `fits` and their counts (see
         `Chunk`).
 
-        The counts see every finite score but an exceedance of t not to be learned (`learn` False). Before the
+        The counts see every finite score but those not to be learned (`learn` False). Before the
         i-th score with k_i counted ones ahead of it, a decayed count is lam^k_i * (c0 + sum of lam^-(k_j + 1) over
         the counted scores j before i); n counts all of them, whose sum is the geometric series. What the counts
         see then depends on the chunk's own verdicts on a source that may become `faulty` here (every exceedance,
@@ -444,7 +445,7 @@ class Spot(ThresholdRule):
         q, h, lam = self.cfg.risk, self.cfg.horizon, 1.0 - 1.0 / self.cfg.horizon
         finite = np.isfinite(x)
         above = finite & (x > t)
-        excluded = None if learn is None else above & ~learn  # exceedances not to be learned: never counted
+        excluded = None if learn is None else ~learn  # scores not to be learned: never counted, below t or above
         nt_start = counted_exceedances(nt0, nc0, ne0)
         odds = _odds(q, n0, nt_start)
         settled = ~faulty(nc0 + above.sum(axis=1, keepdims=True) * lam ** -lengths[:, None], ne0)  # cannot get faulty

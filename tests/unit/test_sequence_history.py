@@ -141,3 +141,23 @@ async def test_a_new_sources_padded_windows_are_warm_up_never_anomalous_and_not_
     new_keys = ["sensor.vectors/0/6", "sensor.vectors/0/7"]
     computed = await s._compute({SRC: (0, after, False)}, {SRC: [0, 1]}, np.full(2, np.nan), new_keys, later)
     assert all(v.anomalous for v in computed[SRC][2])
+
+
+async def test_an_incident_opening_in_a_new_sources_first_batch_stops_its_learning() -> None:
+    """The batch is judged again, learning nothing from the event that opens the incident, only when no event
+    had a mask already; a windowed model's first batch always has one (its warm-up), so every exceedance after
+    the opening taught the state there."""
+    s, model = store(), FakeModel()
+    state = fresh_state()
+    n, fault_at = 256, 60
+    values = np.zeros(n, np.float32)
+    values[fault_at:] = 1e6  # a fault from event 60 on: every window after it far above the level
+    seq = Sequences(np.stack([values, np.zeros(n, np.float32)], axis=1), model, W)
+    keys = [f"sensor.vectors/0/{i}" for i in range(n)]
+    computed = await s._compute({SRC: (0, state, False)}, {SRC: list(range(n))}, np.full(n, np.nan), keys, seq)
+    _, after, verdicts = computed[SRC]
+    opened = next(i for i, v in enumerate(verdicts) if v.incident_event == "opened")
+    assert after.incident.open_id is not None and opened >= fault_at
+    # Only the exceedances before the opening count (~20 from calibration + 2), not the ~190 after it.
+    assert after.threshold.n_t <= state.threshold.n_t + (opened - fault_at) + 1
+    assert after.threshold.count <= opened - (W - 1)  # normal events learned: before the opening, past warm-up

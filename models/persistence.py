@@ -96,7 +96,12 @@ def read_manifest_bytes(path: str | Path, expected_sha256: str | None = None) ->
     digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelIntegrityError(f"{manifest_path}: sha256 {digest[:12]}… is not the expected {expected_sha256[:12]}…")
-    manifest = json.loads(data)
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path}: expected a JSON object")
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(f"{manifest_path}: unsupported format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
     return manifest, digest

@@ -119,6 +119,14 @@ def state_dict_sha256(module_or_state: nn.Module | dict[str, torch.Tensor]) -> s
     return digest.hexdigest()
 
 
+def known_architecture(arch: str) -> None:
+    """A ValueError naming the choice when timm has no architecture `arch` (timm raises a bare RuntimeError)."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise ValueError(f"timm has no architecture {arch!r}; e.g. {', '.join(timm.list_models('vit_*')[:4])}")
+
+
 def check_backbone_file(path: str | Path, arch: str) -> str:
     """The file's sha256 once a safetensors file is shown to load into timm `arch` (strict names and shapes).
 
@@ -126,6 +134,7 @@ def check_backbone_file(path: str | Path, arch: str) -> str:
     every other tensor must match the architecture exactly. ValueError names the missing, unexpected
     and mis-shaped tensors; FileNotFoundError if there is no file. Nothing is pickled.
     """
+    known_architecture(arch)
     import timm
     from safetensors.torch import load_file
 
@@ -167,6 +176,7 @@ def build_backbone(cfg: TransformalyConfig) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": 0}
     if cfg.img_size is not None:
         kwargs["img_size"] = int(cfg.img_size)
+    known_architecture(cfg.backbone)
     if isinstance(cfg.pretrained, str):
         if not Path(cfg.pretrained).is_file():
             raise FileNotFoundError(f"pretrained weights file {cfg.pretrained} does not exist")

@@ -115,7 +115,11 @@ def _samples(manifest: dict[str, Any]) -> str:
 @models_app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model with its production and latest version."""
-    registry = _registry(ctx)
+    with user_errors():
+        _list_models(_registry(ctx))
+
+
+def _list_models(registry: Any) -> None:
     names = registry.models()
     if not names:
         console.print(f"registry {registry.root} is empty; add a model with `linewatch models fit`")
@@ -250,12 +254,14 @@ def fit(
 ) -> None:
     """Fit a model on a file of normal samples and publish it as the next version."""
     from models import IMAGE_KINDS, VECTOR_KINDS, create_scorer
+    from stream_app.registry.versions import check_name
     from stream_app.retraining.datasets import load_images, load_vectors
     from stream_app.retraining.fitting import backbone_weights, fit_and_publish
 
     settings = ctx.obj
     registry = _registry(ctx)
     with user_errors():
+        check_name("model name", name)  # before a fit that may take hours
         if not data.exists():
             raise UserError(f"{data} does not exist; expected a .npy file or a folder of images")
         images = data.is_dir()

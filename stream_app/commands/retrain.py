@@ -52,7 +52,7 @@ def retrain(
         return
     try:
         result = asyncio.run(agent.run_cycle(once, trigger="cli", guard=False if no_guard else None))
-    except (LookupError, KafkaError, OSError, TimeoutError) as exc:
+    except (LookupError, ValueError, KafkaError, OSError, TimeoutError) as exc:  # ValueError: a bad model name
         console.print(f"[red]error:[/] {exc or type(exc).__name__}")
         raise typer.Exit(1) from None
     style = DECISION_STYLE.get(result.decision, "white")

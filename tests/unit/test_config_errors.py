@@ -47,3 +47,32 @@ def test_settings_errors_never_carry_the_values_given():
     with pytest.raises(ValidationError) as caught:
         Settings(redis={"mode": "sentinel", "password": "hunter2"})
     assert "hunter2" not in str(caught.value) and "sentinels" in str(caught.value)
+
+
+def test_ordinary_cli_mistakes_are_one_line_not_a_traceback(tmp_path):
+    """A corrupt manifest in `models list`, an unknown timm architecture, a model name with '..' for `retrain
+    --once` or `models fit` (which trained fully before refusing the name)."""
+    import numpy as np
+
+    from models import RVAEScorer
+    from stream_app.registry.versions import Registry
+
+    env = {"LINEWATCH_REGISTRY_DIR": str(tmp_path / "registry"), "LINEWATCH_STATE_DIR": str(tmp_path / "state")}
+    registry = Registry(tmp_path / "registry")
+    scorer = RVAEScorer(3, n_layers=1, hidden=8, latent=2, device="cpu")
+    scorer.fit(np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32), epochs=1)
+    mv = registry.publish("press", scorer)
+    (mv.path / "manifest.json").write_text('{"format": 1,\n')
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    runs = {
+        "manifest.json": linewatch("models", "list", env=env),
+        "no_such_vit": linewatch("models", "backbone", "import", str(tmp_path / "w.safetensors"), "--arch",
+                                 "no_such_vit", env=env),
+        "model name": linewatch("retrain", "--once", "../x", env=env),
+        "model name ": linewatch("models", "fit", "../evil", "--data", str(tmp_path / "ok.npy"), env=env),
+    }  # fmt: skip
+    for says, run in runs.items():
+        out = run.stdout + run.stderr
+        assert run.returncode != 0 and "Traceback" not in out and says.strip() in out, (says, out[-600:])
+    assert "fit rvae" not in runs["model name "].stdout + runs["model name "].stderr  # refused before training

@@ -687,6 +687,11 @@ def checked_calibration(calibration_scores: np.ndarray | None) -> np.ndarray:
         raise CalibrationError("calibration scores are empty; expected at least one finite score")
     if not np.isfinite(cal).all():
         raise CalibrationError(f"calibration scores must be finite; got {int((~np.isfinite(cal)).sum())} NaN/inf")
+    if cal.max() <= cal.min():  # no score above any quantile: every later exceedance an alarm, for good
+        raise CalibrationError(
+            f"calibration scores have no spread ({cal.size} equal to {cal[0]:g}); a threshold needs scores of "
+            "normal data that vary (a model that scores everything alike has not learned the data)"
+        )
     return cal
 
 

@@ -135,7 +135,11 @@ def test_bad_inputs_name_what_was_expected() -> None:
         T.initial_state(ThresholdSettings(), np.array([]))
     with pytest.raises(ValueError, match="finite"):
         T.initial_state(ThresholdSettings(), np.array([1.0, math.nan]))
-    state = T.initial_state(ThresholdSettings(mode="ewma"), np.ones(10))
+    with pytest.raises(ValueError, match="no spread"):  # SPOT would judge every exceedance anomalous, for good
+        T.initial_state(ThresholdSettings(), np.full(2000, 0.5))
+    with pytest.raises(ValueError, match="no spread"):
+        T.initial_state(ThresholdSettings(), np.array([1.0]))
+    state = T.initial_state(ThresholdSettings(mode="ewma"), np.arange(10.0))
     with pytest.raises(ValueError, match="mode 'ewma'"):
         T.judge(ThresholdSettings(mode="spot"), state, np.ones(3))
     with pytest.raises(ValueError, match="threshold state"):

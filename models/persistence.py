@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,26 +108,36 @@ def read_manifest_bytes(path: str | Path, expected_sha256: str | None = None) ->
     return manifest, digest
 
 
-def verified_files(path: str | Path, manifest: dict[str, Any]) -> dict[str, bytes]:
-    """Every file the manifest lists, read once and checked against its recorded sha256: what is parsed later is
-    these bytes, never the file read again (it could have been swapped since the check)."""
-    path = Path(path)
-    out = {}
+def _listed_files(path: Path, manifest: dict[str, Any]) -> Iterator[tuple[Path, str]]:
+    """Each file the manifest lists, with its recorded sha256; ModelIntegrityError for one that is missing."""
     for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():
             raise ModelIntegrityError(f"{path}: missing file {name} listed in the manifest")
+        yield file, expected
+
+
+def _check_digest(file: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ModelIntegrityError(f"{file}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
+
+
+def verified_files(path: str | Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """Every file the manifest lists, read once and checked against its recorded sha256: what is parsed later is
+    these bytes, never the file read again (it could have been swapped since the check)."""
+    out = {}
+    for file, expected in _listed_files(Path(path), manifest):
         data = file.read_bytes()
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise ModelIntegrityError(f"{file}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
-        out[name] = data
+        _check_digest(file, hashlib.sha256(data).hexdigest(), expected)
+        out[file.name] = data
     return out
 
 
 def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
-    """Raise ModelIntegrityError unless every file listed in the manifest has its recorded sha256."""
-    verified_files(path, manifest)
+    """Raise ModelIntegrityError unless every file listed in the manifest has its recorded sha256 (hashed in
+    chunks: checking a version, e.g. before a promotion, does not hold a backbone's weights in memory)."""
+    for file, expected in _listed_files(Path(path), manifest):
+        _check_digest(file, sha256_file(file), expected)
 
 
 def load_scorer_dir(

@@ -121,11 +121,11 @@ def _iter_frames(path: Path, img) -> Iterator[Frame]:
     grey."""
     from PIL import ImageSequence
 
-    from stream_app.wire.codecs import encode_image, image_array
+    from stream_app.wire.codecs import encode_image, grey_mode, image_array
 
     with img:
         colour = img.mode == "P" and _colour_palette(img)
-        grey = not colour and image_array(img).ndim == 2
+        grey = not colour and grey_mode(img.mode)
         for i, frame in enumerate(ImageSequence.Iterator(img)):
             try:
                 pixels = np.asarray(frame.convert("RGB")) if colour else image_array(frame)

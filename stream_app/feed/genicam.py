@@ -186,7 +186,10 @@ class GenicamSource:
         lost = threading.Event()
         device = camera.get_device()
         handler = device.connect("control-lost", lambda *_: lost.set()) if camera.is_gv_device() else None
-        try:  # a camera going away now is lost like one going away mid-stream: retried
+        software = cfg.trigger == "software"
+        period = 1.0 / cfg.frame_rate if software and cfg.frame_rate else 0.1
+        underruns_before = self.stats["underruns"]
+        try:  # a camera going away while the stream is set up is lost like one going away mid-stream: retried
             stream = camera.create_stream(None, None)
             if stream is None:
                 raise CameraLost("cannot create a stream")
@@ -196,18 +199,8 @@ class GenicamSource:
             x, y, width, height = camera.get_region()
             fmt = camera.get_pixel_format_as_string()
             camera.start_acquisition()
-        except CameraLost:
-            raise
-        except Exception as exc:
-            if handler is not None:
-                device.disconnect(handler)
-            raise CameraLost(f"setting up the stream: {_gerror(exc)}") from None
-        yield Notice(f"streaming {cfg.device_id}: {fmt} {width}x{height} at ({x}, {y}), {cfg.buffers} buffers")
-        software = cfg.trigger == "software"
-        period = 1.0 / cfg.frame_rate if software and cfg.frame_rate else 0.1
-        next_trigger = time.monotonic()
-        underruns_before = self.stats["underruns"]
-        try:
+            yield Notice(f"streaming {cfg.device_id}: {fmt} {width}x{height} at ({x}, {y}), {cfg.buffers} buffers")
+            next_trigger = time.monotonic()
             while not stop.is_set():
                 if lost.is_set():
                     raise CameraLost("GigE Vision control connection lost (no heartbeat answer)")

@@ -4,8 +4,8 @@ Each (model, version, threshold settings, source) has one Redis hash
 `{prefix}:thr:{model}:{version}:{mode}-{settings hash}:{source}` with a version counter `v`, the state `s`
 (threshold counts and incident state in one orjson value), the threshold's arrays `a` (SPOT's peak window,
 ~11-22 KB when full), which a batch rewrites only when it adds a peak, and the verdicts of the source's last
-batches in ring fields (batch i in `r{i mod 64}`; a batch writes its own and deletes the one leaving the ring). The mode
-and an 8-hex hash of the threshold settings are in the key so that a settings change starts every source from
+batches in ring fields (batch i in `r{i mod 64}`; a batch writes its own and deletes the one leaving the
+ring). The mode and an 8-hex hash of the threshold settings are in the key so that a settings change starts every source from
 calibration again, instead of meeting a state made for other settings (which failed every batch when the mode
 changed). A worker keeps the last state it saw of each key, computes the batch's verdicts and new states
 locally with the pure functions (`thresholds.judge_many`: every source in one pass, `incidents.step`), and
@@ -56,8 +56,9 @@ SLOT_GROUPS: int = RedisSettings.model_fields["slot_groups"].default  # cluster:
 # KEYS[i]: a state hash. ARGV[1]: the caller's token (32 hex chars); then 6 per key, from ARGV[6i-4]: the
 # version the caller computed from; the new state without its threshold's arrays and remembered batches (field
 # `s`); those arrays (field `a`), or '' when the stored ones stand; the field of the ring slot its newest batch
-# goes to (`r0`, `r1`...), or '' for none; that batch; the slot of the batch it pushes out of the ring, or ''. Per key: written -> the new version; stale -> {stored
-# version, stored s, stored a, then every ring slot stored, in any order: each names its batch's number}. Fairness: a plain CAS lets a worker starve, its
+# goes to (`r0`, `r1`...), or '' for none; that batch; the slot of the batch it pushes out of the ring, or ''.
+# Per key: written -> the new version; stale -> {stored version, stored s, stored a, then every ring slot
+# stored, in any order: each names its batch's number}. Fairness: a plain CAS lets a worker starve, its
 # retries landing just after another worker's next batch (seen in tests: 8 lost attempts in a row). So a loser
 # joins the key's queue `q` (tokens, oldest first) and only the queue's head may write while the queue is not
 # empty; the head's retry carries the stored version it was just sent, so it succeeds and leaves the queue.
@@ -108,10 +109,15 @@ for i, key in ipairs(KEYS) do
     if not string.find(q, token, 1, true) then
       q = q .. token
     end
-    local reply = {stored, redis.call('HGET', key, 's') or '', redis.call('HGET', key, 'a') or ''}
+    local reply = {stored, '', ''}
     local all = redis.call('HGETALL', key)
     for j = 1, #all, 2 do
-      if string.match(all[j], '^r%d+$') then
+      local name = all[j]
+      if name == 's' then
+        reply[2] = all[j + 1]
+      elseif name == 'a' then
+        reply[3] = all[j + 1]
+      elseif string.match(name, '^r%d+$') then
         reply[#reply + 1] = all[j + 1]
       end
     end

@@ -315,19 +315,18 @@ class RetrainAgent:
     async def _announce(self, result: CycleResult, mv: ModelVersion) -> dict[str, Any] | None:
         """Announce a promoted version, retried with backoff; if the broker stays away the promotion stands (it
         was validated and compare-and-set) and workers find it at their next check of the production pointer."""
-        attempts = self.settings.retrain.announce_attempts
         backoff = Backoff(self.settings.recovery.retry_base_s, self.settings.recovery.retry_max_s)
-        for attempt in range(1, attempts + 1):
+        for attempt in range(self.settings.retrain.announce_attempts):
+            if attempt:
+                await asyncio.sleep(backoff.next_delay())
             try:
                 return await announce_version(self.settings, self.registry, mv)
             except Exception as exc:
-                if attempt == attempts:
-                    log.error("retrain %s: version %s promoted but not announced: %s", result.model, mv.version, exc)
-                    result.reason += (
-                        f"; not announced ({type(exc).__name__}: {exc}): workers serve it at their next pointer check"
-                    )
-                    return None
-                await asyncio.sleep(backoff.next_delay())
+                failure = exc
+        log.error("retrain %s: version %s promoted but not announced: %s", result.model, mv.version, failure)
+        result.reason += (
+            f"; not announced ({type(failure).__name__}: {failure}): workers serve it at their next pointer check"
+        )
         return None
 
     async def _fit(self, model: str, candidate: Any, data: np.ndarray) -> dict[str, Any]:
@@ -359,10 +358,9 @@ class RetrainAgent:
         closed = [(e, i) for e, i, c in zip(window.incidents, window.incident_ids, window.closed.tolist(), strict=True)
                   if c]  # fmt: skip
         labelled = [(e, f"label:{i}") for e, i in zip(feedback.confirmed, feedback.confirmed_ids, strict=True)]
-        new = [(e, i) for e, i in closed + labelled if shape is None or e.shape == shape]
-        if shape is None and new:
-            shape = new[0][0].shape
-            new = [(e, i) for e, i in new if e.shape == shape]
+        if shape is None and (closed or labelled):
+            shape = (closed + labelled)[0][0].shape
+        new = [(e, i) for e, i in closed + labelled if e.shape == shape]
         update = rs.update(
             np.stack([e for e, _ in new]) if new else None, [i for _, i in new], remove=feedback.dismissed, shape=shape
         )

@@ -293,14 +293,27 @@ def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
-_GREY_MODES = ("L", "I", "I;16", "1", "P", "LA")
+_GREY_MODES = ("L", "1", "P", "LA")
+
+
+def _deep_grey(mode: str) -> bool:
+    return mode == "I" or mode.startswith("I;16")
+
+
+def grey_mode(mode: str) -> bool:
+    """Whether `image_array` gives a Pillow image of this mode as [H, W] (else [H, W, 3]).
+
+    >>> grey_mode("L"), grey_mode("I;16B"), grey_mode("RGB")
+    (True, True, False)
+    """
+    return mode in _GREY_MODES or _deep_grey(mode)
 
 
 def image_array(img: Any) -> np.ndarray:
     """A Pillow image as the uint8 array the scorers take: [H, W] for grey-like modes, else [H, W, 3] RGB. Deeper
     grey (16-bit, 32-bit integer) keeps its top 8 of 16 bits, as camera buffers do; Pillow's own conversion to
     "L" would clip at 255."""
-    if img.mode == "I" or img.mode.startswith("I;16"):
+    if _deep_grey(img.mode):
         deep = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
         return (deep >> 8).astype(np.uint8)
     return np.asarray(img.convert("L") if img.mode in _GREY_MODES else img.convert("RGB"))
@@ -339,13 +352,9 @@ def _read_claim_check(uri: str, max_bytes: int, allowed_dirs: Sequence[Path]) ->
         raise BadEvent("claim_check_unreadable", f"cannot resolve {raw_path[:200]!r}: {exc}") from None
     if not any(path.is_relative_to(Path(d).resolve()) for d in allowed_dirs):
         raise BadEvent("claim_check_unreadable", f"{path} is outside the configured claim_check_dirs")
-    try:  # non-blocking: a FIFO or device under the folder must not stall the worker; checked on the open file
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            info = os.fstat(fd)
+    try:  # opened non-blocking and checked on the open file: a FIFO or device under the folder must not stall
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+            info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise BadEvent("claim_check_unreadable", f"{path} is not a regular file")
             if info.st_size > max_bytes:
@@ -353,8 +362,8 @@ def _read_claim_check(uri: str, max_bytes: int, allowed_dirs: Sequence[Path]) ->
                     "oversized_image", f"claim-checked image is {info.st_size} bytes, the limit is {max_bytes}"
                 )
             return f.read(max_bytes + 1)  # a file grown since: the size check after reading refuses it
-        except OSError as exc:
-            raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise BadEvent("claim_check_unreadable", f"cannot read {path}: {exc.strerror}") from None
 
 
 def decode_frame(
@@ -408,7 +417,7 @@ def _decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None) -> 
                 raise BadEvent("image_too_large", f"image is {width}x{height} pixels, the limit is {max_pixels}")
             if min(width, height) < 8:
                 raise BadEvent("undecodable_image", f"image is {width}x{height}, expected at least 8x8")
-            channels = 1 if img.mode in _GREY_MODES else 3
+            channels = 1 if img.mode in (*_GREY_MODES, "I", "I;16") else 3
             if budget is not None and not budget.take(width * height * channels):
                 raise BadEvent(
                     "decode_budget_exceeded",
